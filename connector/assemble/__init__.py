@@ -1,0 +1,1 @@
+"""Assemble: decide when a study has finished arriving (quiet-period detection)."""

@@ -1,0 +1,1 @@
+"""Command-line interface. One module per command group; each exposes ``register(subparsers)``."""

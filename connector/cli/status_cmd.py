@@ -1,0 +1,49 @@
+"""``site-connector status``: what the site holds and where work stands, read from the state DB."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from connector.cli import exitcodes
+from connector.cli.common import CommandError, add_config_option, config_from_args, print_json
+from connector.store.layout import SiteLayout
+from connector.store.quarantine import count_quarantine
+from connector.store.state import StateStore
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="counts of instances, studies, quarantine and outbox",
+                       description="Read the state database and print counts. Works while the daemon runs.")
+    add_config_option(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def collect(layout: SiteLayout) -> dict[str, Any]:
+    store = StateStore(layout.state_db)
+    try:
+        out = store.counts()
+        out.update(store.outbox_counts() if hasattr(store, "outbox_counts") else {"outbox_pending": 0, "pushed": 0})
+    finally:
+        store.close()
+    out["quarantined"] = count_quarantine(layout.quarantine)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    layout = SiteLayout.from_config(config)
+    if not layout.state_db.exists():
+        raise CommandError(f"no state database in {config.storage.data_dir} (has the daemon run there?)",
+                           exitcodes.UNAVAILABLE)
+    status = collect(layout)
+    if args.json:
+        print_json(status)
+        return exitcodes.OK
+    print(f"instances received: {status['instances_received']} ({status['bytes_received'] / 1e6:.1f} MB)")
+    print("studies:            " + ", ".join(f"{k} {v}" for k, v in status["studies"].items() if v) or "none")
+    print(f"quarantined:        {status['quarantined']}")
+    print(f"outbox pending:     {status['outbox_pending']}")
+    print(f"pushed:             {status['pushed']}")
+    return exitcodes.OK

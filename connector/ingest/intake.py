@@ -1,0 +1,202 @@
+"""The one path every received object takes onto the spool, whatever channel brought it.
+
+Durability protocol (the PACS is told "stored" only after all of it):
+1. the encoded bytes are in a file under ``spool/partial`` (the SCP streams them there as they arrive);
+2. that file is fsync'd and renamed to its final name under ``spool/incoming``, and the folder fsync'd;
+3. the instance row is committed in the state DB (WAL, ``synchronous=FULL``).
+A crash before 3 leaves at most an orphan file that start-up recovery registers; a crash before 2
+leaves a partial file that recovery deletes. Nothing that got a success status can be lost.
+
+Only the few attributes needed to group instances are decoded (the header up to
+SeriesInstanceUID); pixel data is never parsed here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+
+from connector.store.durable import PART_SUFFIX, fsync_dir
+from connector.store.layout import SiteLayout
+from connector.store.quarantine import QuarantineEntry, quarantine
+from connector.store.state import InstanceRecord, StateStore, StoreOutcome, instance_key
+
+log = logging.getLogger(__name__)
+
+_LAST_GROUPING_TAG = 0x0020000E  # SeriesInstanceUID: everything we need comes before it
+_HASH_CHUNK = 1 << 20
+
+
+class UnreadableObject(Exception):
+    """The bytes are not a DICOM object we can file. ``code`` is a short non-identifying reason."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(code if not detail else f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class DiskFull(Exception):
+    """Free space on the spool disk is below the configured floor."""
+
+
+@dataclass(frozen=True)
+class Header:
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    modality: str
+    transfer_syntax: str
+    dataset_offset: int  # where the dataset starts, after preamble and file meta
+
+
+def read_header(path: Path) -> Header:
+    """Decode just enough of a DICOM file to file it; raise UnreadableObject otherwise."""
+    try:
+        with open(path, "rb") as fh:
+            ds = read_partial(fh, stop_when=lambda tag, vr, length: tag > _LAST_GROUPING_TAG)
+            meta = ds.file_meta
+            offset = _dataset_offset(fh, meta)
+    except InvalidDicomError:
+        raise UnreadableObject("not-dicom") from None
+    except (EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
+        raise UnreadableObject("unreadable-dicom", type(exc).__name__) from None
+    try:
+        sop_instance = str(ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID") or "")
+        sop_class = str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "")
+        study = str(ds.get("StudyInstanceUID") or "")
+        series = str(ds.get("SeriesInstanceUID") or "")
+        modality = str(ds.get("Modality") or "")
+    except Exception as exc:  # a malformed value in one of the few elements we decode
+        raise UnreadableObject("unreadable-dicom", type(exc).__name__) from None
+    if meta.get("MediaStorageSOPClassUID") == "1.2.840.10008.1.3.10":
+        raise UnreadableObject("dicomdir")
+    missing = [name for name, v in (("SOPInstanceUID", sop_instance), ("StudyInstanceUID", study),
+                                    ("SeriesInstanceUID", series)) if not v]
+    if missing:
+        raise UnreadableObject("missing-attribute", ",".join(missing))
+    ts = str(meta.get("TransferSyntaxUID") or "")
+    return Header(sop_instance, sop_class, study, series, modality, ts, offset)
+
+
+def _dataset_offset(fh: object, meta: object) -> int:
+    """Byte offset of the dataset: 128 + 4 + the encoded file meta group."""
+    length = getattr(meta, "FileMetaInformationGroupLength", None)
+    if length is not None:
+        return 132 + 12 + int(length)
+    # No group length: re-read the meta to find its end.
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    f = fh  # type: ignore[assignment]
+    f.seek(0)  # type: ignore[attr-defined]
+    read_preamble(f, False)  # type: ignore[arg-type]
+    _read_file_meta_info(f)  # type: ignore[arg-type]
+    return int(f.tell())  # type: ignore[attr-defined]
+
+
+def dataset_sha256(path: Path, offset: int) -> str:
+    """SHA-256 of the dataset bytes, ignoring preamble and file meta (which each channel rewrites)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        while chunk := fh.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Intake:
+    """Files received objects durably and records them. Thread-safe; one per process."""
+
+    def __init__(self, layout: SiteLayout, store: StateStore, *, min_free_bytes: int = 0, fsync: bool = True) -> None:
+        self.layout = layout
+        self.store = store
+        self.min_free_bytes = min_free_bytes
+        self.fsync = fsync
+        self._locks = [threading.Lock() for _ in range(64)]  # same SOP instance on two associations
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.layout.spool)
+        return st.f_bavail * st.f_frsize
+
+    def check_space(self) -> None:
+        if self.min_free_bytes and self.free_bytes() < self.min_free_bytes:
+            raise DiskFull()
+
+    def ingest_partial(self, part: Path, *, source: str, calling_aet: str = "") -> StoreOutcome:
+        """File a complete object already written under ``spool/partial``; consumes ``part``.
+
+        Raises UnreadableObject (caller quarantines ``part``), DiskFull, or OSError/sqlite3.Error
+        (caller answers "out of resources" so the sender retries).
+        """
+        header = read_header(part)
+        digest = dataset_sha256(part, header.dataset_offset)
+        key = instance_key(header.sop_instance_uid)
+        lock = self._locks[int(key[:4], 16) % len(self._locks)]
+        with lock:
+            existing = self.store.find_instance(header.sop_instance_uid)
+            if existing is not None and existing[0] == digest and (self.layout.spool / existing[1]).exists():
+                part.unlink(missing_ok=True)
+                return self.store.record_instance(self._record(header, existing[1], digest, 0, source, calling_aet))
+            relpath = self.layout.incoming_relpath(key)
+            final = self.layout.spool / relpath
+            size = part.stat().st_size
+            if self.fsync:
+                fd = os.open(part, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            os.replace(part, final)
+            if self.fsync:
+                fsync_dir(final.parent)
+            outcome = self.store.record_instance(self._record(header, relpath, digest, size, source, calling_aet))
+        if outcome.action == "replaced":
+            log.warning("instance replaced by different bytes", extra={"event": "instance_replaced",
+                                                                        "study": outcome.study_key})
+        if outcome.reopened:
+            log.info("late instance re-opened study", extra={"event": "study_reopened", "study": outcome.study_key})
+        return outcome
+
+    def ingest_external(self, path: Path, *, source: str = "folder") -> StoreOutcome:
+        """Copy a file from outside the spool (e.g. the drop folder) in through the same protocol.
+
+        The source file is left in place; the caller removes it once this returns.
+        """
+        self.check_space()
+        fd, tmpname = _mkpart(self.layout.partial)
+        try:
+            with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+                shutil.copyfileobj(src, out, _HASH_CHUNK)
+            return self.ingest_partial(Path(tmpname), source=source)
+        finally:
+            Path(tmpname).unlink(missing_ok=True)
+
+    def quarantine_partial(self, part: Path, error: UnreadableObject, *, source: str) -> QuarantineEntry:
+        entry = quarantine(self.layout.quarantine, "ingest", error.code, source_path=part, move=True,
+                           details={"source": source, "detail": error.detail})
+        log.warning("object quarantined", extra={"event": "quarantined", "stage": "ingest",
+                                                  "reason": error.code, "entry": entry.id})
+        return entry
+
+    @staticmethod
+    def _record(h: Header, relpath: str, digest: str, size: int, source: str, calling_aet: str) -> InstanceRecord:
+        return InstanceRecord(
+            sop_instance_uid=h.sop_instance_uid, sop_class_uid=h.sop_class_uid, study_uid=h.study_uid,
+            series_uid=h.series_uid, modality=h.modality, transfer_syntax=h.transfer_syntax, path=relpath,
+            sha256=digest, size=size, source=source, calling_aet=calling_aet,
+        )
+
+
+def _mkpart(folder: Path) -> tuple[int, str]:
+    import tempfile
+
+    return tempfile.mkstemp(dir=folder, suffix=PART_SUFFIX)

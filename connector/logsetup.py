@@ -1,0 +1,54 @@
+"""Structured logging: one JSON object per line, on stderr and optionally a rotating file.
+
+Why JSON lines: hospital IT feeds logs to a SIEM or journald; one parseable object per event is
+what those tools expect. Callers pass context through ``extra=`` (``event``, ``study`` keys...);
+only non-identifying values may be passed (study keys are hashes, never UIDs or names).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            # Type only: exception messages can quote data (file contents, values) we must not log.
+            out["exc_type"] = record.exc_info[0].__name__
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def setup_logging(level: str = "INFO", file: Path | None = None, max_bytes: int = 20 * 1024**2,
+                  backups: int = 10) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    formatter = JsonFormatter()
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(formatter)
+    root.addHandler(stderr)
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        rotating = logging.handlers.RotatingFileHandler(file, maxBytes=max_bytes, backupCount=backups)
+        rotating.setFormatter(formatter)
+        root.addHandler(rotating)
+    root.setLevel(level.upper())
+    for noisy in ("pynetdicom", "apscheduler", "watchdog", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

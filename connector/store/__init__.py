@@ -1,0 +1,1 @@
+"""The store layer: the one place that owns persistent state (SQLite state DB, spool, quarantine)."""

@@ -1,0 +1,72 @@
+"""Where everything lives under the data folder. One definition, used by every stage and command.
+
+    <data_dir>/state/state.db      the state database (instances, studies, outbox)
+    <data_dir>/spool/partial/      objects being received (temporary, removed at start-up)
+    <data_dir>/spool/incoming/     original objects, durable, as received (never leave the site)
+    <data_dir>/spool/outgoing/     de-identified objects waiting to be pushed
+    <data_dir>/quarantine/<stage>/ objects that must not go on, each with a reason file
+    <data_dir>/logs/               JSON log files when file logging is on
+    <key_dir>                      key files (default <data_dir>/keys)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from connector.config import Config
+
+SHARDS = 256  # incoming/<2 hex digits>/ keeps directories small for months of data
+
+
+@dataclass(frozen=True)
+class SiteLayout:
+    data_dir: Path
+    key_dir: Path
+
+    @classmethod
+    def from_config(cls, config: Config) -> SiteLayout:
+        return cls(config.storage.data_dir, config.key_dir)
+
+    @property
+    def state_db(self) -> Path:
+        return self.data_dir / "state" / "state.db"
+
+    @property
+    def spool(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def partial(self) -> Path:
+        return self.spool / "partial"
+
+    @property
+    def incoming(self) -> Path:
+        return self.spool / "incoming"
+
+    @property
+    def outgoing(self) -> Path:
+        return self.spool / "outgoing"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def logs(self) -> Path:
+        return self.data_dir / "logs"
+
+    def incoming_relpath(self, key: str) -> str:
+        """Spool path (relative to the spool root) of an original object, from its instance key."""
+        return f"incoming/{key[:2]}/{key}.dcm"
+
+    def ensure(self) -> None:
+        """Create the folders with owner-only permissions (PHI lives here)."""
+        for folder in (self.data_dir, self.state_db.parent, self.spool, self.partial, self.incoming, self.outgoing,
+                       self.quarantine, self.logs, self.key_dir):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if folder.stat().st_mode & 0o077:
+                os.chmod(folder, 0o700)
+        for i in range(SHARDS):
+            (self.incoming / f"{i:02x}").mkdir(exist_ok=True, mode=0o700)

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Benchmark: C-STORE receive throughput of the connector versus dcmtk's ``storescp``.
+
+The same set of CT-sized instances (512x512x16-bit, ~0.5 MB each) is sent by dcmtk's ``storescu``
+over loopback to each receiver in turn, in the same run:
+  - dcmtk ``storescp`` writing every object to disk (no fsync: dcmtk does not fsync);
+  - the connector daemon (``site-connector run``) with its full durability protocol (fsync on);
+  - optionally Orthanc (``--orthanc``).
+Every peer gets ``TCP_NODELAY=1`` (dcmtk and Orthanc read it), as the connector sets it itself.
+Reports instances/s, MB/s, the ratio to storescp and the receiver's peak RSS (VmHWM).
+
+    python tests/benchmarks/bench_ingest.py [--count 500] [--rounds 3] [--associations 1] [--orthanc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from connector.synthetic import SyntheticStudy, ct_slices, write_series  # noqa: E402
+from tests.support.tools import dcmtk  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def send(folder: Path, port: int, aet: str, associations: int) -> float:
+    """Send every file with storescu; returns wall seconds. Several associations split the files."""
+    env = dict(os.environ, TCP_NODELAY="1")
+    files = sorted(folder.glob("*.dcm"))
+    parts = [files[i::associations] for i in range(associations)]
+    start = time.perf_counter()
+    procs = [subprocess.Popen([dcmtk("storescu"), "-aec", aet, "127.0.0.1", str(port), *map(str, part)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for part in parts]
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode()[-500:]}")
+    return time.perf_counter() - start
+
+
+def run_storescp(folder: Path, work: Path, associations: int) -> tuple[float, float]:
+    out = work / "storescp-out"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    port = free_port()
+    args = [dcmtk("storescp"), "-aet", "STORESCP", "-od", str(out), "--fork" if associations > 1 else "-v", str(port)]
+    args = [a for a in args if a != "-v"]
+    proc = subprocess.Popen(args, env=dict(os.environ, TCP_NODELAY="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        secs = send(folder, port, "STORESCP", associations)
+        rss = peak_rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait()
+    return secs, rss
+
+
+def run_connector(folder: Path, work: Path, associations: int) -> tuple[float, float]:
+    site = work / "connector-site"
+    shutil.rmtree(site, ignore_errors=True)
+    port = free_port()
+    subprocess.run([sys.executable, "-m", "connector", "init", str(site), "--port", str(port)], check=True,
+                   stdout=subprocess.DEVNULL, cwd=ROOT)
+    env = dict(os.environ, SITE_CONNECTOR__STORAGE__MIN_FREE_BYTES="0", SITE_CONNECTOR__LOGGING__LEVEL="WARNING")
+    proc = subprocess.Popen([sys.executable, "-m", "connector", "-c", str(site / "connector.toml"), "run"],
+                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        secs = send(folder, port, "SITECONN", associations)
+        rss = peak_rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    stored = len(list((site / "data" / "spool" / "incoming").glob("*/*.dcm")))
+    expected = len(list(folder.glob("*.dcm")))
+    if stored != expected:
+        raise RuntimeError(f"connector stored {stored} of {expected}")
+    return secs, rss
+
+
+def run_orthanc(folder: Path, work: Path, associations: int) -> tuple[float, float]:
+    from tests.support.orthanc import OrthancServer
+
+    with OrthancServer(work / "orthanc", env={"TCP_NODELAY": "1"}) as orthanc:
+        secs = send(folder, orthanc.dicom_port, orthanc.aet, associations)
+        rss = peak_rss_mb(orthanc.pid)
+    return secs, rss
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--count", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--associations", type=int, default=1)
+    ap.add_argument("--orthanc", action="store_true", help="also measure Orthanc")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    folder = work / "instances"
+    write_series(ct_slices(SyntheticStudy(), args.count), folder)
+    total_mb = sum(p.stat().st_size for p in folder.glob("*.dcm")) / 1e6
+    peers = {"storescp": run_storescp, "connector": run_connector}
+    if args.orthanc:
+        peers["orthanc"] = run_orthanc
+    results: dict[str, dict[str, float]] = {}
+    for name in peers:
+        results[name] = {"best_s": float("inf"), "peak_rss_mb": 0.0}
+    for _ in range(args.rounds):  # interleave peers so drift in machine load hits all alike
+        for name, fn in peers.items():
+            secs, rss = fn(folder, work, args.associations)
+            results[name]["best_s"] = min(results[name]["best_s"], secs)
+            results[name]["peak_rss_mb"] = max(results[name]["peak_rss_mb"], rss)
+    base = args.count / results["storescp"]["best_s"]
+    for r in results.values():
+        r["instances_per_s"] = args.count / r["best_s"]
+        r["mb_per_s"] = total_mb / r["best_s"]
+        r["ratio_to_storescp"] = r["instances_per_s"] / base
+    shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps({"count": args.count, "mb": total_mb, "associations": args.associations,
+                          "results": results}, indent=2))
+        return 0
+    print(f"{args.count} instances, {total_mb:.0f} MB, {args.associations} association(s), best of {args.rounds}")
+    print(f"{'receiver':<12}{'inst/s':>10}{'MB/s':>10}{'x storescp':>12}{'peak RSS MB':>13}")
+    for name, r in results.items():
+        print(f"{name:<12}{r['instances_per_s']:>10.0f}{r['mb_per_s']:>10.1f}{r['ratio_to_storescp']:>12.2f}"
+              f"{r['peak_rss_mb']:>13.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

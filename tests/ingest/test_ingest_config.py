@@ -1,0 +1,89 @@
+"""Configuration: typed, validated, overridable from the environment, one clear line on error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from connector.config import ConfigError, load_config, render_template
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "connector.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_usable_and_relative_paths_follow_the_file(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, '[storage]\ndata_dir = "data"\n'), environ={})
+    assert cfg.dicom.port == 11112
+    assert cfg.assemble.stable_seconds == 90
+    assert cfg.storage.data_dir == (tmp_path / "data").resolve()
+    assert cfg.key_dir == (tmp_path / "data" / "keys").resolve()
+
+
+def test_environment_overrides_file_including_json_lists(tmp_path: Path) -> None:
+    path = write(tmp_path, '[dicom]\nport = 4242\nallowed_ae_titles = ["A"]\n')
+    cfg = load_config(path, environ={
+        "SITE_CONNECTOR__DICOM__PORT": "11113",
+        "SITE_CONNECTOR__DICOM__ALLOWED_AE_TITLES": '["PACS1", "PACS2"]',
+        "SITE_CONNECTOR__STORAGE__FSYNC": "true",
+    })
+    assert cfg.dicom.port == 11113
+    assert cfg.dicom.allowed_ae_titles == ["PACS1", "PACS2"]
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "key", "words"),
+    [
+        ("[dicom]\nport = 70000\n", {}, "[dicom] port", "between 1 and 65535"),
+        ('[dicom]\nport = "x"\n', {}, "[dicom] port", "integer"),
+        ("[dicom]\nporrt = 1\n", {}, "[dicom] porrt", "unknown key"),
+        ("[dicomm]\n", {}, "[dicomm]", "unknown section"),
+        ('[dicom]\nallowed_hosts = ["not-an-ip"]\n', {}, "[dicom] allowed_hosts", "IP address"),
+        ('[dicom]\nae_title = "WAY-TOO-LONG-AE-TITLE"\n', {}, "[dicom] ae_title", "1-16"),
+        ("", {"SITE_CONNECTOR__DICOM__ALLOWED_AE_TITLES": "PACS1"}, "[dicom] allowed_ae_titles", "JSON list"),
+        ("", {"SITE_CONNECTOR__DICOM__PORT": "eleven"}, "[dicom] port", "integer"),
+    ],
+)
+def test_bad_values_name_source_key_and_problem(tmp_path: Path, text: str, env: dict[str, str], key: str,
+                                                words: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ=env)
+    message = str(info.value)
+    assert key in message and words in message
+    expected_source = next(iter(env)) if env else str(path)
+    assert expected_source in message
+    assert "\n" not in message
+
+
+def test_cli_reports_config_error_in_one_line_with_exit_2(tmp_path: Path) -> None:
+    path = write(tmp_path, "[dicom]\nport = 0\n")
+    out = subprocess.run([sys.executable, "-m", "connector", "-c", str(path), "status"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "[dicom] port" in lines[0]
+
+
+def test_config_file_from_environment_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, "[dicom]\nport = 0\n")
+    env = {"SITE_CONNECTOR_CONFIG": str(path), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "connector", "status"], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and str(path) in out.stderr
+
+
+def test_rendered_template_loads_and_lists_every_key(tmp_path: Path) -> None:
+    text = render_template({"site": {"id": "AB12"}})
+    cfg = load_config(write(tmp_path, text), environ={})
+    assert cfg.site.id == "AB12"
+    for key in ("ae_title", "port", "allowed_ae_titles", "allowed_hosts", "data_dir", "min_free_bytes",
+                "stable_seconds", "path"):
+        assert f"{key} =" in text

@@ -1,0 +1,98 @@
+"""Run the real connector daemon as a subprocess, the way systemd would, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.support.net import free_port, wait_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def init_site(folder: Path, *, port: int | None = None, site_id: str = "TEST01") -> Path:
+    """``site-connector init`` into ``folder``; returns the config path."""
+    port = port or free_port()
+    subprocess.run([sys.executable, "-m", "connector", "init", str(folder), "--port", str(port), "--site-id", site_id],
+                   check=True, cwd=ROOT, capture_output=True)
+    return folder / "connector.toml"
+
+
+class ConnectorProcess:
+    """The daemon under test. Settings are passed as SITE_CONNECTOR__ overrides (the documented way)."""
+
+    def __init__(self, folder: Path, **overrides: Any) -> None:
+        self.folder = folder
+        self.config = folder / "connector.toml"
+        if not self.config.exists():
+            init_site(folder)
+        self.port = int(overrides.pop("dicom__port", 0)) or _configured_port(self.config)
+        self.env = dict(os.environ)
+        self.env["PYTHONPATH"] = str(ROOT)
+        defaults = {"storage__min_free_bytes": 0, "assemble__stable_seconds": 2, "assemble__sweep_seconds": 0.5}
+        for key, value in {**defaults, **overrides, "dicom__port": self.port}.items():
+            section, name = key.split("__", 1)
+            self.env[f"SITE_CONNECTOR__{section.upper()}__{name.upper()}"] = (
+                value if isinstance(value, str) else __import__("json").dumps(value))
+        self.log_path = folder / f"daemon-{int(time.time() * 1000)}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.folder / "data"
+
+    @property
+    def spool(self) -> Path:
+        return self.data_dir / "spool"
+
+    def start(self, wait: bool = True) -> ConnectorProcess:
+        self.log_path = self.folder / f"daemon-{int(time.time() * 1000)}.log"
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "connector", "-c", str(self.config), "run"],
+                                     cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        if wait:
+            try:
+                wait_port(self.port, timeout=60)
+            except TimeoutError:
+                self.proc.kill()
+                raise RuntimeError("daemon did not start:\n" + self.log_path.read_text()[-3000:]) from None
+        return self
+
+    def stop(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def __enter__(self) -> ConnectorProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "connector", "-c", str(self.config), *args], cwd=ROOT,
+                              env=self.env, capture_output=True, text=True, check=check)
+
+    def logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.folder.glob("daemon-*.log")))
+
+
+def _configured_port(config: Path) -> int:
+    import tomllib
+
+    return int(tomllib.loads(config.read_text())["dicom"]["port"])
