@@ -18,20 +18,23 @@ import logging
 import os
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
 
-from connector.store.durable import PART_SUFFIX, fsync_dir
+from connector.store.durable import PART_SUFFIX, fsync_dir, fsync_file
 from connector.store.layout import SiteLayout
 from connector.store.quarantine import QuarantineEntry, quarantine
 from connector.store.state import InstanceRecord, StateStore, StoreOutcome, instance_key
 
 log = logging.getLogger(__name__)
 
-_LAST_GROUPING_TAG = 0x0020000E  # SeriesInstanceUID: everything we need comes before it
+_PIXEL_DATA = 0x7FE00010
+_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _HASH_CHUNK = 1 << 20
 
 
@@ -63,8 +66,9 @@ def read_header(path: Path) -> Header:
     """Decode just enough of a DICOM file to file it; raise UnreadableObject otherwise."""
     try:
         with open(path, "rb") as fh:
-            ds = read_partial(fh, stop_when=lambda tag, vr, length: tag > _LAST_GROUPING_TAG)
+            ds = read_partial(fh, stop_when=lambda tag, vr, length: tag >= _PIXEL_DATA)
             meta = ds.file_meta
+            _check_pixel_data_complete(fh, ds)
             offset = _dataset_offset(fh, meta)
     except InvalidDicomError:
         raise UnreadableObject("not-dicom") from None
@@ -86,6 +90,31 @@ def read_header(path: Path) -> Header:
         raise UnreadableObject("missing-attribute", ",".join(missing))
     ts = str(meta.get("TransferSyntaxUID") or "")
     return Header(sop_instance, sop_class, study, series, modality, ts, offset)
+
+
+def _check_pixel_data_complete(fh: BinaryIO, ds: Any) -> None:
+    """Raise UnreadableObject("truncated") when the pixel data runs past the end of the file.
+
+    Only the header is decoded on the hot path, so a file cut short inside its pixel data (a
+    failed copy into the drop folder) would otherwise look complete. The reader stopped right at
+    the Pixel Data element: its declared length must fit in the file, and encapsulated
+    (compressed) pixel data must end with the sequence delimiter.
+    """
+    start = fh.tell()
+    header = fh.read(12)
+    if len(header) < 8 or int.from_bytes(header[0:2], "little") != 0x7FE0:
+        return  # no pixel data, or a big-endian/deflated layout we do not second-guess
+    size = os.fstat(fh.fileno()).st_size
+    if header[4:6].isalpha():  # explicit VR: OB/OW have 2 reserved bytes and a 4-byte length
+        length, value_at = int.from_bytes(header[8:12], "little"), start + 12
+    else:
+        length, value_at = int.from_bytes(header[4:8], "little"), start + 8
+    if length == 0xFFFFFFFF:
+        fh.seek(size - 8)
+        if fh.read(8) != _SEQ_DELIMITER:
+            raise UnreadableObject("truncated", "encapsulated pixel data not terminated")
+    elif value_at + length > size:
+        raise UnreadableObject("truncated", "pixel data shorter than declared")
 
 
 def _dataset_offset(fh: object, meta: object) -> int:
@@ -122,6 +151,7 @@ class Intake:
         self.min_free_bytes = min_free_bytes
         self.fsync = fsync
         self._locks = [threading.Lock() for _ in range(64)]  # same SOP instance on two associations
+        self._dir_syncer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dirsync")
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.layout.spool)
@@ -150,15 +180,19 @@ class Intake:
             final = self.layout.spool / relpath
             size = part.stat().st_size
             if self.fsync:
-                fd = os.open(part, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_file(part)
             os.replace(part, final)
-            if self.fsync:
-                fsync_dir(final.parent)
-            outcome = self.store.record_instance(self._record(header, relpath, digest, size, source, calling_aet))
+            # The folder fsync (making the rename durable) and the DB commit are independent and
+            # both finish before we return, so they run side by side: the file system can serve
+            # both with one journal commit. If the machine dies in between, nothing was
+            # acknowledged; recovery drops a row whose file did not survive.
+            pending = self._dir_syncer.submit(fsync_dir, final.parent) if self.fsync else None
+            try:
+                outcome = self.store.record_instance(self._record(header, relpath, digest, size, source,
+                                                                  calling_aet))
+            finally:
+                if pending is not None:
+                    pending.result()
         if outcome.action == "replaced":
             log.warning("instance replaced by different bytes", extra={"event": "instance_replaced",
                                                                         "study": outcome.study_key})

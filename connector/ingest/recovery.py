@@ -4,7 +4,9 @@ Runs before the receiver listens. Idempotent: a second run finds nothing to do.
 - files under ``spool/partial`` are incomplete receptions (never acknowledged): deleted;
 - ``.part`` leftovers anywhere in the spool: deleted;
 - files under ``spool/incoming`` with no row (crash between rename and commit): registered;
-- work leased by the previous run: handed back.
+- work leased by the previous run: handed back;
+- rows whose file is gone (the machine died between the commit and the folder fsync, before the
+  sender was answered) are dropped so the re-sent instance is stored afresh; counted and logged.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def recover(intake: Intake) -> RecoveryReport:
         if leftover.is_file():
             leftover.unlink(missing_ok=True)
             report.partial_removed += 1
+    report.leases_reset = store.reset_leases()
     known = store.known_paths()
     for path in sorted(layout.incoming.glob("*/*.dcm")):
         rel = path.relative_to(layout.spool).as_posix()
@@ -52,8 +55,8 @@ def recover(intake: Intake) -> RecoveryReport:
             quarantine(layout.quarantine, "ingest", exc.code, source_path=path, move=True,
                        details={"source": "recovery"})
             report.orphans_quarantined += 1
-    report.missing_files = sum(1 for rel in known if not (layout.spool / rel).exists())
-    report.leases_reset = store.reset_leases()
+    missing = [rel for rel in known if not (layout.spool / rel).exists()]
+    report.missing_files = store.forget_missing(missing)
     level = logging.WARNING if report.missing_files else logging.INFO
     log.log(level, "start-up recovery done", extra={"event": "recovery", **report.as_dict()})
     return report

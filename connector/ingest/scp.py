@@ -9,32 +9,30 @@ Decisions, and why:
 - Callers are filtered at association time: a calling AE title or IP address that is not on the
   allow-list gets an A-ASSOCIATE-RJ, never an accepted association whose data is thrown away.
 - TCP_NODELAY on every accepted socket: without it each C-STORE response waits ~40 ms on
-  Nagle's algorithm and delayed ACKs.
+  Nagle's algorithm and delayed ACKs; and event-driven reactor waits
+  (:mod:`connector.ingest.prompt_reactor`) instead of pynetdicom's fixed 1 ms sleeps.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import os
-import select
 import socket
 import ssl
 import tempfile
 import threading
 import time
-import weakref
 from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, _config, evt
 from pynetdicom.acse import ACSE
-from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from connector.config import DicomConfig
 from connector.ingest.intake import DiskFull, Intake, UnreadableObject
+from connector.ingest.prompt_reactor import make_prompt
 
 log = logging.getLogger(__name__)
 
@@ -101,55 +99,13 @@ class _AdmissionACSE(ACSE):
         super()._negotiate_as_acceptor()
 
 
-class _PromptDUL(DULServiceProvider):
-    """DUL whose idle wait ends as soon as there is something to do.
-
-    pynetdicom's reactor sleeps a fixed 1 ms whenever it is idle, and it is idle between every
-    PDU of a C-STORE and before every response, so a 0.5 MB object pays several milliseconds of
-    pure sleep. Here the reactor's own sleep is zero and the wait happens in ``select`` on the
-    peer's socket plus an eventfd that :meth:`send_pdu` signals: incoming data and outgoing
-    responses both end the wait at once. The 1 ms bound keeps pynetdicom's timers serviced.
-    """
-
-    _IDLE_WAIT = 0.001
-
-    def _wake_fd(self) -> int:
-        fd = self.__dict__.get("_wakefd")
-        if fd is None:
-            fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            self.__dict__["_wakefd"] = fd
-            weakref.finalize(self, os.close, fd)
-        return int(fd)
-
-    def send_pdu(self, primitive: Any) -> None:
-        super().send_pdu(primitive)
-        os.eventfd_write(self._wake_fd(), 1)
-
-    def _is_transport_event(self) -> bool:
-        sock = self.socket
-        raw = getattr(sock, "socket", None) if sock is not None else None
-        if (raw is not None and self.to_provider_queue.empty() and self.event_queue.empty()
-                and self.state_machine.current_state != "Sta13"
-                and not (isinstance(raw, ssl.SSLSocket) and raw.pending())):
-            wake = self._wake_fd()
-            try:
-                ready, _, _ = select.select([raw, wake], [], [], self._IDLE_WAIT)
-                if wake in ready:
-                    os.eventfd_read(wake)
-            except (OSError, ValueError):
-                pass  # closed socket: the parent method reports it as transport event Evt17
-        return super()._is_transport_event()
-
-
 class _Handler(RequestHandler):
     def _create_association(self) -> Any:
         assoc = super()._create_association()
         acse = assoc.acse
         acse.__class__ = _AdmissionACSE
         acse.admission = self.server.admission  # type: ignore[attr-defined]
-        dul = assoc.dul
-        dul.__class__ = _PromptDUL
-        dul._run_loop_delay = 0
+        make_prompt(assoc)  # event-driven waits instead of pynetdicom's fixed 1 ms sleeps
         return assoc
 
 

@@ -258,6 +258,21 @@ class StateStore:
     def known_paths(self) -> set[str]:
         return {row[0] for row in self.conn.execute("SELECT path FROM instances")}
 
+    def forget_missing(self, relpaths: list[str]) -> int:
+        """Drop instance rows whose file is gone; returns how many were dropped."""
+        if not relpaths:
+            return 0
+        with self.write() as conn:
+            n = 0
+            for rel in relpaths:
+                row = conn.execute("SELECT study_key FROM instances WHERE path=?", (rel,)).fetchone()
+                if row is None:
+                    continue
+                conn.execute("DELETE FROM instances WHERE path=?", (rel,))
+                conn.execute("UPDATE studies SET instance_count=MAX(instance_count-1, 0) WHERE study_key=?", (row[0],))
+                n += 1
+            return n
+
     def instance_paths(self) -> list[tuple[str, str]]:
         """(path, sha256) of every stored instance, for recovery and audits."""
         return list(self.conn.execute("SELECT path, sha256 FROM instances"))

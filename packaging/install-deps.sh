@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install everything site-connector and its test suite need, on Debian/Ubuntu:
+#   - Debian packages: dcmtk (storescu/storescp, used by the tests and for PACS checks),
+#     orthanc + orthanc-dicomweb (the real PACS and DICOMweb peer in the tests);
+#   - the Python package itself with its test extra.
+# Installs only what is missing; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+need=()
+command -v /usr/bin/storescu >/dev/null 2>&1 || need+=(dcmtk)
+[ -x /usr/sbin/Orthanc ] || need+=(orthanc)
+ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so >/dev/null 2>&1 || need+=(orthanc-dicomweb)
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "installing Debian packages: ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # The orthanc package starts a system service; the tests run their own instances.
+  $SUDO systemctl disable --now orthanc >/dev/null 2>&1 || true
+fi
+
+PYTHON="${PYTHON:-python3}"
+"$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[test]"
