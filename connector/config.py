@@ -28,6 +28,8 @@ from connector.config_fields import check as _check
 from connector.config_fields import setting as _setting
 from connector.config_fields import valid_ae as _valid_ae
 from connector.config_fields import valid_host_entry as _valid_host_entry
+from connector.linkage.settings import LinkageConfig
+from connector.deid.settings import DeidConfig
 
 ENV_PREFIX = "SITE_CONNECTOR__"
 ENV_CONFIG_FILE = "SITE_CONNECTOR_CONFIG"
@@ -66,6 +68,8 @@ class DicomConfig:
         [], _check(lambda v: all(_valid_host_entry(x) for x in v), "every entry must be an IP address or CIDR network"),
         doc="IP addresses or networks allowed to connect, e.g. [\"10.1.2.3\", \"10.9.0.0/16\"]; empty = any",
     )
+    receiver_processes: int = _setting(2, _check(lambda v: 1 <= v <= 64, "must be between 1 and 64"),
+                                       doc="processes sharing the DICOM port; a crash in one never stops reception")
     max_associations: int = _setting(32, _check(lambda v: 1 <= v <= 1000, "must be between 1 and 1000"),
                                      doc="simultaneous associations accepted")
     network_timeout: float = _setting(60.0, _check(lambda v: v > 0, "must be positive"),
@@ -132,6 +136,8 @@ class Config:
     dropfolder: DropFolderConfig = field(default_factory=DropFolderConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    linkage: LinkageConfig = field(default_factory=LinkageConfig)
+    deid: DeidConfig = field(default_factory=DeidConfig)
     source: str = field(default="embedded defaults", compare=False)
 
     @property

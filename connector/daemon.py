@@ -1,101 +1,200 @@
-"""The long-running service: wires the stages together and stops them cleanly.
+"""The long-running service: a small supervisor process and the role processes it keeps alive.
 
-Start order: folders -> state DB -> start-up recovery -> receiver -> drop folder -> scheduler.
-Stop order is the reverse, and on SIGTERM/SIGINT the receiver first stops accepting, then lets
-in-flight associations finish before the DB is closed, so nothing acknowledged is cut short.
-Receiving never waits on later stages: those run from the scheduler and worker threads, fed from
-the state DB.
+    supervisor (this module)
+      |- receiver-0 .. receiver-N-1   C-STORE SCP on one shared port (+ drop folder in receiver-0)
+      |- pipeline                     stable-study sweep, de-identification, inference, queuing
+
+Why processes: a crash in de-identification or inference must not stop reception, and receiving
+must never wait on them; separate interpreters also let the receivers use every core despite the
+GIL. The supervisor itself only runs start-up recovery, starts the roles, restarts any that dies
+(with backoff), forwards SIGTERM/SIGINT and collects their logs, so it has little that can fail.
+
+Start: folders -> key check -> start-up recovery -> receivers -> pipeline.
+Stop (SIGTERM/SIGINT): every role gets SIGTERM; receivers stop accepting and let associations in
+progress finish, the pipeline finishes the study in hand; then the supervisor exits 0.
 """
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
-from connector.assemble.stability import StudyAssembler
 from connector.config import Config
-from connector.ingest.folder import DropFolderWatcher
 from connector.ingest.intake import Intake
 from connector.ingest.recovery import RecoveryReport, recover
-from connector.ingest.scp import StoreSCP, configure_pynetdicom
+from connector.roles import EXIT_BIND_FAILED, ROLE_TARGETS, spawn_context
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
 
 log = logging.getLogger(__name__)
 
+RESTART_BACKOFF_MAX = 30.0
+STABLE_AFTER = 60.0  # a role that ran this long gets its backoff reset
+STOP_TIMEOUT = 90.0
+
+
+class DaemonStartError(Exception):
+    """The daemon cannot run (port taken, key problem): say why and exit, do not retry."""
+
 
 @dataclass
-class Daemon:
+class _Role:
+    name: str
+    kind: str
+    args: tuple[Any, ...]
+    process: Any = None
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff: float = 1.0
+    next_start: float = 0.0
+
+
+@dataclass
+class Supervisor:
     config: Config
     layout: SiteLayout = field(init=False)
-    store: StateStore = field(init=False)
-    intake: Intake = field(init=False)
-    scp: StoreSCP | None = field(init=False, default=None)
-    dropfolder: DropFolderWatcher | None = field(init=False, default=None)
-    scheduler: BackgroundScheduler | None = field(init=False, default=None)
     recovery: RecoveryReport | None = field(init=False, default=None)
-    _stopping: threading.Event = field(init=False, default_factory=threading.Event)
+    roles: list[_Role] = field(init=False, default_factory=list)
+    _stop: threading.Event = field(init=False, default_factory=threading.Event)
+    _signalled: threading.Event = field(init=False, default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.layout = SiteLayout.from_config(self.config)
+        self._ctx = spawn_context()
+        self._log_queue: Any = None
+        self._listener: logging.handlers.QueueListener | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
         cfg = self.config
         self.layout.ensure()
-        self.store = StateStore(self.layout.state_db)
-        self.intake = Intake(self.layout, self.store, min_free_bytes=cfg.storage.min_free_bytes,
-                             fsync=cfg.storage.fsync)
-        self.recovery = recover(self.intake)
-        configure_pynetdicom(self.layout.partial)
-        self.scp = StoreSCP(cfg.dicom, self.intake)
-        self.scp.start()
-        if cfg.dropfolder.path is not None:
-            self.dropfolder = DropFolderWatcher(cfg.dropfolder.path, self.intake,
-                                                settle_seconds=cfg.dropfolder.settle_seconds,
-                                                poll_seconds=cfg.dropfolder.poll_seconds)
-            self.dropfolder.start()
-        assembler = StudyAssembler(self.store, cfg.assemble.stable_seconds)
-        self.scheduler = BackgroundScheduler(daemon=True)
-        self.scheduler.add_job(assembler.sweep, "interval", seconds=cfg.assemble.sweep_seconds,
-                               id="stable-study-sweep", max_instances=1, coalesce=True)
-        self.scheduler.start()
-        log.info("daemon started", extra={"event": "daemon_started", "pid": os.getpid(),
-                                          "config": self.config.source, "site": cfg.site.id})
+        check_site_keys(cfg)  # raises LinkageKeyError before anything runs
+        store = StateStore(self.layout.state_db)
+        try:
+            self.recovery = recover(Intake(self.layout, store))
+        finally:
+            store.close()
+        self._log_queue = self._ctx.Queue()
+        self._listener = logging.handlers.QueueListener(self._log_queue, *logging.getLogger().handlers,
+                                                        respect_handler_level=True)
+        self._listener.start()
+        for i in range(cfg.dicom.receiver_processes):
+            self.roles.append(_Role(f"receiver-{i}", "receiver", (cfg, i, self._log_queue)))
+        self.roles.append(_Role("pipeline", "pipeline", (cfg, self._log_queue)))
+        for role in self.roles:
+            self._spawn(role)
+        self._await_listening()
+        log.info("daemon started", extra={"event": "daemon_started", "pid": os.getpid(), "config": cfg.source,
+                                          "site": cfg.site.id, "port": cfg.dicom.port,
+                                          "receivers": cfg.dicom.receiver_processes})
+
+    def _spawn(self, role: _Role) -> None:
+        role.process = self._ctx.Process(target=ROLE_TARGETS[role.kind], args=role.args, name=role.name,
+                                         daemon=False)
+        role.process.start()
+        role.started_at = time.monotonic()
+
+    def _await_listening(self, timeout: float = 60.0) -> None:
+        """Wait until the port answers; a receiver that cannot bind stops the daemon."""
+        import socket
+
+        deadline = time.monotonic() + timeout
+        host = "127.0.0.1" if self.config.dicom.host in ("0.0.0.0", "", "::") else self.config.dicom.host
+        while time.monotonic() < deadline:
+            for role in self.roles:
+                if role.kind == "receiver" and role.process.exitcode == EXIT_BIND_FAILED:
+                    self.stop()
+                    raise DaemonStartError(f"cannot listen on port {self.config.dicom.port} "
+                                           "(in use, or a privileged port without the capability)")
+            try:
+                with socket.create_connection((host, self.config.dicom.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise DaemonStartError("the DICOM receiver did not start listening in time")
+
+    def supervise_once(self) -> None:
+        """Restart any role that died (with backoff); called every half second."""
+        now = time.monotonic()
+        for role in self.roles:
+            proc = role.process
+            if proc is None or proc.is_alive():
+                if proc is not None and now - role.started_at > STABLE_AFTER:
+                    role.backoff = 1.0
+                continue
+            if role.next_start == 0.0:
+                role.next_start = now + role.backoff
+                log.error("role process died; restarting", extra={"event": "role_died", "role": role.name,
+                                                                  "exitcode": proc.exitcode,
+                                                                  "restart_in_s": role.backoff})
+            elif now >= role.next_start:
+                role.restarts += 1
+                role.backoff = min(role.backoff * 2, RESTART_BACKOFF_MAX)
+                role.next_start = 0.0
+                self._spawn(role)
+                log.info("role process restarted", extra={"event": "role_restarted", "role": role.name,
+                                                          "restarts": role.restarts, "pid": role.process.pid})
 
     def stop(self) -> None:
-        """Stop accepting, drain, stop the workers, close the DB. Safe to call twice."""
-        if self._stopping.is_set():
+        if self._stop.is_set():
             return
-        self._stopping.set()
+        self._stop.set()
         log.info("daemon stopping", extra={"event": "daemon_stopping"})
-        if self.scp is not None:
-            self.scp.stop()
-        if self.dropfolder is not None:
-            self.dropfolder.stop()
-        if self.scheduler is not None:
-            self.scheduler.shutdown(wait=True)
-        self.store.close()
+        for role in self.roles:
+            if role.process is not None and role.process.is_alive():
+                role.process.terminate()  # SIGTERM: graceful in every role
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for role in self.roles:
+            if role.process is None:
+                continue
+            role.process.join(max(0.0, deadline - time.monotonic()))
+            if role.process.is_alive():
+                log.error("role did not stop in time; killing", extra={"event": "role_killed", "role": role.name})
+                role.process.kill()
+                role.process.join(5)
         log.info("daemon stopped", extra={"event": "daemon_stopped"})
+        if self._listener is not None:
+            self._listener.stop()
 
     def run_forever(self) -> None:
         """Run until SIGTERM or SIGINT."""
-        done = threading.Event()
-
-        def _on_signal(signum: int, _frame: Any) -> None:
-            log.info("signal received", extra={"event": "signal", "signal": signal.Signals(signum).name})
-            done.set()
-
-        signal.signal(signal.SIGTERM, _on_signal)
-        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, lambda signum, _f: self._on_signal(signum))
+        signal.signal(signal.SIGINT, lambda signum, _f: self._on_signal(signum))
         self.start()
         try:
-            while not done.wait(1.0):
-                pass
+            while not self._signalled.wait(0.5):
+                self.supervise_once()
         finally:
             self.stop()
+
+    def _on_signal(self, signum: int) -> None:
+        log.info("signal received", extra={"event": "signal", "signal": signal.Signals(signum).name})
+        self._signalled.set()
+
+    def role_pids(self) -> dict[str, int]:
+        return {r.name: r.process.pid for r in self.roles if r.process is not None and r.process.is_alive()}
+
+
+def check_site_keys(config: Config) -> None:
+    """Open (and on a brand-new site, create) the linkage key once, so key problems stop start-up.
+
+    A key file is created only when neither it nor a linkage table exists (first start of the
+    embedded default). A missing key with an existing table is an error: a new key could never
+    read it.
+    """
+    from connector.linkage import create_key_file, open_identity_provider, resolved_paths
+
+    paths = resolved_paths(config)
+    if config.linkage.key_source == "file" and not paths.key_file.exists() and not paths.db.exists():
+        create_key_file(paths.key_file)
+        log.warning("created a new site key file; back it up separately from the data",
+                    extra={"event": "key_created"})
+    open_identity_provider(config).close()

@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "connector.cli.run_cmd",
     "connector.cli.status_cmd",
     "connector.cli.echo_cmd",
+    "connector.cli.linkage_cmd",
+    "connector.cli.deid_cmd",
 ]
 
 

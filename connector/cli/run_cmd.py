@@ -8,7 +8,7 @@ import sys
 
 from connector.cli import exitcodes
 from connector.cli.common import CommandError, add_config_option, config_from_args
-from connector.daemon import Daemon
+from connector.daemon import DaemonStartError, Supervisor
 from connector.logsetup import setup_logging
 
 
@@ -28,9 +28,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"site-connector: no configuration file given; using embedded defaults "
               f"(data in {config.storage.data_dir}, AE {config.dicom.ae_title} on port {config.dicom.port})",
               file=sys.stderr)
-    daemon = Daemon(config)
+    from connector.linkage import LinkageError, LinkageKeyError
+
+    daemon = Supervisor(config)
     try:
         daemon.run_forever()
+    except DaemonStartError as exc:
+        raise CommandError(str(exc), exitcodes.FAILURE) from None
+    except LinkageKeyError as exc:  # wrong or unsafe key: fixing it needs the operator
+        raise CommandError(f"linkage key problem: {exc}", exitcodes.USAGE) from None
+    except LinkageError as exc:
+        raise CommandError(f"linkage table problem: {exc}", exitcodes.FAILURE) from None
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EACCES):
             raise CommandError(f"cannot listen on port {config.dicom.port}: {exc.strerror}", exitcodes.FAILURE) from None

@@ -34,6 +34,7 @@ from connector.store.state import InstanceRecord, StateStore, StoreOutcome, inst
 log = logging.getLogger(__name__)
 
 _PIXEL_DATA = 0x7FE00010
+_SERIES_INSTANCE_UID = 0x0020000E
 _SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _HASH_CHUNK = 1 << 20
 
@@ -62,13 +63,20 @@ class Header:
     dataset_offset: int  # where the dataset starts, after preamble and file meta
 
 
-def read_header(path: Path) -> Header:
-    """Decode just enough of a DICOM file to file it; raise UnreadableObject otherwise."""
+def read_header(path: Path, *, verify_complete: bool = True) -> Header:
+    """Decode just enough of a DICOM file to file it; raise UnreadableObject otherwise.
+
+    ``verify_complete`` walks the header up to the pixel data to check the file is not cut short
+    (needed for files copied in by people; a C-STORE dataset is complete by construction, so the
+    SCP skips it and stops decoding at SeriesInstanceUID).
+    """
+    stop_at = _PIXEL_DATA if verify_complete else _SERIES_INSTANCE_UID + 1
     try:
         with open(path, "rb") as fh:
-            ds = read_partial(fh, stop_when=lambda tag, vr, length: tag >= _PIXEL_DATA)
+            ds = read_partial(fh, stop_when=lambda tag, vr, length: tag >= stop_at)
             meta = ds.file_meta
-            _check_pixel_data_complete(fh, ds)
+            if verify_complete:
+                _check_pixel_data_complete(fh, ds)
             offset = _dataset_offset(fh, meta)
     except InvalidDicomError:
         raise UnreadableObject("not-dicom") from None
@@ -145,8 +153,10 @@ def dataset_sha256(path: Path, offset: int) -> str:
 class Intake:
     """Files received objects durably and records them. Thread-safe; one per process."""
 
-    def __init__(self, layout: SiteLayout, store: StateStore, *, min_free_bytes: int = 0, fsync: bool = True) -> None:
+    def __init__(self, layout: SiteLayout, store: StateStore, *, min_free_bytes: int = 0, fsync: bool = True,
+                 partial_dir: Path | None = None) -> None:
         self.layout = layout
+        self.partial_dir = partial_dir or layout.partial
         self.store = store
         self.min_free_bytes = min_free_bytes
         self.fsync = fsync
@@ -161,13 +171,14 @@ class Intake:
         if self.min_free_bytes and self.free_bytes() < self.min_free_bytes:
             raise DiskFull()
 
-    def ingest_partial(self, part: Path, *, source: str, calling_aet: str = "") -> StoreOutcome:
+    def ingest_partial(self, part: Path, *, source: str, calling_aet: str = "",
+                       verify_complete: bool = True) -> StoreOutcome:
         """File a complete object already written under ``spool/partial``; consumes ``part``.
 
         Raises UnreadableObject (caller quarantines ``part``), DiskFull, or OSError/sqlite3.Error
         (caller answers "out of resources" so the sender retries).
         """
-        header = read_header(part)
+        header = read_header(part, verify_complete=verify_complete)
         digest = dataset_sha256(part, header.dataset_offset)
         key = instance_key(header.sop_instance_uid)
         lock = self._locks[int(key[:4], 16) % len(self._locks)]
@@ -206,7 +217,7 @@ class Intake:
         The source file is left in place; the caller removes it once this returns.
         """
         self.check_space()
-        fd, tmpname = _mkpart(self.layout.partial)
+        fd, tmpname = _mkpart(self.partial_dir)
         try:
             with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
                 shutil.copyfileobj(src, out, _HASH_CHUNK)

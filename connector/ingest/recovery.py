@@ -38,7 +38,7 @@ class RecoveryReport:
 def recover(intake: Intake) -> RecoveryReport:
     layout, store = intake.layout, intake.store
     report = RecoveryReport()
-    for leftover in list(layout.partial.iterdir()) + list(layout.spool.rglob(f"*{PART_SUFFIX}")):
+    for leftover in list(layout.partial.rglob("*")) + list(layout.spool.rglob(f"*{PART_SUFFIX}")):
         if leftover.is_file():
             leftover.unlink(missing_ok=True)
             report.partial_removed += 1

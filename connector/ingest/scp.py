@@ -10,7 +10,7 @@ Decisions, and why:
   allow-list gets an A-ASSOCIATE-RJ, never an accepted association whose data is thrown away.
 - TCP_NODELAY on every accepted socket: without it each C-STORE response waits ~40 ms on
   Nagle's algorithm and delayed ACKs; and event-driven reactor waits
-  (:mod:`connector.ingest.prompt_reactor`) instead of pynetdicom's fixed 1 ms sleeps.
+  (:mod:`connector.ingest.pynetdicom_speedups`) instead of pynetdicom's fixed 1 ms sleeps.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from connector.config import DicomConfig
 from connector.ingest.intake import DiskFull, Intake, UnreadableObject
-from connector.ingest.prompt_reactor import make_prompt
+from connector.ingest.pynetdicom_speedups import install_fast_file_meta, make_prompt
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ def configure_pynetdicom(partial_dir: Path) -> None:
     _config.UNRESTRICTED_STORAGE_SERVICE = True
     _config.LOG_HANDLER_LEVEL = "none"
     tempfile.tempdir = str(partial_dir)
+    install_fast_file_meta()
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
@@ -113,6 +114,16 @@ class _Server(ThreadedAssociationServer):
     """Association server with TCP_NODELAY and allow-list admission."""
 
     admission: _Admission
+    reuse_port = False
+
+    def server_bind(self) -> None:
+        if self.reuse_port:  # several receiver processes share the port; the kernel balances them
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # type: ignore[union-attr]
+        super().server_bind()
+
+
+class _SharedPortServer(_Server):
+    reuse_port = True
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = self.socket.accept()  # type: ignore[union-attr]
@@ -136,9 +147,10 @@ def tls_context(cfg: DicomConfig) -> ssl.SSLContext | None:
 class StoreSCP:
     """The running receiver. ``start()`` listens; ``stop()`` stops accepting and drains associations."""
 
-    def __init__(self, cfg: DicomConfig, intake: Intake) -> None:
+    def __init__(self, cfg: DicomConfig, intake: Intake, *, reuse_port: bool = False) -> None:
         self.cfg = cfg
         self.intake = intake
+        self.reuse_port = reuse_port
         self._server: _Server | None = None
         self.ae = AE(ae_title=cfg.ae_title)
         self.ae.maximum_pdu_size = 0  # unlimited: fewer, larger PDUs
@@ -167,7 +179,7 @@ class StoreSCP:
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo)]
         server = self.ae.make_server(
             (self.cfg.host, self.cfg.port), ae_title=self.cfg.ae_title, evt_handlers=handlers,
-            ssl_context=tls_context(self.cfg), server_class=_Server,
+            ssl_context=tls_context(self.cfg), server_class=_SharedPortServer if self.reuse_port else _Server,
         )
         server.admission = _Admission(self.cfg.allowed_ae_titles, self.cfg.allowed_hosts)
         server.RequestHandlerClass = _Handler
@@ -190,7 +202,10 @@ class StoreSCP:
         while any(a.is_established for a in server.active_associations) and time.monotonic() < deadline:
             time.sleep(0.05)
         for assoc in server.active_associations:
-            assoc.abort()
+            if assoc.is_established:
+                assoc.abort()  # still sending after the drain period: the sender retries later
+            else:
+                assoc.kill()  # never negotiated: nothing to tell the peer
         self._server = None
         log.info("DICOM receiver stopped", extra={"event": "scp_stopped"})
 
@@ -204,7 +219,8 @@ class StoreSCP:
         part = Path(event.dataset_path)
         try:
             self.intake.check_space()
-            self.intake.ingest_partial(part, source="scp", calling_aet=calling)
+            # complete by construction: pynetdicom saw the last fragment of the dataset
+            self.intake.ingest_partial(part, source="scp", calling_aet=calling, verify_complete=False)
         except DiskFull:
             log.error("spool disk below free-space floor; asking sender to retry",
                       extra={"event": "disk_low"})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import sqlite3
 import threading
 import time
@@ -121,8 +122,11 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     db["studies"].create_index(["state", "last_received_at"], if_not_exists=True)
 
 
-# Later stages append (version, function) pairs; each runs once, in order, in one transaction.
-MIGRATIONS: list[tuple[int, Any]] = [(1, _create_schema)]
+# Schema steps, each run once, in order, in one transaction. A stage that owns tables adds a
+# (version, "module:function") line; the function takes a sqlite_utils.Database.
+MIGRATIONS: list[tuple[int, Any]] = [
+    (1, _create_schema),
+]
 
 
 class StateStore:
@@ -187,6 +191,9 @@ class StateStore:
             db = sqlite_utils.Database(conn)
             for version, step in MIGRATIONS:
                 if version > current:
+                    if isinstance(step, str):
+                        module, _, func = step.partition(":")
+                        step = getattr(importlib.import_module(module), func)
                     step(db)
                     conn.execute(f"PRAGMA user_version={int(version)}")
 

@@ -87,3 +87,20 @@ def test_rendered_template_loads_and_lists_every_key(tmp_path: Path) -> None:
     for key in ("ae_title", "port", "allowed_ae_titles", "allowed_hosts", "data_dir", "min_free_bytes",
                 "stable_seconds", "path"):
         assert f"{key} =" in text
+
+
+def test_fast_file_meta_is_byte_identical_to_pydicom() -> None:
+    import io
+
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import JPEGLSLossless
+    from pynetdicom.dsutils import create_file_meta
+
+    from connector.ingest.pynetdicom_speedups import encode_file_meta
+
+    for sop_class, sop_inst, ts in [("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5.6.7.8.9", "1.2.840.10008.1.2.1"),
+                                    ("1.2.840.10008.5.1.4.1.1.128", "2.25.1234567890123", JPEGLSLossless)]:
+        ref = io.BytesIO()
+        write_file_meta_info(ref, create_file_meta(sop_class_uid=sop_class, sop_instance_uid=sop_inst,
+                                                   transfer_syntax=ts))
+        assert encode_file_meta(sop_class, sop_inst, ts) == ref.getvalue()

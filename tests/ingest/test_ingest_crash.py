@@ -54,7 +54,7 @@ def test_kill_9_during_transfer_loses_no_acknowledged_instance(tmp_path: Path) -
     for f in acked:
         assert uid_of[f] in stored, "an acknowledged instance is missing after the crash"
         assert hashlib.sha256(dataset_bytes(stored[uid_of[f]])).hexdigest() == digest_of[f]
-    assert not list((daemon.spool / "partial").iterdir())
+    assert not [p for p in (daemon.spool / "partial").rglob("*") if p.is_file()]
     status = json.loads(daemon.cli("status", "--json", check=True).stdout)
     assert status["instances_received"] == len(stored)
 

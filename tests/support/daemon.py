@@ -54,7 +54,8 @@ class ConnectorProcess:
         self.log_path = self.folder / f"daemon-{int(time.time() * 1000)}.log"
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "connector", "-c", str(self.config), "run"],
-                                     cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                                     cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         if wait:
             try:
                 wait_port(self.port, timeout=60)
@@ -69,9 +70,32 @@ class ConnectorProcess:
         return self.proc.wait(timeout=timeout)
 
     def kill(self) -> None:
+        """SIGKILL to the whole service (supervisor and roles), as a crash or OOM kill of its cgroup."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
+        os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+    def role_pids(self) -> dict[str, int]:
+        """pid of each role process, by role name (from /proc: children of the supervisor)."""
+        assert self.proc is not None
+        pids: dict[str, int] = {}
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                text = status.read_text()
+            except OSError:
+                continue
+            fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+            if fields.get("PPid", "").strip() == str(self.proc.pid):
+                cmdline = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                pids[cmdline] = int(status.parent.name)
+        return pids
 
     def __enter__(self) -> ConnectorProcess:
         return self.start()
@@ -80,13 +104,22 @@ class ConnectorProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self.kill()
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "connector", "-c", str(self.config), *args], cwd=ROOT,
                               env=self.env, capture_output=True, text=True, check=check)
+
+    def wait_for_log(self, text: str, timeout: float = 15.0) -> str:
+        """The logs once ``text`` appears (role logs reach the supervisor asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            logs = self.logs()
+            if text in logs or time.monotonic() > deadline:
+                return logs
+            time.sleep(0.1)
 
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.folder.glob("daemon-*.log")))

@@ -1,4 +1,6 @@
-"""Event-driven waits for pynetdicom's acceptor threads (a latency fix, not a protocol change).
+"""Latency and CPU fixes for pynetdicom's acceptor path (no protocol change).
+
+1. Event-driven waits instead of fixed sleeps.
 
 pynetdicom runs two polling loops per association, each sleeping a fixed 1 ms when idle: the DUL
 reactor (socket <-> PDUs) and the association reactor (complete DIMSE messages -> handlers). A
@@ -13,6 +15,11 @@ Here both loops wait on the thing they are waiting for instead:
 Both waits are bounded by the same 1 ms, so pynetdicom's timers, abort and release checks run as
 often as before. The classes are applied per association by :mod:`connector.ingest.scp`, and only
 when the pynetdicom internals they rely on are present (see :func:`supported`).
+
+2. The File Meta Information written at the head of every streamed dataset is built directly as
+bytes (six short elements) instead of through a pydicom Dataset and writer, which cost ~0.5 ms of
+CPU per object, a tenth of the whole per-object budget. The output is byte-identical to pydicom's
+(see tests); it is installed by :func:`install_fast_file_meta` in the receiver process only.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ import os
 import queue
 import select
 import ssl
+import struct
 import weakref
+from dataclasses import dataclass
 from typing import Any, cast
 
 from pynetdicom.association import Association
@@ -135,3 +144,63 @@ class PromptAssociation(Association):
                 else:
                     self.abort()
                 self.kill()
+
+
+# -- 2. file meta --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _FileMeta:
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+
+
+def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":  # explicit VR little endian, long form
+        return struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    raw = text.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+    """The File Meta group (0002,eeee) exactly as pynetdicom + pydicom would write it."""
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+    body = b"".join((
+        _element(2, 0x0001, b"OB", b"\x00\x01"),
+        _element(2, 0x0002, b"UI", _padded(str(sop_class_uid), b"\x00")),
+        _element(2, 0x0003, b"UI", _padded(str(sop_instance_uid), b"\x00")),
+        _element(2, 0x0010, b"UI", _padded(str(transfer_syntax), b"\x00")),
+        _element(2, 0x0012, b"UI", _padded(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
+        _element(2, 0x0013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+    ))
+    return _element(2, 0x0000, b"UL", struct.pack("<I", len(body))) + body
+
+
+def _fast_create_file_meta(*, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> _FileMeta:
+    return _FileMeta(sop_class_uid, sop_instance_uid, transfer_syntax)
+
+
+def _fast_write_file_meta_info(fp: Any, meta: Any, enforce_standard: bool = True) -> None:
+    if isinstance(meta, _FileMeta):
+        fp.write(encode_file_meta(meta.sop_class_uid, meta.sop_instance_uid, meta.transfer_syntax))
+    else:  # not ours: pydicom's writer
+        from pydicom.filewriter import write_file_meta_info
+
+        write_file_meta_info(fp, meta, enforce_standard=enforce_standard)
+
+
+def install_fast_file_meta() -> bool:
+    """Route pynetdicom's streamed-dataset meta writing through :func:`encode_file_meta`."""
+    from pynetdicom import dimse_messages
+
+    if not (hasattr(dimse_messages, "create_file_meta") and hasattr(dimse_messages, "write_file_meta_info")):
+        return False
+    dimse_messages.create_file_meta = _fast_create_file_meta  # type: ignore[assignment]
+    dimse_messages.write_file_meta_info = _fast_write_file_meta_info  # type: ignore[assignment]
+    return True

@@ -1,0 +1,231 @@
+"""The de-identification engine: compiled rules, one walk per object, the PHI guard on the result.
+
+Per object: read (junk refused) -> collect the original identifiers for the guard -> filters ->
+subject from the identity provider -> optional pixel cleaning -> one walk over the elements at
+every depth -> markers and file meta -> encode -> PHI guard on the encoded bytes. Anything that
+goes wrong after reading quarantines the object; nothing half-processed is ever returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydicom import config as pydicom_config
+from pydicom.charset import convert_encodings
+from pydicom.dataset import Dataset
+
+from connector import phi_guard
+from connector.deid.compiler import CompiledRules
+from connector.deid.filters import (
+    ObjectFilters,
+    PixelCleaningRefused,
+    clean_pixel_regions,
+)
+from connector.deid.markers import CLEAN_PIXEL_CODE, Markers, MissingInstanceUids
+from connector.deid.profile import Profile, load_profile
+from connector.deid.provider import IdentityProvider, PatientIdentity
+from connector.deid.reading import Unreadable, read_dataset
+from connector.deid.rulefile import MethodCode
+from connector.deid.values import UidMapper, date_renderings, name_parts
+from connector.deid.walker import (
+    ElementWalker,
+    ObjectContext,
+    RuleFailure,
+    value_strings,
+)
+from connector.deid.writer import encode_file
+
+if TYPE_CHECKING:
+    from connector.config import Config
+
+log = logging.getLogger(__name__)
+
+_ID_TAGS = (0x00100020, 0x00101000, 0x00080050, 0x00100021, 0x00200010)  # patient IDs, accession, issuer, study ID
+_INSTITUTION_TAGS = (0x00080080, 0x00080081, 0x00081040)
+DEFAULT_CODEC = "iso8859"  # pydicom's reading of text without a Specific Character Set
+
+
+def silence_value_warnings() -> None:
+    """Turn off pydicom's value validation on reading, process-wide.
+
+    Its warnings quote the offending value (a patient's name that is too long, say) and also go to
+    the ``pydicom`` logger, so with validation on, identifiers would reach logs and stderr. Values
+    the engine writes are produced by the engine; the PHI guard re-checks every output.
+    """
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+
+
+@dataclass(frozen=True)
+class ObjectResult:
+    """What happened to one object. ``data`` is the de-identified encoding when ``status == "ok"``."""
+
+    status: str  # "ok" | "quarantine" | "skip"
+    reason: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    data: bytes | None = field(default=None, repr=False)
+    sop_instance_uid: str = ""
+    series_instance_uid: str = ""
+    study_instance_uid: str = ""
+    sop_class_uid: str = ""
+    modality: str = ""
+    pseudonym: str = ""
+    # Site-only linkage facts for IdentityProvider.record_study; never logged or pushed.
+    original_study_uid: str = field(default="", repr=False)
+    accession_number: str = field(default="", repr=False)
+
+
+def _codec(ds: Dataset) -> str | None:
+    """The one Python codec of the object's text, or None for multi-codec (ISO 2022) character sets."""
+    raw = ds.get("SpecificCharacterSet")
+    if not raw:
+        return DEFAULT_CODEC
+    names = [str(v).strip() for v in (raw if isinstance(raw, (list, tuple)) or type(raw).__name__ == "MultiValue"
+                                      else [raw])]
+    try:
+        codecs = convert_encodings(names)
+    except Exception:
+        return None
+    return codecs[0] if len(codecs) == 1 else None
+
+
+class DeidEngine:
+    """Compiled rules + identity provider. Reusable across studies; safe to share between threads."""
+
+    def __init__(self, profile: Profile, provider: IdentityProvider, *, site_id: str = "SITE01",
+                 fsync: bool = True, raw_sequences: bool = True) -> None:
+        silence_value_warnings()
+        self.profile = profile
+        self.rules = CompiledRules(profile)
+        self.provider = provider
+        self.site_id = site_id
+        self.fsync = fsync
+        self.uid = UidMapper(provider.uid_secret())
+        codes = profile.code_values
+        self.guard_policy = phi_guard.GuardPolicy(uids="113110" not in codes, institution="113112" not in codes,
+                                                  device_uids="113109" not in codes)
+        self._filters = ObjectFilters(profile.filters, profile.pixel_regions)
+        self._walker = ElementWalker(self.rules, self.uid, raw_sequences=raw_sequences)
+        self._markers = Markers(profile)
+
+    @classmethod
+    def from_config(cls, config: Config, provider: IdentityProvider) -> DeidEngine:
+        """The engine the daemon and the ``deid`` command use: ``[deid] rules`` or the shipped default."""
+        from connector.deid.settings import rule_paths
+
+        return cls(load_profile(rule_paths(config)), provider, site_id=config.site.id, fsync=config.storage.fsync)
+
+    @classmethod
+    def from_rules(cls, paths: Sequence[str | Path] | None, provider: IdentityProvider, *,
+                   site_id: str = "SITE01", fsync: bool = True) -> DeidEngine:
+        return cls(load_profile(paths), provider, site_id=site_id, fsync=fsync)
+
+    # -- entry points -----------------------------------------------------------------------------
+
+    def process_path(self, path: Path) -> ObjectResult:
+        try:
+            data = Path(path).read_bytes()
+        except IsADirectoryError:
+            return ObjectResult("quarantine", "not-a-file")
+        return self.process_bytes(data)
+
+    def process_bytes(self, data: bytes) -> ObjectResult:
+        try:
+            ds = read_dataset(data)
+        except Unreadable as exc:
+            return ObjectResult("quarantine", exc.code)
+        return self.process_dataset(ds)
+
+    def process_dataset(self, ds: Dataset) -> ObjectResult:
+        """De-identify ``ds`` in place and encode it; the input dataset is consumed."""
+        try:
+            identifiers = phi_guard.collect_identifiers(ds)
+            verdict = self._filters.evaluate(ds)
+        except Exception as exc:
+            return ObjectResult("quarantine", "unreadable", {"error": type(exc).__name__})
+        if verdict.action != "accept":
+            return ObjectResult(verdict.action, verdict.reason, {"filter": verdict.filter_id})
+        try:
+            identity, study_date, study_uid, accession = self._identity(ds)
+            scrub_inputs = self._scrub_inputs(ds)
+            codec = _codec(ds)
+        except Exception as exc:
+            return ObjectResult("quarantine", "unreadable", {"error": type(exc).__name__})
+        if not identity.patient_id:
+            return ObjectResult("quarantine", "missing-patient-id")
+        # Provider failures (linkage table unavailable) propagate: that is not the object's fault.
+        subject = self.provider.subject_for(identity, study_date=study_date)
+        ctx = ObjectContext(subject.pseudonym, subject.date_offset_days, self.site_id, codec, *scrub_inputs)
+        extra_codes: list[MethodCode] = []
+        try:
+            if verdict.pixel_rule is not None:
+                clean_pixel_regions(ds, verdict.pixel_rule)
+                extra_codes.append(CLEAN_PIXEL_CODE)
+            self._walker.walk(ds, ctx)
+            self._markers.apply(ds, extra_codes)
+            data = encode_file(ds)
+        except PixelCleaningRefused as exc:
+            return ObjectResult("quarantine", exc.code, {"rule": verdict.pixel_rule.id if verdict.pixel_rule else ""})
+        except RuleFailure as exc:
+            log.warning("rule failed", extra={"event": "deid_rule_failed", "action": exc.action,
+                                              "tag": f"{exc.tag:08X}", "error": exc.cause})
+            return ObjectResult("quarantine", "rule-error", {"tag": f"({exc.tag >> 16:04X},{exc.tag & 0xFFFF:04X})",
+                                                             "action": exc.action, "error": exc.cause})
+        except MissingInstanceUids:
+            return ObjectResult("quarantine", "missing-uid")
+        except Exception as exc:
+            log.warning("encoding failed", extra={"event": "deid_encode_failed", "error": type(exc).__name__})
+            return ObjectResult("quarantine", "encode-error", {"error": type(exc).__name__})
+        findings = phi_guard.check_output(data, identifiers, self.guard_policy)
+        if findings:
+            log.warning("PHI guard stopped an object", extra={"event": "phi_guard_hit",
+                                                               "codes": sorted({f.code for f in findings})})
+            return ObjectResult("quarantine", findings[0].code, {"findings": [f.as_dict() for f in findings[:50]]})
+        return ObjectResult(
+            "ok",
+            data=data,
+            sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+            series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+            study_instance_uid=str(ds.get("StudyInstanceUID", "")),
+            sop_class_uid=str(ds.get("SOPClassUID", "")),
+            modality=str(ds.get("Modality", "")),
+            pseudonym=subject.pseudonym,
+            original_study_uid=study_uid,
+            accession_number=accession,
+        )
+
+    # -- identity ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _identity(ds: Dataset) -> tuple[PatientIdentity, str, str, str]:
+        def text(keyword: str) -> str:
+            v = ds.get(keyword)
+            return "" if v is None else str(v).strip(" \x00")
+
+        identity = PatientIdentity(
+            patient_id=text("PatientID"),
+            issuer=text("IssuerOfPatientID"),
+            name=text("PatientName"),
+            birth_date=text("PatientBirthDate"),
+            sex=text("PatientSex"),
+        )
+        return identity, text("StudyDate"), text("StudyInstanceUID"), text("AccessionNumber")
+
+    def _scrub_inputs(self, ds: Dataset) -> tuple[list[str], list[str], list[str]]:
+        """Original values that cleaned free text must not contain: every top-level person name,
+        the IDs, the birth date and the institution."""
+        names: list[str] = []
+        decide = self.rules.public
+        for key in ds.keys():
+            tag = int(key)
+            if not tag & 0x10000 and decide(tag).vr == "PN":
+                for v in value_strings(ds[key].value):
+                    names.extend(name_parts(v))
+        ids = [v.strip(" \x00") for tag in _ID_TAGS if tag in ds for v in value_strings(ds[tag].value)]
+        phrases = [v for tag in _INSTITUTION_TAGS if tag in ds for v in value_strings(ds[tag].value)]
+        if "PatientBirthDate" in ds:
+            ids.extend(date_renderings(str(ds.PatientBirthDate or "")))
+        return names, ids, phrases

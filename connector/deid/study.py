@@ -1,0 +1,122 @@
+"""The daemon's de-identification step for one stable study: engine, PHI guard, spool, quarantine.
+
+Outputs are written durably (temporary name, fsync, rename) under the de-identified SOP Instance
+UID, which identifies nobody. An object that fails anywhere is quarantined with a reason code and
+never written to ``out_dir``. Disk errors while writing outputs propagate, so the caller retries
+the study later: outputs are idempotent (the same input gives the same file name and bytes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from connector.deid.engine import DeidEngine, ObjectResult
+from connector.deid.provider import IdentityProvider
+from connector.store.durable import write_file_durably
+from connector.store.quarantine import quarantine
+
+log = logging.getLogger(__name__)
+QUARANTINE_STAGE = "deid"
+
+
+@dataclass(frozen=True)
+class WrittenObject:
+    source: Path
+    path: Path
+    sop_instance_uid: str  # de-identified
+    series_instance_uid: str
+    study_instance_uid: str
+    sop_class_uid: str
+    modality: str
+    pseudonym: str
+
+
+@dataclass(frozen=True)
+class QuarantinedObject:
+    source: Path
+    reason: str  # machine-readable code, e.g. "phi-guard:name", "truncated", "burned-in-annotation"
+    entry_id: str
+
+
+@dataclass(frozen=True)
+class SkippedObject:
+    source: Path
+    reason: str
+
+
+@dataclass
+class StudyOutcome:
+    written: list[WrittenObject] = field(default_factory=list)
+    quarantined: list[QuarantinedObject] = field(default_factory=list)
+    skipped: list[SkippedObject] = field(default_factory=list)
+
+    @property
+    def study_uids(self) -> list[str]:
+        """De-identified Study Instance UIDs written (normally one)."""
+        return sorted({w.study_instance_uid for w in self.written})
+
+    @property
+    def pseudonyms(self) -> list[str]:
+        return sorted({w.pseudonym for w in self.written})
+
+    def summary(self) -> dict[str, object]:
+        """Counts and reason codes only: safe to log."""
+        return {
+            "written": len(self.written),
+            "quarantined": dict(Counter(q.reason for q in self.quarantined)),
+            "skipped": dict(Counter(s.reason for s in self.skipped)),
+        }
+
+
+class StudyRecorder:
+    """Tells the identity provider once per (pseudonym, original study) which study it became."""
+
+    def __init__(self, provider: IdentityProvider) -> None:
+        self._provider = provider
+        self._seen: set[tuple[str, str, str]] = set()
+
+    def record(self, result: ObjectResult) -> None:
+        key = (result.pseudonym, result.original_study_uid, result.study_instance_uid)
+        if key in self._seen or not result.original_study_uid:
+            return
+        self._provider.record_study(result.pseudonym, result.original_study_uid, result.study_instance_uid,
+                                    result.accession_number)
+        self._seen.add(key)
+
+
+def quarantine_result(quarantine_dir: Path, source: Path, result: ObjectResult) -> QuarantinedObject:
+    """Park the original file with the result's reason (the original, so it can be re-run later)."""
+    entry = quarantine(quarantine_dir, QUARANTINE_STAGE, result.reason, source_path=source, details=result.details)
+    return QuarantinedObject(source, result.reason, entry.id)
+
+
+def output_name(result: ObjectResult) -> str:
+    return f"{result.sop_instance_uid}.dcm"
+
+
+def deidentify_study(paths: Iterable[Path], out_dir: Path, quarantine_dir: Path, engine: DeidEngine) -> StudyOutcome:
+    """De-identify every object of a stable study into ``out_dir``; quarantine what must not go on."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outcome = StudyOutcome()
+    recorder = StudyRecorder(engine.provider)
+    for source in paths:
+        source = Path(source)
+        result = engine.process_path(source)
+        if result.status == "ok":
+            assert result.data is not None
+            target = out_dir / output_name(result)
+            write_file_durably(target, result.data, sync=engine.fsync)
+            recorder.record(result)
+            outcome.written.append(WrittenObject(source, target, result.sop_instance_uid, result.series_instance_uid,
+                                                 result.study_instance_uid, result.sop_class_uid, result.modality,
+                                                 result.pseudonym))
+        elif result.status == "skip":
+            outcome.skipped.append(SkippedObject(source, result.reason))
+        else:
+            outcome.quarantined.append(quarantine_result(quarantine_dir, source, result))
+    log.info("study de-identified", extra={"event": "deid_study", **outcome.summary()})
+    return outcome

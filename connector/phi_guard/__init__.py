@@ -1,0 +1,27 @@
+"""The PHI guard: an independent last check on every de-identified object before it leaves.
+
+It shares no code with the rule engine (:mod:`connector.deid`) on purpose: a bug in a rule, in the
+rule loader or in the element walker must not also blind the check. It knows only what the
+original object said about the patient and looks for it again, in every value at every depth
+of the re-parsed output and in the raw bytes. Findings carry reason codes and tag paths, never the
+matched value, so they can be logged and written into quarantine records.
+"""
+
+from connector.phi_guard.identifiers import Identifiers, collect_identifiers
+from connector.phi_guard.scanner import (
+    Finding,
+    GuardPolicy,
+    check_bytes,
+    check_dataset,
+    check_output,
+)
+
+__all__ = [
+    "Finding",
+    "GuardPolicy",
+    "Identifiers",
+    "check_bytes",
+    "check_dataset",
+    "check_output",
+    "collect_identifiers",
+]
