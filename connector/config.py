@@ -30,6 +30,10 @@ from connector.config_fields import valid_ae as _valid_ae
 from connector.config_fields import valid_host_entry as _valid_host_entry
 from connector.linkage.settings import LinkageConfig
 from connector.deid.settings import DeidConfig
+from connector.infer.settings import CacConfig
+from connector.followup.settings import FollowupConfig
+from connector.web.settings import HttpConfig
+from connector.push.settings import RegistryConfig
 
 ENV_PREFIX = "SITE_CONNECTOR__"
 ENV_CONFIG_FILE = "SITE_CONNECTOR_CONFIG"
@@ -110,14 +114,6 @@ class DropFolderConfig:
 
 
 @dataclass(frozen=True)
-class RegistryConfig:
-    url: str = _setting("", doc="registry base URL given by the registry team")
-    dicomweb_url: str = _setting("", doc="STOW-RS base (default <url>/dicomweb)")
-    api_url: str = _setting("", doc="JSON API base (default <url>)")
-    token_file: Path | None = _setting(None, doc="file holding the registry bearer token (mode 0600)")
-
-
-@dataclass(frozen=True)
 class LoggingConfig:
     level: str = _setting(
         "INFO", _check(lambda v: v.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"}, "must be DEBUG, INFO, WARNING or ERROR"),
@@ -138,6 +134,9 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     linkage: LinkageConfig = field(default_factory=LinkageConfig)
     deid: DeidConfig = field(default_factory=DeidConfig)
+    cac: CacConfig = field(default_factory=CacConfig)
+    followup: FollowupConfig = field(default_factory=FollowupConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     source: str = field(default="embedded defaults", compare=False)
 
     @property

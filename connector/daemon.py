@@ -3,6 +3,7 @@
     supervisor (this module)
       |- receiver-0 .. receiver-N-1   C-STORE SCP on one shared port (+ drop folder in receiver-0)
       |- pipeline                     stable-study sweep, de-identification, inference, queuing
+      |- push                         outbox -> registry (STOW-RS, JSON API)
 
 Why processes: a crash in de-identification or inference must not stop reception, and receiving
 must never wait on them; separate interpreters also let the receivers use every core despite the
@@ -67,6 +68,9 @@ class Supervisor:
     def __post_init__(self) -> None:
         self.layout = SiteLayout.from_config(self.config)
         self._ctx = spawn_context()
+        self.web: Any = None
+        self._web_store: StateStore | None = None
+        self._web_provider: Any = None
         self._log_queue: Any = None
         self._listener: logging.handlers.QueueListener | None = None
 
@@ -88,9 +92,12 @@ class Supervisor:
         for i in range(cfg.dicom.receiver_processes):
             self.roles.append(_Role(f"receiver-{i}", "receiver", (cfg, i, self._log_queue)))
         self.roles.append(_Role("pipeline", "pipeline", (cfg, self._log_queue)))
+        self.roles.append(_Role("push", "push", (cfg, self._log_queue)))
         for role in self.roles:
             self._spawn(role)
         self._await_listening()
+        if cfg.http.enabled:
+            self._start_web()
         log.info("daemon started", extra={"event": "daemon_started", "pid": os.getpid(), "config": cfg.source,
                                           "site": cfg.site.id, "port": cfg.dicom.port,
                                           "receivers": cfg.dicom.receiver_processes})
@@ -160,6 +167,12 @@ class Supervisor:
                 log.error("role did not stop in time; killing", extra={"event": "role_killed", "role": role.name})
                 role.process.kill()
                 role.process.join(5)
+        if self.web is not None:
+            self.web.stop()
+        if self._web_store is not None:
+            self._web_store.close()
+        if self._web_provider is not None:
+            self._web_provider.close()
         log.info("daemon stopped", extra={"event": "daemon_stopped"})
         if self._listener is not None:
             self._listener.stop()
@@ -178,6 +191,38 @@ class Supervisor:
     def _on_signal(self, signum: int) -> None:
         log.info("signal received", extra={"event": "signal", "signal": signal.Signals(signum).name})
         self._signalled.set()
+
+    def _start_web(self) -> None:
+        """Health, metrics and dashboard, served from the supervisor: up as long as the service is."""
+        from connector.linkage import open_identity_provider
+        from connector.outbox import outbox_counts
+        from connector.web import WebServer
+
+        store = StateStore(self.layout.state_db)
+        self._web_store = store
+        self._web_provider = open_identity_provider(self.config)
+        threshold = self.config.http.registry_unreachable_seconds
+
+        def registry_probe() -> str | None:
+            # The uploader retries quietly; unhealthy only once work has waited longer than the threshold.
+            age = float(outbox_counts(store).get("oldest_pending_age_s", 0.0))
+            return f"registry: oldest unsent job waiting {age:.0f} s" if age > threshold else None
+
+        def scp_probe() -> str | None:
+            alive = [r for r in self.roles if r.kind == "receiver" and r.process is not None and r.process.is_alive()]
+            return None if alive else f"DICOM port {self.config.dicom.port}: no receiver running"
+
+        intake = Intake(self.layout, store, min_free_bytes=self.config.storage.min_free_bytes,
+                        fsync=self.config.storage.fsync)
+        # the pipeline and push roles poll the DB every second: nothing to wake across processes
+        self.web = WebServer(self.config, store, self.layout, {"registry": registry_probe, "scp": scp_probe},
+                             intake=intake, provider=self._web_provider, wake=lambda _what: None)
+        try:
+            self.web.start()
+        except OSError as exc:
+            self.stop()
+            raise DaemonStartError(f"cannot listen on HTTP port {self.config.http.port}: {exc.strerror}") from None
+        log.info("dashboard and health endpoints listening", extra={"event": "http_listening", "url": self.web.url})
 
     def role_pids(self) -> dict[str, int]:
         return {r.name: r.process.pid for r in self.roles if r.process is not None and r.process.is_alive()}

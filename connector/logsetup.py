@@ -50,5 +50,12 @@ def setup_logging(level: str = "INFO", file: Path | None = None, max_bytes: int 
         rotating.setFormatter(formatter)
         root.addHandler(rotating)
     root.setLevel(level.upper())
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Keep third-party chatter out of the logs; pydicom entirely, as its messages quote values
+    (a malformed patient name, say) that may identify a patient."""
     for noisy in ("pynetdicom", "apscheduler", "watchdog", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)

@@ -5,6 +5,7 @@
   receiver 0. Receivers write the spool and the state DB and nothing else.
 - ``pipeline``: the stable-study sweep and the study worker (de-identification, inference, queuing)
   and the periodic jobs (apscheduler). It reads what receivers wrote and never talks to them.
+- ``push``: drains the outbox to the registry (STOW-RS and the JSON API), with its own retries.
 
 Roles are started by :mod:`connector.daemon` in fresh interpreters (multiprocessing "spawn"), so
 they share no state but the files and the database.
@@ -22,6 +23,7 @@ import threading
 from typing import Any
 
 from connector.config import Config
+from connector.logsetup import quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +72,7 @@ def _child_setup(config: Config, log_queue: Any, role: str) -> threading.Event:
     handler.addFilter(_RoleFilter(role))
     root.addHandler(handler)
     root.setLevel(config.logging.level.upper())
-    for noisy in ("pynetdicom", "apscheduler", "watchdog", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_libraries()
     log.info("role started", extra={"event": "role_pid", "pid": os.getpid()})
     stop = threading.Event()
 
@@ -148,12 +149,16 @@ def pipeline_main(config: Config, log_queue: Any) -> None:
     from connector.linkage import open_identity_provider
     from connector.store.layout import SiteLayout
     from connector.store.state import StateStore
-    from connector.studyworker import StudyWorker
+    from connector.studyworker import StudyWorker, cac_step, registry_step
 
     layout = SiteLayout.from_config(config)
     store = StateStore(layout.state_db)
     provider = open_identity_provider(config)
-    worker = StudyWorker(store, layout, DeidEngine.from_config(config, provider))
+    engine = DeidEngine.from_config(config, provider)
+    steps = [("registry", registry_step(config, store, layout))]
+    if config.cac.enabled:
+        steps.append(("cac", cac_step(config, store, engine)))
+    worker = StudyWorker(store, layout, engine, steps)
     worker.start()
     assembler = StudyAssembler(store, config.assemble.stable_seconds)
 
@@ -172,7 +177,23 @@ def pipeline_main(config: Config, log_queue: Any) -> None:
     provider.close()
 
 
-ROLE_TARGETS = {"receiver": receiver_main, "pipeline": pipeline_main}
+def push_main(config: Config, log_queue: Any) -> None:
+    """Drains the outbox to the registry; never waits on, nor holds up, the other roles."""
+    stop = _child_setup(config, log_queue, "push")
+    from connector.push import PushWorker
+    from connector.store.layout import SiteLayout
+    from connector.store.state import StateStore
+
+    layout = SiteLayout.from_config(config)
+    store = StateStore(layout.state_db)
+    worker = PushWorker(config, store, layout)
+    worker.start()
+    _wait_for_stop(stop)
+    worker.stop()
+    store.close()
+
+
+ROLE_TARGETS = {"receiver": receiver_main, "pipeline": pipeline_main, "push": push_main}
 
 
 def spawn_context() -> Any:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from connector.config import Config
 from connector.deid.engine import DeidEngine
 from connector.deid.study import StudyOutcome, deidentify_study
 from connector.store.layout import SiteLayout
@@ -118,3 +119,67 @@ class StudyWorker:
         log.info("study processed", extra={"event": "study_processed", "study": key, "state": state,
                                            "seconds": round(time.monotonic() - started, 3), **outcome.summary()})
         return True
+
+
+# -- steps after de-identification -------------------------------------------------------------
+
+
+def subject_record(path: Path) -> dict[str, object]:
+    """The registry's subject fields, read from a de-identified object (already PHI-guarded)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    record: dict[str, object] = {"sex": str(ds.get("PatientSex", "") or "")}
+    age = str(ds.get("PatientAge", "") or "")
+    if age:
+        record["age_at_scan"] = age
+    return record
+
+
+def registry_step(config: Config, store: StateStore, layout: SiteLayout) -> Step:
+    """Queue the de-identified study for the registry: subject, STOW-RS batches, manifest."""
+    from connector.outbox import Outbox
+    from connector.push import queue_study
+
+    outbox = Outbox(store)
+
+    def step(ctx: StudyContext) -> None:
+        for study_uid in ctx.outcome.study_uids:
+            written = [w for w in ctx.outcome.written if w.study_instance_uid == study_uid]
+            queue_study(outbox, study_uid=study_uid, pseudonym=written[0].pseudonym,
+                        subject=subject_record(written[0].path), files=[w.path for w in written], layout=layout,
+                        max_instances=config.registry.batch_max_instances,
+                        max_bytes=config.registry.batch_max_bytes)
+        ctx.notes["state"] = "queued"
+
+    return step
+
+
+def cac_step(config: Config, store: StateStore, engine: DeidEngine) -> Step:
+    """Score coronary calcium on the study's CT attenuation series and queue the result.
+
+    Runs on the original files (the model needs the real pixels; nothing leaves here), then maps
+    the study and series UIDs to their de-identified values and adds the pseudonym, so the result
+    the registry receives carries no original identifier.
+    """
+    from connector.infer.runner import CacRunner
+    from connector.infer.study import score_study
+    from connector.outbox import Outbox
+    from connector.push import queue_result
+
+    runner = CacRunner.from_config(config)  # the model is verified and loaded once per process
+    outbox = Outbox(store)
+
+    def step(ctx: StudyContext) -> None:
+        if not ctx.outcome.written:
+            return
+        pseudonym = ctx.outcome.written[0].pseudonym
+        for result in score_study(ctx.originals, runner):
+            doc = result.to_json(include_uids=True)
+            doc["study_instance_uid"] = engine.uid(str(doc["study_instance_uid"]))
+            doc["series_instance_uid"] = engine.uid(str(doc["series_instance_uid"]))
+            doc["pseudonym"] = pseudonym
+            queue_result(outbox, doc)
+            ctx.notes.setdefault("cac", []).append(doc.get("category"))  # type: ignore[union-attr]
+
+    return step

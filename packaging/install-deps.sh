@@ -2,6 +2,7 @@
 # Install everything site-connector and its test suite need, on Debian/Ubuntu:
 #   - Debian packages: dcmtk (storescu/storescp, used by the tests and for PACS checks),
 #     orthanc + orthanc-dicomweb (the real PACS and DICOMweb peer in the tests);
+#     chromium + chromium-driver (the dashboard test drives a real headless browser);
 #   - the Python package itself with its test extra.
 # Installs only what is missing; safe to run again.
 set -euo pipefail
@@ -14,6 +15,8 @@ need=()
 command -v /usr/bin/storescu >/dev/null 2>&1 || need+=(dcmtk)
 [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so >/dev/null 2>&1 || need+=(orthanc-dicomweb)
+[ -x /usr/bin/chromium ] || need+=(chromium)  # the dashboard's browser test (headless)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing Debian packages: ${need[*]}"
   $SUDO apt-get update -qq

@@ -17,8 +17,13 @@ COMMAND_MODULES = [
     "connector.cli.run_cmd",
     "connector.cli.status_cmd",
     "connector.cli.echo_cmd",
+    "connector.cli.demo_cmd",
     "connector.cli.linkage_cmd",
+    "connector.cli.cac_cmd",
     "connector.cli.deid_cmd",
+    "connector.cli.registry_cmd",
+    "connector.cli.web_cmd",
+    "connector.cli.followup_cmd",
 ]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 
 from connector.cli import exitcodes
@@ -39,8 +38,6 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"linkage key problem: {exc}", exitcodes.USAGE) from None
     except LinkageError as exc:
         raise CommandError(f"linkage table problem: {exc}", exitcodes.FAILURE) from None
-    except OSError as exc:
-        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-            raise CommandError(f"cannot listen on port {config.dicom.port}: {exc.strerror}", exitcodes.FAILURE) from None
-        raise
+    except OSError as exc:  # e.g. the data folder is not writable
+        raise CommandError(f"cannot run: {exc.strerror or type(exc).__name__}", exitcodes.FAILURE) from None
     return exitcodes.OK

@@ -7,6 +7,7 @@ from typing import Any
 
 from connector.cli import exitcodes
 from connector.cli.common import CommandError, add_config_option, config_from_args, print_json
+from connector.outbox import outbox_counts
 from connector.store.layout import SiteLayout
 from connector.store.quarantine import count_quarantine
 from connector.store.state import StateStore
@@ -24,7 +25,7 @@ def collect(layout: SiteLayout) -> dict[str, Any]:
     store = StateStore(layout.state_db)
     try:
         out = store.counts()
-        out.update(store.outbox_counts() if hasattr(store, "outbox_counts") else {"outbox_pending": 0, "pushed": 0})
+        out.update(outbox_counts(store))
     finally:
         store.close()
     out["quarantined"] = count_quarantine(layout.quarantine)
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"instances received: {status['instances_received']} ({status['bytes_received'] / 1e6:.1f} MB)")
     print("studies:            " + ", ".join(f"{k} {v}" for k, v in status["studies"].items() if v) or "none")
     print(f"quarantined:        {status['quarantined']}")
-    print(f"outbox pending:     {status['outbox_pending']}")
-    print(f"pushed:             {status['pushed']}")
+    print(f"outbox pending:     {status['outbox_pending']} (oldest {status['oldest_pending_age_s']:.0f} s)")
+    print(f"pushed:             {status['pushed']} jobs")
+    print(f"failed:             {status['failed']} jobs (see quarantine/push)")
     return exitcodes.OK

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydicom import config as pydicom_config
 from pynetdicom import AE, _config, evt
 from pynetdicom.acse import ACSE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -53,6 +54,8 @@ def configure_pynetdicom(partial_dir: Path) -> None:
     _config.LOG_HANDLER_LEVEL = "none"
     tempfile.tempdir = str(partial_dir)
     install_fast_file_meta()
+    # pydicom's value-validation warnings quote the values (names, IDs): never let them reach logs
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 

@@ -126,6 +126,8 @@ def _create_schema(db: sqlite_utils.Database) -> None:
 # (version, "module:function") line; the function takes a sqlite_utils.Database.
 MIGRATIONS: list[tuple[int, Any]] = [
     (1, _create_schema),
+    (2, "connector.outbox.schema:create_schema"),
+    (3, "connector.followup.schema:create_schema"),
 ]
 
 

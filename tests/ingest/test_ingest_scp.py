@@ -12,7 +12,7 @@ import pydicom
 import pytest
 
 from connector.synthetic import SyntheticStudy, ct_slices, write_series
-from tests.support.daemon import ConnectorProcess
+from tests.support.daemon import ConnectorProcess, wait_for_study_state
 from tests.support.dicomfiles import dataset_bytes, stored_by_sop
 from tests.support.tools import dcmtk
 
@@ -69,18 +69,8 @@ def test_study_becomes_stable_after_quiet_period_and_late_instance_reopens(tmp_p
     assert reopened == 1 and count == len(files)
 
 
-def _wait_for_state(daemon: ConnectorProcess, state: str, timeout: float = 30) -> None:
-    """Wait until a study is in ``state`` or beyond (the pipeline moves stable studies on at once)."""
-    import time
-
-    later = {"stable": ("stable", "processing", "deidentified", "queued", "pushed")}.get(state, (state,))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = json.loads(daemon.cli("status", "--json", check=True).stdout)
-        if any(status["studies"].get(s) for s in later):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"no study reached {state}")
+def _wait_for_state(daemon: ConnectorProcess, state: str) -> None:
+    wait_for_study_state(daemon, state)
 
 
 def test_resent_identical_instance_is_a_noop_and_changed_bytes_replace(tmp_path: Path, small_study) -> None:

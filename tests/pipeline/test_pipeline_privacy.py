@@ -3,15 +3,13 @@ anywhere in the site folder except where originals live by design (incoming spoo
 
 from __future__ import annotations
 
-import json
 import subprocess
-import time
 from pathlib import Path
 
 import pydicom
 
 from connector.synthetic import SyntheticPatient, SyntheticStudy, write_pet_ct_study
-from tests.support.daemon import ConnectorProcess
+from tests.support.daemon import ConnectorProcess, wait_for_study_state
 from tests.support.tools import dcmtk
 
 
@@ -26,23 +24,13 @@ def identifiers(study: SyntheticStudy) -> list[bytes]:
     return out
 
 
-def wait_state(daemon: ConnectorProcess, state: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = json.loads(daemon.cli("status", "--json", check=True).stdout)
-        if status["studies"].get(state):
-            return status
-        time.sleep(0.3)
-    raise AssertionError(f"no study reached {state}: {status}")
-
-
 def test_site_folder_holds_no_identifier_outside_originals(tmp_path: Path) -> None:
     study = SyntheticStudy(patient=SyntheticPatient(family="QUIXOTEZ", given="WILHELMINA"))
     _, files = write_pet_ct_study(tmp_path / "study", study, ct_count=8, pet_count=4, ct_rows=64)
     with ConnectorProcess(tmp_path / "site", logging__file=str(tmp_path / "site" / "data" / "logs" / "c.log")) as d:
         subprocess.run([dcmtk("storescu"), "-aec", "SITECONN", "127.0.0.1", str(d.port), *map(str, files)],
                        check=True, capture_output=True)
-        status = wait_state(d, "deidentified")
+        status = wait_for_study_state(d, "deidentified")
         assert status["instances_received"] == len(files)
         outgoing = sorted(d.spool.glob("outgoing/*/*.dcm"))
         assert len(outgoing) == len(files)

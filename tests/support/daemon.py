@@ -34,7 +34,9 @@ class ConnectorProcess:
         self.port = int(overrides.pop("dicom__port", 0)) or _configured_port(self.config)
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = str(ROOT)
-        defaults = {"storage__min_free_bytes": 0, "assemble__stable_seconds": 2, "assemble__sweep_seconds": 0.5}
+        self.http_port = free_port()
+        defaults = {"storage__min_free_bytes": 0, "assemble__stable_seconds": 2, "assemble__sweep_seconds": 0.5,
+                    "http__port": self.http_port}
         for key, value in {**defaults, **overrides, "dicom__port": self.port}.items():
             section, name = key.split("__", 1)
             self.env[f"SITE_CONNECTOR__{section.upper()}__{name.upper()}"] = (
@@ -129,3 +131,24 @@ def _configured_port(config: Path) -> int:
     import tomllib
 
     return int(tomllib.loads(config.read_text())["dicom"]["port"])
+
+
+STUDY_STATE_ORDER = ("receiving", "stable", "processing", "deidentified", "queued", "pushed")
+
+
+def wait_for_study_state(daemon: ConnectorProcess, state: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Wait until a study is in ``state`` or a later one (the pipeline moves studies on quickly).
+
+    Returns the ``status --json`` object.
+    """
+    import json
+
+    later = STUDY_STATE_ORDER[STUDY_STATE_ORDER.index(state):] if state in STUDY_STATE_ORDER else (state,)
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = json.loads(daemon.cli("status", "--json", check=True).stdout)
+        if any(status["studies"].get(s) for s in later):
+            return status
+        time.sleep(0.3)
+    raise AssertionError(f"no study reached {state}: {status['studies'] if status else 'no status'}")

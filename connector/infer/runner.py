@@ -1,0 +1,217 @@
+"""ONNX Runtime session for the CAC model, and the volume -> mask -> Agatston pipeline around it.
+
+Why one long-lived runner: creating a session (graph optimisation, provider initialisation, CUDA
+context) costs far more than scoring one CTAC volume, so the daemon builds one :class:`CacRunner`
+at start-up and reuses it for every study; ``InferenceSession.run`` is thread-safe.
+
+From the model's low-resolution class probabilities to an exact score: every 8-connected group of
+HU >= 130 pixels on a slice (a candidate lesion) is called coronary when its mean coronary
+probability and its mean heart probability reach the manifest's threshold. That turns the model's
+coarse output into a full-resolution coronary-calcium mask whose edges come from the HU values, not
+from the model's grid, and :func:`connector.infer.agatston.agatston` scores inside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from scipy import ndimage
+
+from connector.infer.agatston import HU_THRESHOLD, AgatstonResult, agatston
+from connector.infer.errors import ModelError
+from connector.infer.manifest import ModelManifest, load_verified_model
+from connector.infer.preprocess import (
+    AIR_HU,
+    GridMap,
+    body_box,
+    neighbour_indices,
+    window,
+)
+from connector.infer.results import SeriesResult, Timings
+from connector.infer.settings import CacConfig
+from connector.infer.volume import CtVolume
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+CROP_MARGIN_PX = 32  # air kept around the body when a model accepts cropped inputs
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """Model outputs for a volume on the output grid, plus the series -> output grid index maps."""
+
+    heart: np.ndarray  # (slices, h, w) heart probability
+    coronary: np.ndarray  # (slices, h, w) coronary-calcium probability
+    rows: np.ndarray  # series row -> output row, -1 outside the model's field of view
+    cols: np.ndarray  # series column -> output column, -1 outside
+    crop: tuple[int, int, int, int]  # model-grid rows/columns actually run (r0, r1, c0, c1)
+
+
+@dataclass(frozen=True)
+class ScoredVolume:
+    agatston: AgatstonResult
+    mask: np.ndarray  # full-resolution coronary-calcium mask the score was computed in
+    inference_s: float
+    scoring_s: float
+    crop: tuple[int, int, int, int]
+
+
+def choose_providers(requested: Sequence[str]) -> list[str]:
+    """Providers to ask ORT for: the configured ones that exist here, else CUDA when present; CPU last."""
+    available = ort.get_available_providers()
+    if requested:
+        chosen = [p for p in requested if p in available]
+        if not chosen:
+            raise ModelError(
+                "provider_unavailable",
+                f"none of the configured providers {list(requested)} is available (available: {available})",
+            )
+    else:
+        chosen = [CUDA] if CUDA in available else []
+    if CPU not in chosen:
+        chosen.append(CPU)
+    return chosen
+
+
+class CacRunner:
+    """A verified model loaded into one ONNX Runtime session, plus the scoring around it."""
+
+    def __init__(self, manifest: ModelManifest, session: ort.InferenceSession, config: CacConfig) -> None:
+        self.manifest = manifest
+        self.session = session
+        self.config = config
+        self.provider = session.get_providers()[0]
+        inputs = {i.name for i in session.get_inputs()}
+        outputs = {o.name for o in session.get_outputs()}
+        wanted_out = {manifest.output.heart, manifest.output.calcium}
+        if manifest.input.name not in inputs or not wanted_out <= outputs:
+            raise ModelError("model_io_mismatch", "the model's input/output names differ from its manifest")
+
+    @classmethod
+    def from_config(cls, config: object) -> CacRunner:
+        """Build from the root ``Config`` (uses ``config.cac``) or a ``CacConfig``."""
+        cac = config if isinstance(config, CacConfig) else config.cac  # type: ignore[attr-defined]
+        manifest, blob = load_verified_model(cac.model_dir)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = cac.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        # No busy-waiting between ops: the daemon shares the CPU with reception and de-identification.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = choose_providers(cac.providers)
+        try:
+            session = ort.InferenceSession(blob, sess_options=options, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types
+            raise ModelError(
+                "model_load_failed", f"ONNX Runtime could not load the model ({type(exc).__name__})"
+            ) from None
+        runner = cls(manifest, session, cac)
+        log.info("cac model loaded: %s %s provider=%s", manifest.name, manifest.version, runner.provider)
+        return runner
+
+    @classmethod
+    def load(cls, model_dir: Path | None = None, **settings: object) -> CacRunner:
+        """Convenience for tests and tools: a runner from a model folder and CacConfig overrides."""
+        return cls.from_config(CacConfig(model_dir=model_dir, **settings))  # type: ignore[arg-type]
+
+    # -----------------------------------------------------------------------------------------
+
+    def segment(self, hu: np.ndarray, pixel_spacing: tuple[float, float]) -> Segmentation:
+        """Run the model on every slice (with its neighbours), batched."""
+        spec, out = self.manifest.input, self.manifest.output
+        grid = GridMap.build(hu.shape[1:], pixel_spacing, spec.in_plane_size, spec.pixel_spacing_mm)
+        model_grid = grid.to_model(hu, AIR_HU)
+        r0, r1, c0, c1 = 0, spec.in_plane_size, 0, spec.in_plane_size
+        if spec.size_multiple:
+            r0, r1, c0, c1 = body_box(model_grid, spec.size_multiple, CROP_MARGIN_PX)
+        volume = window(model_grid[:, r0:r1, c0:c1], *spec.hu_window)
+        n = volume.shape[0]
+        size, s = spec.in_plane_size // out.stride, out.stride
+        heart = np.zeros((n, size, size), dtype=np.float32)
+        coronary = np.zeros((n, size, size), dtype=np.float32)
+        batch = self.config.batch_size
+        for start in range(0, n, batch):
+            centres = np.arange(start, min(start + batch, n))
+            sample = volume[neighbour_indices(n, centres, spec.slices_per_sample)]
+            p_heart, p_calcium = self.session.run([out.heart, out.calcium], {spec.name: sample})
+            heart[start : start + len(centres), r0 // s : r1 // s, c0 // s : c1 // s] = p_heart[:, 0]
+            coronary[start : start + len(centres), r0 // s : r1 // s, c0 // s : c1 // s] = p_calcium[
+                :, out.coronary_class
+            ]
+        rows = np.where(grid.series_rows >= 0, grid.series_rows // out.stride, -1)
+        cols = np.where(grid.series_cols >= 0, grid.series_cols // out.stride, -1)
+        return Segmentation(heart=heart, coronary=coronary, rows=rows, cols=cols, crop=(r0, r1, c0, c1))
+
+    def coronary_mask(self, hu: np.ndarray, seg: Segmentation) -> np.ndarray:
+        """Full-resolution mask: candidate lesions whose mean coronary and heart probabilities pass."""
+        threshold = self.manifest.output.threshold
+        mask = np.zeros(hu.shape, dtype=bool)
+        for k in range(hu.shape[0]):
+            if seg.coronary[k].max() < threshold:
+                continue
+            labels, count = ndimage.label(hu[k] >= HU_THRESHOLD, structure=_EIGHT_CONNECTED)
+            if count == 0:
+                continue
+            rr, cc = np.nonzero(labels)
+            lab = labels[rr, cc]
+            out_r, out_c = seg.rows[rr], seg.cols[cc]
+            inside = (out_r >= 0) & (out_c >= 0)
+            out_r, out_c = np.clip(out_r, 0, None), np.clip(out_c, 0, None)
+            p_cor = np.where(inside, seg.coronary[k][out_r, out_c], 0.0)
+            p_heart = np.where(inside, seg.heart[k][out_r, out_c], 0.0)
+            pixels = np.maximum(np.bincount(lab, minlength=count + 1), 1)
+            keep = (np.bincount(lab, weights=p_cor, minlength=count + 1) / pixels >= threshold) & (
+                np.bincount(lab, weights=p_heart, minlength=count + 1) / pixels >= threshold
+            )
+            keep[0] = False
+            mask[k] = keep[labels]
+        return mask
+
+    def score_hu(self, hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increment: float) -> ScoredVolume:
+        """Segment and score a HU volume (slices, rows, columns) already sorted along the normal."""
+        t0 = time.perf_counter()
+        seg = self.segment(hu, pixel_spacing)
+        t1 = time.perf_counter()
+        mask = self.coronary_mask(hu, seg)
+        result = agatston(hu, mask, pixel_spacing, slice_increment)
+        t2 = time.perf_counter()
+        return ScoredVolume(agatston=result, mask=mask, inference_s=t1 - t0, scoring_s=t2 - t1, crop=seg.crop)
+
+    def score_volume(self, volume: CtVolume, load_s: float = 0.0) -> SeriesResult:
+        """Score a loaded series and wrap it as a :class:`SeriesResult`."""
+        scored = self.score_hu(volume.hu, volume.pixel_spacing, volume.slice_increment_mm)
+        return SeriesResult(
+            study_uid=volume.study_uid,
+            series_uid=volume.series_uid,
+            status="ok",
+            model=self.manifest.summary(),
+            provider=self.provider,
+            timings=Timings(load_s=load_s, inference_s=scored.inference_s, scoring_s=scored.scoring_s),
+            agatston=scored.agatston,
+            slices=int(volume.hu.shape[0]),
+            slice_thickness_mm=volume.slice_thickness_mm,
+            pixel_spacing_mm=volume.pixel_spacing,
+            warnings=volume.spacing.warnings,
+        )
+
+    def failed(self, study_uid: str, series_uid: str, code: str, load_s: float = 0.0) -> SeriesResult:
+        """An error result for a series that could not be scored."""
+        return SeriesResult(
+            study_uid=study_uid,
+            series_uid=series_uid,
+            status="error",
+            model=self.manifest.summary(),
+            provider=self.provider,
+            timings=Timings(load_s=load_s),
+            error=code,
+        )

@@ -1,0 +1,182 @@
+"""Load one CT series into a HU volume sorted along the slice normal, with its spacing checked.
+
+Why sort by geometry: instance numbers and file order are unreliable across scanners and PACS; the
+only trustworthy order is the position of each slice along the normal of its orientation. The
+Agatston slice-increment correction then needs the real distance between slices, so gaps (missing
+slices) and uneven spacing are measured and reported rather than assumed away.
+
+Compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000, RLE, deflate) decode through pydicom's pixel
+backends: the pylibjpeg plugins are runtime dependencies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from connector.infer.errors import SeriesError
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_TOLERANCE_MM = 0.01
+UNEVEN_TOLERANCE = 0.05  # relative deviation from the median increment that counts as uneven
+GAP_FACTOR = 1.5  # a step this many times the median increment means missing slices
+
+
+@dataclass(frozen=True)
+class SpacingReport:
+    """How regular the slice positions are. ``warnings`` are codes for the result."""
+
+    increment_mm: float
+    min_step_mm: float
+    max_step_mm: float
+    uniform: bool
+    gaps: int  # steps longer than GAP_FACTOR x increment
+    duplicates_removed: int
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        codes = []
+        if not self.uniform:
+            codes.append("uneven_spacing")
+        if self.gaps:
+            codes.append("slice_gaps")
+        if self.duplicates_removed:
+            codes.append("duplicate_positions")
+        return tuple(codes)
+
+
+@dataclass(frozen=True)
+class CtVolume:
+    """A CT series as HU voxels (slices, rows, columns), ordered inferior to superior along the normal."""
+
+    hu: np.ndarray
+    pixel_spacing: tuple[float, float]  # (row, column) mm
+    positions_mm: np.ndarray  # slice centre along the normal, ascending
+    spacing: SpacingReport
+    slice_thickness_mm: float | None
+    study_uid: str = field(repr=False)
+    series_uid: str = field(repr=False)
+
+    @property
+    def slice_increment_mm(self) -> float:
+        return self.spacing.increment_mm
+
+
+def slice_normal(orientation: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Unit normal of an ImageOrientationPatient (row cosines x column cosines)."""
+    values = np.asarray([float(v) for v in orientation], dtype=np.float64)
+    if values.shape != (6,):
+        raise SeriesError("bad_orientation", "ImageOrientationPatient must have 6 values")
+    normal = np.cross(values[:3], values[3:])
+    norm = float(np.linalg.norm(normal))
+    if norm < 1e-6:
+        raise SeriesError("bad_orientation", "row and column directions are parallel")
+    return normal / norm
+
+
+def load_volume(paths: Sequence[Path]) -> CtVolume:
+    """Read, decode, rescale and sort the slices of one series. Raises :class:`SeriesError`."""
+    if len(paths) < 2:
+        raise SeriesError("too_few_slices", f"{len(paths)} slice(s); at least 2 are needed")
+    datasets = [_read(Path(p)) for p in paths]
+    first = datasets[0]
+    series_uid, study_uid = str(first.get("SeriesInstanceUID", "")), str(first.get("StudyInstanceUID", ""))
+    if any(str(ds.get("SeriesInstanceUID", "")) != series_uid for ds in datasets):
+        raise SeriesError("mixed_series", "the files belong to more than one series")
+    for ds in datasets:
+        if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+            raise SeriesError("multiframe_unsupported", "multi-frame (enhanced) CT is not supported")
+        for keyword in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
+            if keyword not in ds:
+                raise SeriesError("missing_geometry", f"{keyword} is missing on a slice")
+
+    orientation = np.asarray([float(v) for v in first.ImageOrientationPatient])
+    normal = slice_normal(orientation)
+    spacing = (float(first.PixelSpacing[0]), float(first.PixelSpacing[1]))
+    shape = (int(first.Rows), int(first.Columns))
+    for ds in datasets[1:]:
+        if (int(ds.Rows), int(ds.Columns)) != shape:
+            raise SeriesError("inconsistent_geometry", "slices differ in size")
+        if not np.allclose([float(v) for v in ds.ImageOrientationPatient], orientation, atol=1e-3):
+            raise SeriesError("inconsistent_geometry", "slices differ in orientation")
+        if not np.allclose([float(v) for v in ds.PixelSpacing], spacing, rtol=1e-3):
+            raise SeriesError("inconsistent_geometry", "slices differ in pixel spacing")
+
+    positions = np.array([float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for ds in datasets])
+    order = np.argsort(positions, kind="stable")
+    keep, duplicates = _drop_duplicates(positions, order)
+    if len(keep) < 2:
+        raise SeriesError("too_few_slices", "fewer than 2 distinct slice positions")
+    report = _spacing_report(positions[keep], duplicates)
+
+    hu = np.empty((len(keep), *shape), dtype=np.float32)
+    for out_index, ds_index in enumerate(keep):
+        hu[out_index] = _hu_pixels(datasets[ds_index], shape)
+    thickness = first.get("SliceThickness")
+    if report.warnings:
+        log.info("series spacing warnings: %s (slices=%d)", ",".join(report.warnings), len(keep))
+    return CtVolume(
+        hu=hu,
+        pixel_spacing=spacing,
+        positions_mm=positions[keep],
+        spacing=report,
+        slice_thickness_mm=float(thickness) if thickness not in (None, "") else None,
+        study_uid=study_uid,
+        series_uid=series_uid,
+    )
+
+
+def _read(path: Path) -> Dataset:
+    try:
+        return pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise SeriesError("unreadable_file", f"a slice could not be read ({type(exc).__name__})") from None
+
+
+def _hu_pixels(ds: Dataset, shape: tuple[int, int]) -> np.ndarray:
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # decoders raise many types; report the syntax, never the content
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", "unknown transfer syntax")
+        raise SeriesError("decode_failed", f"pixel data could not be decoded ({name}, {type(exc).__name__})") from None
+    if pixels.shape != shape:
+        raise SeriesError("inconsistent_geometry", "pixel data does not match Rows/Columns")
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    out = pixels.astype(np.float32)
+    if slope != 1.0:
+        out *= np.float32(slope)
+    if intercept != 0.0:
+        out += np.float32(intercept)
+    return out
+
+
+def _drop_duplicates(positions: np.ndarray, order: np.ndarray) -> tuple[list[int], int]:
+    keep: list[int] = []
+    for index in order:
+        if keep and abs(positions[index] - positions[keep[-1]]) <= DUPLICATE_TOLERANCE_MM:
+            continue
+        keep.append(int(index))
+    return keep, len(order) - len(keep)
+
+
+def _spacing_report(sorted_positions: np.ndarray, duplicates: int) -> SpacingReport:
+    steps = np.diff(sorted_positions)
+    increment = float(np.median(steps))
+    return SpacingReport(
+        increment_mm=increment,
+        min_step_mm=float(steps.min()),
+        max_step_mm=float(steps.max()),
+        uniform=bool(np.all(np.abs(steps - increment) <= UNEVEN_TOLERANCE * increment)),
+        gaps=int(np.count_nonzero(steps > GAP_FACTOR * increment)),
+        duplicates_removed=duplicates,
+    )

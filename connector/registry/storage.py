@@ -1,0 +1,601 @@
+"""What the dev registry holds: instance files on disk, an index and the JSON records in SQLite.
+
+    <data>/instances/<aa>/<SOP Instance UID>.dcm   stored objects (durable before acknowledgement)
+    <data>/tmp/                                    parts being received
+    <data>/registry.db                             instances, subjects, manifests, results, events,
+                                                   idempotency keys and counters (duplicates, ...)
+
+Why it checks what it does: the real registry must never receive an identified object, so the dev
+registry refuses anything without PatientIdentityRemoved = YES, and it counts duplicates and
+conflicts so tests can prove that "sent twice" never means "stored twice".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import itertools
+import json
+import os
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pydicom.filereader
+from pydicom.tag import Tag
+
+# STOW-RS FailureReason codes used by the dev registry.
+CANNOT_UNDERSTAND = 0xC000
+DUPLICATE_SOP_INSTANCE = 0x0111
+STUDY_MISMATCH = 0xA900
+COUNTERS = ("stow_requests", "instances_stored", "duplicates", "conflicts", "rejected_identity",
+            "rejected_other", "idempotent_replays")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY, sop_class_uid TEXT, study_instance_uid TEXT NOT NULL,
+    series_instance_uid TEXT, modality TEXT, patient_id TEXT, patient_name TEXT, study_date TEXT,
+    study_time TEXT, accession_number TEXT, series_number INTEGER, series_description TEXT,
+    instance_number INTEGER, transfer_syntax TEXT, sha256 TEXT, size INTEGER NOT NULL,
+    path TEXT NOT NULL, stored_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid, series_instance_uid);
+CREATE TABLE IF NOT EXISTS subjects (pseudonym TEXT PRIMARY KEY, body TEXT NOT NULL, sha256 TEXT NOT NULL,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, puts INTEGER NOT NULL DEFAULT 1);
+CREATE TABLE IF NOT EXISTS manifests (study_instance_uid TEXT PRIMARY KEY, body TEXT NOT NULL,
+    sha256 TEXT NOT NULL, complete INTEGER NOT NULL, missing INTEGER NOT NULL, received_at REAL NOT NULL,
+    posts INTEGER NOT NULL DEFAULT 1);
+CREATE TABLE IF NOT EXISTS results (id INTEGER PRIMARY KEY, idempotency_key TEXT UNIQUE NOT NULL,
+    body TEXT NOT NULL, sha256 TEXT NOT NULL, received_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, idempotency_key TEXT UNIQUE NOT NULL,
+    body TEXT NOT NULL, sha256 TEXT NOT NULL, received_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, method TEXT NOT NULL, path TEXT NOT NULL,
+    body_sha256 TEXT NOT NULL, status INTEGER NOT NULL, response TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL DEFAULT 0);
+"""
+_HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "PatientID",
+                "PatientName", "StudyDate", "StudyTime", "AccessionNumber", "SeriesNumber", "SeriesDescription",
+                "InstanceNumber", "PatientIdentityRemoved"]
+
+
+@dataclass(frozen=True)
+class InstanceOutcome:
+    """``stored``/``accepted``, ``duplicate`` (same bytes already held: counts as stored), ``conflict``, ``rejected``."""
+
+    status: str
+    sop_instance_uid: str = ""
+    sop_class_uid: str = ""
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    reason: int | None = None
+    why: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("stored", "accepted", "duplicate")
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class RegistryStore:
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+        self.instances_dir = self.root / "instances"
+        self.tmp_dir = self.root / "tmp"
+        for d in (self.root, self.instances_dir, self.tmp_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for leftover in self.tmp_dir.glob("*.part"):
+            leftover.unlink(missing_ok=True)
+        self.db_path = self.root / "registry.db"
+        self._local = threading.local()
+        self._lock = threading.Lock()  # guards the check-and-reserve of SOP Instance UIDs
+        self._reserved: set[str] = set()  # UIDs accepted by requests not yet committed
+        self._temp_prefix = secrets.token_hex(6)
+        self._temp_counter = itertools.count()
+        self._spares: SpareFiles | None = None
+        conn = self._conn()
+        conn.executescript(_SCHEMA)
+        conn.executemany("INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)", [(c,) for c in COUNTERS])
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'OFF'}")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._conn().execute(sql, args)]
+
+    def bump(self, name: str, by: int = 1) -> None:
+        with self.write() as conn:
+            conn.execute("UPDATE counters SET value=value+? WHERE name=?", (by, name))
+
+    def counters(self) -> dict[str, int]:
+        return {r["name"]: r["value"] for r in self.query("SELECT name, value FROM counters")}
+
+    # -- instances -----------------------------------------------------------------------------
+
+    def temp_path(self) -> Path:
+        return self.tmp_dir / f"{self._temp_prefix}-{next(self._temp_counter)}.part"
+
+    def new_temp_file(self) -> tuple[Path, int]:
+        """A fresh temporary file (path, open fd), usually created ahead of need in the background."""
+        with self._lock:
+            if self._spares is None:
+                self._spares = SpareFiles(self)
+        return self._spares.take()
+
+    def close(self) -> None:
+        if self._spares is not None:
+            self._spares.close()
+
+    def _final_path(self, study_uid: str, sop_uid: str) -> Path:
+        # One folder per study: a STOW-RS request usually needs a single directory fsync.
+        return self.instances_dir / hashlib.sha256(study_uid.encode()).hexdigest()[:24] / f"{sop_uid}.dcm"
+
+    def batch(self) -> InstanceBatch:
+        """Instances of one STOW-RS request, made durable together before the response (group commit)."""
+        return InstanceBatch(self)
+
+    def instance_sha256(self, sop_uid: str) -> str | None:
+        """SHA-256 of a held instance's bytes, computed on first request and kept.
+
+        Why lazily: hashing every upload would cost the receive path about a second of CPU per GB;
+        the hash is only needed to settle a re-sent UID (duplicate or conflict) or when asked.
+        """
+        row = self.instance(sop_uid)
+        if row is None:
+            return None
+        if row["sha256"]:
+            return str(row["sha256"])
+        digest = file_sha256(self.instance_file(row))
+        with self.write() as conn:
+            conn.execute("UPDATE instances SET sha256=? WHERE sop_instance_uid=?", (digest, sop_uid))
+        return digest
+
+    def instance(self, sop_uid: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM instances WHERE sop_instance_uid=?", (sop_uid,))
+        return rows[0] if rows else None
+
+    def instance_file(self, row: dict[str, Any]) -> Path:
+        return self.root / row["path"]
+
+    def studies(self, where: str = "", args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return self.query(
+            "SELECT study_instance_uid, MIN(patient_id) AS patient_id, MIN(patient_name) AS patient_name, "
+            "MIN(study_date) AS study_date, MIN(study_time) AS study_time, MIN(accession_number) AS accession_number, "
+            "GROUP_CONCAT(DISTINCT modality) AS modalities, COUNT(DISTINCT series_instance_uid) AS series_count, "
+            f"COUNT(*) AS instance_count FROM instances {where} GROUP BY study_instance_uid "
+            "ORDER BY MIN(stored_at)", args)
+
+    def series(self, study_uid: str) -> list[dict[str, Any]]:
+        return self.query(
+            "SELECT study_instance_uid, series_instance_uid, MIN(modality) AS modality, "
+            "MIN(series_description) AS series_description, MIN(series_number) AS series_number, "
+            "COUNT(*) AS instance_count FROM instances WHERE study_instance_uid=? "
+            "GROUP BY series_instance_uid ORDER BY MIN(series_number), series_instance_uid", (study_uid,))
+
+    def instances_of(self, study_uid: str, series_uid: str | None = None) -> list[dict[str, Any]]:
+        if series_uid is None:
+            return self.query("SELECT * FROM instances WHERE study_instance_uid=? ORDER BY instance_number",
+                              (study_uid,))
+        return self.query("SELECT * FROM instances WHERE study_instance_uid=? AND series_instance_uid=? "
+                          "ORDER BY instance_number", (study_uid, series_uid))
+
+    # -- JSON records --------------------------------------------------------------------------
+
+    def put_subject(self, pseudonym: str, body: dict[str, Any]) -> bool:
+        """Create or replace; True when it was created."""
+        text = json.dumps(body, sort_keys=True)
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        now = time.time()
+        with self.write() as conn:
+            cur = conn.execute("UPDATE subjects SET body=?, sha256=?, updated_at=?, puts=puts+1 WHERE pseudonym=?",
+                               (text, sha, now, pseudonym))
+            if cur.rowcount:
+                return False
+            conn.execute("INSERT INTO subjects (pseudonym, body, sha256, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                         (pseudonym, text, sha, now, now))
+            return True
+
+    def subjects(self) -> list[dict[str, Any]]:
+        return [{"pseudonym": r["pseudonym"], **json.loads(r["body"]), "puts": r["puts"]}
+                for r in self.query("SELECT * FROM subjects ORDER BY created_at")]
+
+    def put_manifest(self, study_uid: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Keep the manifest and compare it with the instances held: the completeness check."""
+        listed = {str(u) for u in body.get("sop_instance_uids") or []}
+        held = {r["sop_instance_uid"] for r in self.query(
+            "SELECT sop_instance_uid FROM instances WHERE study_instance_uid=?", (study_uid,))}
+        missing = sorted(listed - held)
+        report = {"study_instance_uid": study_uid, "complete": not missing and bool(listed),
+                  "listed": len(listed), "held": len(held), "missing": missing,
+                  "unexpected": len(held - listed)}
+        text = json.dumps(body, sort_keys=True)
+        with self.write() as conn:
+            conn.execute(
+                "INSERT INTO manifests (study_instance_uid, body, sha256, complete, missing, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (study_instance_uid) DO UPDATE SET body=excluded.body, "
+                "sha256=excluded.sha256, complete=excluded.complete, missing=excluded.missing, "
+                "received_at=excluded.received_at, posts=posts+1",
+                (study_uid, text, hashlib.sha256(text.encode()).hexdigest(), int(report["complete"]), len(missing),
+                 time.time()))
+        return report
+
+    def manifests(self, study_uid: str | None = None) -> list[dict[str, Any]]:
+        rows = self.query("SELECT * FROM manifests" + (" WHERE study_instance_uid=?" if study_uid else "")
+                          + " ORDER BY received_at", (study_uid,) if study_uid else ())
+        return [{"study_instance_uid": r["study_instance_uid"], "complete": bool(r["complete"]),
+                 "missing": r["missing"], "posts": r["posts"], "manifest": json.loads(r["body"])} for r in rows]
+
+    def add_record(self, table: str, key: str, body: dict[str, Any]) -> tuple[bool, str]:
+        """Insert a result or event once per idempotency key: (created, stored body's sha256)."""
+        assert table in ("results", "events")
+        text = json.dumps(body, sort_keys=True)
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        with self.write() as conn:
+            row = conn.execute(f"SELECT sha256 FROM {table} WHERE idempotency_key=?", (key,)).fetchone()
+            if row is not None:
+                return False, row["sha256"]
+            conn.execute(f"INSERT INTO {table} (idempotency_key, body, sha256, received_at) VALUES (?, ?, ?, ?)",
+                         (key, text, sha, time.time()))
+            return True, sha
+
+    def records(self, table: str) -> list[dict[str, Any]]:
+        assert table in ("results", "events")
+        return [{"id": r["id"], "received_at": r["received_at"], **json.loads(r["body"])}
+                for r in self.query(f"SELECT * FROM {table} ORDER BY id")]
+
+    # -- idempotency ---------------------------------------------------------------------------
+
+    def idempotent_response(self, key: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM idempotency WHERE key=?", (key,))
+        return rows[0] if rows else None
+
+    def remember_response(self, key: str, method: str, path: str, body_sha: str, status: int, response: bytes) -> None:
+        with self.write() as conn:
+            conn.execute("INSERT OR IGNORE INTO idempotency (key, method, path, body_sha256, status, response, at) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)", (key, method, path, body_sha, status,
+                                                          response.decode(), time.time()))
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.counters())
+        one = self._conn().execute
+        out["instances"] = one("SELECT COUNT(*) FROM instances").fetchone()[0]
+        out["bytes"] = one("SELECT COALESCE(SUM(size), 0) FROM instances").fetchone()[0]
+        out["studies"] = one("SELECT COUNT(DISTINCT study_instance_uid) FROM instances").fetchone()[0]
+        for table in ("subjects", "manifests", "results", "events"):
+            out[table] = one(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        out["files"] = sum(1 for _ in self.instances_dir.glob("*/*.dcm"))
+        return out
+
+
+class InstanceBatch:
+    """Checks each received part as it completes, then commits them all at once.
+
+    Why: durability per instance costs three fsyncs in a row (file, folder, database); here each
+    file is fsync'd in the background as soon as its part is complete (overlapping the rest of the
+    upload), and the request ends with one folder fsync per study and one database commit. The
+    response is sent only after that, so an acknowledged instance is always on disk. A SOP
+    Instance UID being stored by a concurrent request is reserved, so it is never stored twice.
+    """
+
+    def __init__(self, store: RegistryStore) -> None:
+        self.store = store
+        self.accepted: list[tuple[InstanceOutcome, Path, dict[str, Any]]] = []
+        self.counts: dict[str, int] = {}
+        self.syncing: list[Future[None]] = []
+        self._unsynced: list[Path] = []
+        self._unsynced_bytes = 0
+        self._committed = False
+
+    def __enter__(self) -> InstanceBatch:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    def _count(self, name: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def add(self, tmp: Path, size: int, *, head: bytes = b"", study_uid: str | None = None,
+            on_duplicate: str = "accept", veto: Callable[[str], int | None] | None = None) -> InstanceOutcome:
+        """Check one part written to ``tmp``; ``veto(sop_uid)`` may refuse it (fault injection).
+
+        ``head``, the first bytes of the part, saves reopening the file when the header fits in it.
+        Returns ``accepted`` (stored at commit), ``duplicate``, ``conflict`` or ``rejected``.
+        """
+        try:
+            ds = _read_header(tmp, head, size)
+            h = _header_text(ds)
+            sop, study = h["SOPInstanceUID"], h["StudyInstanceUID"]
+            if not sop or not study:
+                raise ValueError("no SOP Instance UID or Study Instance UID")
+        except Exception:
+            tmp.unlink(missing_ok=True)
+            self._count("rejected_other")
+            return InstanceOutcome("rejected", reason=CANNOT_UNDERSTAND, why="not-dicom")
+        base = dict(sop_instance_uid=sop, sop_class_uid=h["SOPClassUID"], study_instance_uid=study,
+                    series_instance_uid=h["SeriesInstanceUID"])
+        if h["PatientIdentityRemoved"].upper() != "YES":
+            tmp.unlink(missing_ok=True)
+            self._count("rejected_identity")
+            return InstanceOutcome("rejected", reason=CANNOT_UNDERSTAND, why="identity-not-removed", **base)
+        code = veto(sop) if veto is not None else None
+        if code is not None:
+            tmp.unlink(missing_ok=True)
+            return InstanceOutcome("rejected", reason=code, why="injected", **base)
+        if study_uid is not None and study != study_uid:
+            tmp.unlink(missing_ok=True)
+            self._count("rejected_other")
+            return InstanceOutcome("rejected", reason=STUDY_MISMATCH, why="study-mismatch", **base)
+        with self.store._lock:
+            held = self.store._conn().execute("SELECT 1 FROM instances WHERE sop_instance_uid=?",
+                                              (sop,)).fetchone() is not None
+            in_flight = not held and sop in self.store._reserved
+            if not held and not in_flight:
+                self.store._reserved.add(sop)
+        if held or in_flight:
+            if held:
+                theirs = self.store.instance_sha256(sop)
+            else:  # being stored by this request (a UID sent twice in one body) or by a concurrent one
+                theirs = next((file_sha256(t) for o, t, _ in self.accepted if o.sop_instance_uid == sop), "in-flight")
+            same = theirs == file_sha256(tmp)
+            tmp.unlink(missing_ok=True)
+            if same and on_duplicate == "accept":
+                self._count("duplicates")
+                return InstanceOutcome("duplicate", **base)
+            self._count("conflicts")
+            return InstanceOutcome("conflict", reason=DUPLICATE_SOP_INSTANCE,
+                                   why="same-content" if same else "different-content", **base)
+        row_values = {
+            "sop_instance_uid": sop, "sop_class_uid": base["sop_class_uid"], "study_instance_uid": study,
+            "series_instance_uid": base["series_instance_uid"], "modality": h["Modality"],
+            "patient_id": h["PatientID"], "patient_name": h["PatientName"],
+            "study_date": h["StudyDate"], "study_time": h["StudyTime"],
+            "accession_number": h["AccessionNumber"], "series_number": _int(h["SeriesNumber"]),
+            "series_description": h["SeriesDescription"], "instance_number": _int(h["InstanceNumber"]),
+            "transfer_syntax": h["TransferSyntaxUID"],
+            "sha256": None, "size": size,
+        }
+        outcome = InstanceOutcome("accepted", **base)
+        self.accepted.append((outcome, tmp, row_values))
+        if self.store.fsync:  # start writing files out now, while the rest of the request arrives
+            self._unsynced.append(tmp)
+            self._unsynced_bytes += size
+            if self._unsynced_bytes >= SYNC_GROUP_BYTES:
+                self._sync_unsynced()
+        return outcome
+
+    def _sync_unsynced(self) -> None:
+        if self._unsynced:
+            self.syncing.append(_fsync_pool().submit(_fsync_paths, self._unsynced))
+            self._unsynced, self._unsynced_bytes = [], 0
+
+    def final(self, outcome: InstanceOutcome) -> InstanceOutcome:
+        """What an ``accepted`` outcome became once committed."""
+        if outcome.status == "accepted" and self._committed:
+            return InstanceOutcome("stored", outcome.sop_instance_uid, outcome.sop_class_uid,
+                                   outcome.study_instance_uid, outcome.series_instance_uid)
+        return outcome
+
+    def commit(self) -> None:
+        store = self.store
+        try:
+            self._sync_unsynced()
+            for future in self.syncing:
+                future.result()  # every file is on disk before it is renamed into place
+            folders: set[Path] = set()
+            now = time.time()
+            for outcome, tmp, row in self.accepted:
+                final = store._final_path(outcome.study_instance_uid, outcome.sop_instance_uid)
+                if final.parent not in folders:
+                    final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    folders.add(final.parent)
+                os.replace(tmp, final)
+                row["path"] = str(final.relative_to(store.root))
+                row["stored_at"] = now
+            if store.fsync:
+                for folder in folders | ({store.instances_dir} if folders else set()):
+                    _fsync_path(folder, directory=True)
+            counts = dict(self.counts)
+            if self.accepted:
+                counts["instances_stored"] = counts.get("instances_stored", 0) + len(self.accepted)
+            rows = [r for _, _, r in self.accepted]
+            with store.write() as conn:
+                if rows:
+                    cols = list(rows[0])
+                    conn.executemany(f"INSERT INTO instances ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                                     [tuple(r[c] for c in cols) for r in rows])
+                conn.executemany("UPDATE counters SET value=value+? WHERE name=?",
+                                 [(n, name) for name, n in counts.items()])
+            self._committed = True
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self._release()
+
+    def abort(self) -> None:
+        for future in self.syncing:
+            future.exception()  # wait: never unlink a file another thread is still syncing
+        for _, tmp, _ in self.accepted:
+            tmp.unlink(missing_ok=True)
+        self._release()
+
+    def _release(self) -> None:
+        with self.store._lock:
+            for outcome, _, _ in self.accepted:
+                self.store._reserved.discard(outcome.sop_instance_uid)
+
+
+_TAG_OF = {kw: Tag(kw) for kw in _HEADER_TAGS}
+
+
+def _header_text(ds: pydicom.Dataset) -> dict[str, str]:
+    """The indexed elements as text, from their raw bytes (pydicom's value conversion is the slow part).
+
+    The values are de-identified UIDs, codes, dates and pseudonyms: single-byte text.
+    """
+    out: dict[str, str] = {}
+    for keyword, tag in _TAG_OF.items():
+        elem = ds.get_item(tag)
+        value = elem.value if elem is not None else None
+        if isinstance(value, (bytes, bytearray)):
+            out[keyword] = value.decode("latin-1").strip("\x00 ")
+        else:
+            out[keyword] = "" if value is None else str(value)
+    meta = getattr(ds, "file_meta", None)
+    out["TransferSyntaxUID"] = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    return out
+
+
+_LAST_TAG = max(_TAG_OF.values())  # (0020,0013) Instance Number: nothing after it is needed
+
+
+def _parse(source: Any) -> pydicom.Dataset:
+    """Read up to the last indexed element only (the rest of the header and the pixels are skipped)."""
+    return pydicom.filereader.read_partial(source, stop_when=lambda tag, _vr, _length: tag > _LAST_TAG,
+                                           specific_tags=list(_TAG_OF.values()))
+
+
+def _read_header(tmp: Path, head: bytes, size: int) -> pydicom.Dataset:
+    """The header elements the registry indexes, from the part's first bytes when they hold them."""
+    if head:
+        try:
+            ds = _parse(io.BytesIO(head))
+            if len(head) == size or all(_TAG_OF[k] in ds for k in ("SOPInstanceUID", "StudyInstanceUID",
+                                                                   "PatientIdentityRemoved")):
+                return ds
+        except Exception:  # noqa: BLE001 - cut inside the header: read the whole file below
+            if len(head) == size:
+                raise
+    with open(tmp, "rb") as fh:
+        return _parse(fh)
+
+
+SYNC_GROUP_BYTES = 8 * 1024**2  # files are handed to an fsync thread in groups of about this size
+
+
+class SpareFiles:
+    """Temporary files created ahead of need by a background thread.
+
+    Why: creating a file can take a millisecond on a busy disk; done between two parts of an upload
+    it stalls the receiving thread, done here it overlaps with receiving. Spares left by a crash are
+    removed at the next start with the rest of ``tmp/``.
+    """
+
+    def __init__(self, store: RegistryStore, keep: int = 16) -> None:
+        self.store = store
+        self._queue: queue.Queue[tuple[Path, int]] = queue.Queue(maxsize=keep)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, name="registry-spare-files", daemon=True)
+        self._thread.start()
+
+    def _create(self) -> tuple[Path, int]:
+        path = self.store.temp_path()
+        return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def _fill(self) -> None:
+        while not self._stop.is_set():
+            try:
+                spare = self._create()
+            except OSError:
+                self._stop.wait(1.0)
+                continue
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(spare, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            else:
+                os.close(spare[1])
+                spare[0].unlink(missing_ok=True)
+
+    def take(self) -> tuple[Path, int]:
+        try:
+            return self._queue.get_nowait()
+        except queue.Empty:
+            return self._create()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        while True:
+            try:
+                path, fd = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            os.close(fd)
+            path.unlink(missing_ok=True)
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _fsync_pool() -> ThreadPoolExecutor:
+    """fsync calls issued together let the file system commit its journal once for many files."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="registry-fsync")
+        return _POOL
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_paths(paths: list[Path]) -> None:
+    for path in paths:
+        _fsync_path(path)
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,167 @@
+"""Dashboard users: a small JSON file of names and scrypt password hashes.
+
+Why a local file and not the hospital directory: the connector must work on an isolated server
+on day one; a site with LDAP can put a reverse proxy in front. The file is written atomically
+with mode 0600, and only hashes are stored (scrypt, a fresh salt per password, parameters stored
+with the hash so they can be raised later without breaking old entries).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from connector.store.durable import write_file_durably
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MIN_PASSWORD_LENGTH = 10
+MAX_PASSWORD_LENGTH = 1024
+# scrypt N=2**15, r=8, p=1: 32 MiB and ~0.1 s per check, dear enough for an offline guesser.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
+_MAXMEM = 64 * 1024**2
+
+
+class UserError(Exception):
+    """A user-file problem worth one line to the operator (never contains a password)."""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    created_at: str
+
+
+def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=_MAXMEM, dklen=32)
+    return "$".join(["scrypt", str(n), str(r), str(p), _b64(salt), _b64(digest)])
+
+
+def check_password(password: str, encoded: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = encoded.split("$")
+        if scheme != "scrypt":
+            return False
+        want = base64.b64decode(digest)
+        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+                             maxmem=_MAXMEM, dklen=len(want))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, want)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise UserError("user name must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return name
+
+
+def validate_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UserError(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise UserError(f"password must be at most {MAX_PASSWORD_LENGTH} characters")
+    return password
+
+
+def _owner_of_nearest(folder: Path) -> tuple[int, int] | None:
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            st = candidate.stat()
+            return st.st_uid, st.st_gid
+    return None
+
+
+class UserFile:
+    """Read and change the users file. Re-reads on change, so ``users add`` works while the daemon runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._cache: tuple[int, int, dict[str, dict[str, str]]] | None = None
+        # Checked against when the name is unknown, so a wrong name costs as long as a wrong password.
+        self._dummy = hash_password(secrets.token_hex(8))
+
+    def _load(self) -> dict[str, dict[str, str]]:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return {}
+        if self._cache and self._cache[:2] == (st.st_mtime_ns, st.st_size):
+            return self._cache[2]
+        try:
+            data = json.loads(self.path.read_text())
+            users = data["users"]
+            if not isinstance(users, dict):
+                raise TypeError
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"users file {self.path} is unreadable or damaged") from None
+        self._cache = (st.st_mtime_ns, st.st_size, users)
+        return users
+
+    def _save(self, users: dict[str, dict[str, str]]) -> None:
+        owner = _owner_of_nearest(self.path.parent)
+        created = [d for d in (self.path.parent, *self.path.parent.parents) if not d.exists()]
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        body = json.dumps({"version": 1, "users": users}, indent=2, sort_keys=True).encode()
+        write_file_durably(self.path, body)
+        os.chmod(self.path, 0o600)
+        if os.geteuid() == 0 and owner is not None:
+            # `users add` run as root must leave a file the service user (who owns the data
+            # folder) can still read: hand what we created to the owner of the folder above.
+            for item in [*created, self.path]:
+                os.chown(item, *owner)
+        self._cache = None
+
+    def list(self) -> list[User]:
+        with self._lock:
+            return [User(name, entry.get("created_at", "")) for name, entry in sorted(self._load().items())]
+
+    def add(self, name: str, password: str, *, replace: bool = False) -> None:
+        validate_name(name)
+        validate_password(password)
+        with self._lock:
+            users = dict(self._load())
+            if name in users and not replace:
+                raise UserError(f"user {name!r} already exists (use --replace to set a new password)")
+            users[name] = {"password": hash_password(password),
+                           "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            self._save(users)
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            users = dict(self._load())
+            if name not in users:
+                raise UserError(f"no user {name!r}")
+            del users[name]
+            self._save(users)
+
+    def exists(self, name: str) -> bool:
+        """Checked on every dashboard request, so removing a user ends their sessions at once."""
+        with self._lock:
+            try:
+                return name in self._load()
+            except UserError:
+                return False
+
+    def verify(self, name: str, password: str) -> bool:
+        """True when the name exists and the password matches; same cost either way."""
+        with self._lock:
+            entry = self._load().get(name)
+        if entry is None or len(password) > MAX_PASSWORD_LENGTH:
+            check_password(password[:MAX_PASSWORD_LENGTH], self._dummy)
+            return False
+        return check_password(password, entry.get("password", ""))
