@@ -169,12 +169,34 @@ def pipeline_main(config: Config, log_queue: Any) -> None:
     scheduler = BackgroundScheduler(daemon=True)
     scheduler.add_job(sweep, "interval", seconds=config.assemble.sweep_seconds, id="stable-study-sweep",
                       max_instances=1, coalesce=True)
+    if config.followup.inbox is not None:
+        from connector.followup.inbox import process_inbox
+        from connector.outbox import Outbox
+
+        outbox = Outbox(store)
+        scheduler.add_job(lambda: process_inbox(config, store, provider, outbox), "interval",
+                          seconds=config.followup.poll_seconds, id="followup-inbox", max_instances=1, coalesce=True)
+    scheduler.add_job(lambda: daily_summary(store), "interval", hours=24, id="daily-summary",
+                      max_instances=1, coalesce=True)
     scheduler.start()
+    daily_summary(store)
     _wait_for_stop(stop)
     scheduler.shutdown(wait=True)
     worker.stop()
     store.close()
     provider.close()
+
+
+def daily_summary(store: Any) -> None:
+    """One line a day with the counts hospital IT looks at first (and one at start-up)."""
+    from connector.outbox import outbox_counts
+
+    counts = store.counts()
+    out = outbox_counts(store)
+    log.info("daily summary", extra={"event": "daily_summary", "instances_received": counts["instances_received"],
+                                     "studies": counts["studies"], "outbox_pending": out.get("outbox_pending"),
+                                     "pushed": out.get("pushed"), "failed": out.get("failed"),
+                                     "oldest_pending_age_s": out.get("oldest_pending_age_s")})
 
 
 def push_main(config: Config, log_queue: Any) -> None:

@@ -52,7 +52,7 @@ PIP=("$PYTHON" -m pip --disable-pip-version-check --no-input)
 echo "building the site-connector wheel"
 # From a clean copy: an old build/ folder in the checkout could slip stale modules into the wheel.
 mkdir -p "$WORK/src"
-cp -r pyproject.toml connector "$WORK/src/"
+cp -r pyproject.toml connector rules models "$WORK/src/"  # rules and model ship inside the wheel too (data-files)
 for f in README.md LICENSE LICENSE.txt NOTICE; do [ -e "$f" ] && cp "$f" "$WORK/src/"; done
 find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
 "${PIP[@]}" wheel --quiet --no-deps --wheel-dir "$STAGE/wheelhouse" "$WORK/src"

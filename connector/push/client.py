@@ -95,8 +95,9 @@ class RegistryClient:
                 log.warning("registry URL is plain HTTP on a network host: token and data are not encrypted",
                             extra={"event": "plain_http"})
         n = connections or cfg.concurrency
+        uses_tls = any(u.startswith("https://") for u in (cfg.resolved_dicomweb_url, cfg.resolved_api_url))
         self.http = httpx.Client(
-            verify=ssl_context(cfg),
+            verify=ssl_context(cfg) if uses_tls else False,  # plain HTTP: no TLS to set up (or verify)
             timeout=httpx.Timeout(cfg.timeout_seconds, connect=min(30.0, cfg.timeout_seconds)),
             limits=httpx.Limits(max_connections=n + 1, max_keepalive_connections=n + 1, keepalive_expiry=60),
             headers={"User-Agent": USER_AGENT},

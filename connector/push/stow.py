@@ -67,15 +67,15 @@ class MultipartBody:
     def stream(self, *, chunk_size: int = CHUNK, on_chunk: Callable[[int], None] | None = None) -> Iterator[bytes]:
         """The body, chunk by chunk; ``on_chunk(n)`` runs before each file chunk is handed on (throttle, stop)."""
         head = self._part_header()
-        for path in self.paths:
-            yield head
+        between = b"\r\n" + head  # the end of one part and the start of the next go out together
+        for i, path in enumerate(self.paths):
+            yield between if i else head
             with open(path, "rb") as fh:
                 while chunk := fh.read(chunk_size):
                     if on_chunk is not None:
                         on_chunk(len(chunk))
                     yield chunk
-            yield b"\r\n"
-        yield self._closing()
+        yield b"\r\n" + self._closing()
 
 
 def gzip_stream(chunks: Iterator[bytes], level: int = 1) -> Iterator[bytes]:

@@ -71,6 +71,8 @@ class PushWorker:
         self.runner: JobRunner | None = None
         self.sent_jobs = 0
         self.sent_bytes = 0
+        self._progress = threading.Condition()
+        self._outcomes = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -120,12 +122,17 @@ class PushWorker:
     def drain(self, timeout: float) -> bool:
         """Wait until nothing is pending (or only jobs blocked by failures); True when drained."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
+            with self._progress:
+                seen = self._outcomes
             c = outbox_counts(self.store)
             if c["outbox_pending"] - c["blocked"] == 0:
                 return True
-            time.sleep(0.1)
-        return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            with self._progress:  # woken by the next job outcome (or re-checked every half second)
+                self._progress.wait_for(lambda: self._outcomes != seen, timeout=min(left, 0.5))
 
     # -- main loop -----------------------------------------------------------------------------
 
@@ -181,6 +188,9 @@ class PushWorker:
                       extra={"event": "push_record_error", "job": job.id, "error": type(exc).__name__})
         finally:
             self._wake.set()
+            with self._progress:
+                self._outcomes += 1
+                self._progress.notify_all()
 
     def _apply(self, job: Job, outcome: Outcome, seconds: float) -> None:
         ob, owner = self.outbox, self.owner

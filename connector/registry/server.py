@@ -7,7 +7,7 @@
     POST /api/v1/results                  POST /api/v1/events
     GET  /api/v1/subjects[/{pseudonym}], /api/v1/results, /api/v1/events, /api/v1/manifests,
          /api/v1/studies/{study}/manifest, /api/v1/instances/{sop} (content hash), /api/v1/stats
-    POST /dev/sink                        dev only: receives and discards a body (benchmark baseline)
+    POST /dev/sink[/studies]              dev only: writes a body to disk and drops it (benchmark baseline)
 
 Every endpoint, reads included, needs ``Authorization: Bearer <token>``. Every write needs an
 ``Idempotency-Key``; a JSON request repeated with the same key and body gets the first answer
@@ -485,6 +485,7 @@ ROUTES: list[tuple[str, re.Pattern[str], Callable[..., None]]] = [
         ("GET", rf"/api/v1/instances/({_UID})", RegistryHandler.get_instance),
         ("GET", r"/api/v1/stats", RegistryHandler.get_stats),
         ("POST", r"/dev/sink", RegistryHandler.sink),
+        ("POST", r"/dev/sink/studies", RegistryHandler.sink),  # a STOW-RS client pointed at the sink
     ]
 ]
 

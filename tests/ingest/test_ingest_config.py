@@ -104,3 +104,20 @@ def test_fast_file_meta_is_byte_identical_to_pydicom() -> None:
         write_file_meta_info(ref, create_file_meta(sop_class_uid=sop_class, sop_instance_uid=sop_inst,
                                                    transfer_syntax=ts))
         assert encode_file_meta(sop_class, sop_inst, ts) == ref.getvalue()
+
+
+def test_service_example_config_loads_and_lists_every_key() -> None:
+    import dataclasses
+    import typing
+
+    from connector.config import Config
+
+    path = ROOT / "service" / "connector.example.toml"
+    cfg = load_config(path, environ={})
+    assert cfg.dicom.allowed_ae_titles == ["HOSPITALPACS"]
+    text = path.read_text()
+    hints = typing.get_type_hints(Config)
+    for section in (f for f in dataclasses.fields(Config) if f.name != "source"):
+        assert f"[{section.name}]" in text, section.name
+        for key in dataclasses.fields(hints[section.name]):
+            assert f"{key.name} =" in text, f"[{section.name}] {key.name} missing from the example"

@@ -27,7 +27,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _partial_files(registry: RegistryServer) -> list[Path]:
     """Received data not yet stored (empty files are spares created ahead of need)."""
-    return [p for p in registry.store.tmp_dir.iterdir() if p.stat().st_size > 0]
+    found = []
+    for path in registry.store.tmp_dir.iterdir():
+        try:
+            if path.stat().st_size > 0:
+                found.append(path)
+        except FileNotFoundError:  # removed while we looked
+            continue
+    return found
 
 
 def _client(registry: RegistryServer, site: Site) -> httpx.Client:
