@@ -55,12 +55,14 @@ class DemoResult:
     manifest: bool = False
     cac: dict[str, Any] | None = None
     dashboard: str = ""
+    dashboard_login: dict[str, str] = field(default_factory=dict)
     folder: str = ""
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"pseudonym": self.pseudonym, "instances_sent": self.instances_sent, "instances": self.instances,
                 "subject": self.subject, "manifest": self.manifest, "cac": self.cac, "dashboard": self.dashboard,
+                "dashboard_login": self.dashboard_login,
                 "folder": self.folder, "seconds": round(self.seconds, 1)}
 
 
@@ -173,20 +175,51 @@ class Demo:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, 9)
 
-    def run(self) -> DemoResult:
+    def run(self, *, stay: bool = False, on_ready: Any = None) -> DemoResult:
+        """Run the chain; with ``stay`` the registry and daemon keep running until Ctrl-C/SIGTERM,
+        after ``on_ready(result)`` has been called, so a person can look at the dashboard."""
         started = time.monotonic()
         try:
             self.start()
             sent = self.send_study()
             result = self.wait_for_registry(sent, want_cac=_cac_enabled(self.config))
             result.dashboard = f"http://127.0.0.1:{self.http_port}/"
+            result.seconds = time.monotonic() - started
+            if stay:
+                result.dashboard_login = self._demo_login()
+                if on_ready is not None:
+                    on_ready(result)
+                _wait_for_interrupt()
         finally:
             self.stop()
-        result.seconds = time.monotonic() - started
+        result.seconds = result.seconds or time.monotonic() - started
         return result
+
+    def _demo_login(self) -> dict[str, str]:
+        """A throw-away dashboard user for this demo site only."""
+        from connector.config import load_config
+        from connector.web.settings import users_path
+        from connector.web.users import UserFile
+
+        password = secrets.token_urlsafe(12)
+        UserFile(users_path(load_config(self.config))).add("demo", password, replace=True)
+        return {"user": "demo", "password": password}
 
     def cleanup(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _wait_for_interrupt() -> None:
+    import signal
+    import threading
+
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        while not done.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
 
 
 def _cac_enabled(config_path: Path) -> bool:
@@ -197,7 +230,7 @@ def _cac_enabled(config_path: Path) -> bool:
     return bool(cac is not None and getattr(cac, "enabled", False))
 
 
-def summary_text(result: DemoResult) -> str:
+def summary_text(result: DemoResult, *, kept: bool = False) -> str:
     lines = [
         f"registry received study of {result.pseudonym or '?'}: {result.instances}/{result.instances_sent} instances"
         f"{', manifest' if result.manifest else ''}",
@@ -205,7 +238,10 @@ def summary_text(result: DemoResult) -> str:
     ]
     if result.cac:
         lines.append(f"CAC: Agatston {result.cac.get('agatston')} (category {result.cac.get('category')})")
-    if result.dashboard:
-        lines.append(f"dashboard (while the daemon runs): {result.dashboard}")
-    lines.append(f"took {result.seconds:.0f} s; files in {result.folder}")
+    if result.dashboard_login:
+        lines.append(f"dashboard: {result.dashboard} (user {result.dashboard_login['user']}, password "
+                     f"{result.dashboard_login['password']}); Ctrl-C stops the demo")
+    elif result.dashboard:
+        lines.append(f"dashboard: {result.dashboard} (served while the demo runs; use --stay to look at it)")
+    lines.append(f"took {result.seconds:.0f} s" + (f"; files kept in {result.folder}" if kept else ""))
     return "\n".join(lines)

@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folder", type=Path, help="use this (empty or new) folder instead of a temporary one")
     p.add_argument("--ct-slices", type=int, default=60, help="CT slices in the synthetic study (default 60)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the registry (default 300)")
+    p.add_argument("--stay", action="store_true",
+                   help="keep the registry and the daemon running (dashboard login printed) until Ctrl-C")
     p.set_defaults(func=run)
 
 
@@ -30,14 +32,20 @@ def run(args: argparse.Namespace) -> int:
         if any(args.folder.iterdir()):
             raise CommandError(f"{args.folder} is not empty", exitcodes.USAGE)
     demo = Demo(args.folder, ct_slices=args.ct_slices, timeout=args.timeout)
+    kept = bool(args.keep or args.folder)
+
+    def report(result: object) -> None:
+        if args.json:
+            print_json(result.as_dict())  # type: ignore[attr-defined]
+        else:
+            print(summary_text(result, kept=kept), flush=True)  # type: ignore[arg-type]
+
     try:
-        result = demo.run()
+        result = demo.run(stay=args.stay, on_ready=report)
     except (RuntimeError, TimeoutError) as exc:
         raise CommandError(f"demo failed: {exc} (logs kept in {demo.folder})", exitcodes.FAILURE) from None
-    if args.json:
-        print_json(result.as_dict())
-    else:
-        print(summary_text(result))
-    if not (args.keep or args.folder):
+    if not args.stay:
+        report(result)
+    if not kept:
         demo.cleanup()
     return exitcodes.OK

@@ -18,10 +18,10 @@ MAX_DELAY = 1800.0
 def backoff_delay(failures: int, minimum: float = MIN_DELAY, maximum: float = MAX_DELAY,
                   rng: random.Random | None = None) -> float:
     """Seconds to wait after the ``failures``-th consecutive failure (1 = first failure)."""
-    rng = rng or random
+    uniform = rng.uniform if rng is not None else random.uniform
     maximum = max(maximum, minimum)
     step = min(maximum, minimum * 2.0 ** max(0, min(failures - 1, 60)))
-    delay = step / 2 + rng.uniform(0, step / 2)
+    delay = step / 2 + uniform(0, step / 2)
     return min(maximum, max(minimum, delay))
 
 

@@ -28,7 +28,7 @@ _EXPORTS = {
     "RegistryConfig": "connector.push.settings",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["PushWorker", "RegistryConfig", "queue_event", "queue_result", "queue_study"]
 
 
 def __getattr__(name: str) -> Any:

@@ -158,7 +158,8 @@ def queue_study(outbox: Outbox, *, study_uid: str, pseudonym: str, subject: dict
 
 
 def _result_key(result: dict[str, Any]) -> str:
-    model = result.get("model") if isinstance(result.get("model"), dict) else {}
+    raw_model = result.get("model")
+    model: dict[str, Any] = raw_model if isinstance(raw_model, dict) else {}
     ident = [result.get("study_instance_uid"), result.get("series_instance_uid"),
              model.get("sha256") or model.get("version") or model.get("name")]
     if all(v is None for v in ident):

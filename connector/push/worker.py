@@ -104,7 +104,7 @@ class PushWorker:
         for fut in futures:
             try:
                 fut.result(timeout=max(0.0, deadline - time.monotonic()))
-            except Exception:  # noqa: BLE001 - already logged by the job thread
+            except Exception:
                 pass
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -132,7 +132,8 @@ class PushWorker:
             if left <= 0:
                 return False
             with self._progress:  # woken by the next job outcome (or re-checked every half second)
-                self._progress.wait_for(lambda: self._outcomes != seen, timeout=min(left, 0.5))
+                if self._outcomes == seen:
+                    self._progress.wait(timeout=min(left, 0.5))
 
     # -- main loop -----------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Callable
-from typing import BinaryIO, Protocol
+from typing import Any, Protocol
 
 CHUNK = 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
@@ -23,7 +23,7 @@ class BodyError(Exception):
 class BodyReader:
     """``read(n)`` over a request body; returns b"" at its end, raises BodyError if it is cut short."""
 
-    def __init__(self, rfile: BinaryIO, *, length: int | None, chunked: bool, encoding: str = "") -> None:
+    def __init__(self, rfile: Any, *, length: int | None, chunked: bool, encoding: str = "") -> None:
         self._rfile = rfile
         self._remaining = length if not chunked else None
         self._chunked = chunked

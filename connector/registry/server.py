@@ -32,12 +32,22 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from connector.registry.auth import bearer_ok
-from connector.registry.dicomjson import instance_json, series_json, stow_response, study_json
-from connector.registry.multipart import BodyError, BodyReader, boundary_of, read_multipart
+from connector.registry.dicomjson import (
+    instance_json,
+    series_json,
+    stow_response,
+    study_json,
+)
+from connector.registry.multipart import (
+    BodyError,
+    BodyReader,
+    boundary_of,
+    read_multipart,
+)
 from connector.registry.storage import CANNOT_UNDERSTAND, RegistryStore
 
 log = logging.getLogger(__name__)
@@ -134,7 +144,7 @@ class RegistryHandler(BaseHTTPRequestHandler):
         log.debug("registry request", extra={"event": "registry_request", "method": self.command,
                                              "status": str(code)})
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("registry http message", extra={"event": "registry_http_message"})
 
     def setup(self) -> None:
@@ -206,7 +216,7 @@ class RegistryHandler(BaseHTTPRequestHandler):
                 self._drain_or_close()
             known = any(pattern.fullmatch(path) for _, pattern, _ in ROUTES)
             self._error(405 if known else 404, "method not allowed" if known else "no such endpoint")
-        except (ConnectionError, BrokenPipeError, socket.timeout):
+        except (TimeoutError, ConnectionError, BrokenPipeError):
             self.close_connection = True
         except BodyError as exc:
             self.close_connection = True
@@ -222,18 +232,19 @@ class RegistryHandler(BaseHTTPRequestHandler):
             except OSError:
                 pass
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         self._dispatch("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._dispatch("POST")
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self._dispatch("PUT")
 
     @property
     def _dicomweb_base(self) -> str:
-        host = self.headers.get("Host") or f"{self.server.server_address[0]}:{self.server.server_address[1]}"
+        address = self.server.server_address
+        host = self.headers.get("Host") or f"{address[0]!s}:{address[1]!s}"
         return f"http://{host}/dicomweb"
 
     # -- STOW-RS -------------------------------------------------------------------------------
@@ -465,7 +476,7 @@ class RegistryHandler(BaseHTTPRequestHandler):
 
 
 ROUTES: list[tuple[str, re.Pattern[str], Callable[..., None]]] = [
-    (m, re.compile(p), h) for m, p, h in [
+    (m, re.compile(p), cast(Callable[..., None], h)) for m, p, h in [
         ("POST", r"/dicomweb/studies", RegistryHandler.stow),
         ("POST", rf"/dicomweb/studies/({_UID})", RegistryHandler.stow),
         ("GET", r"/dicomweb/studies", RegistryHandler.qido_studies),
@@ -504,7 +515,7 @@ class RegistryServer:
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port!s}"
 
     @property
     def faults(self) -> Faults:

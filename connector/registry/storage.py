@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +251,8 @@ class RegistryStore:
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (study_instance_uid) DO UPDATE SET body=excluded.body, "
                 "sha256=excluded.sha256, complete=excluded.complete, missing=excluded.missing, "
                 "received_at=excluded.received_at, posts=posts+1",
-                (study_uid, text, hashlib.sha256(text.encode()).hexdigest(), int(report["complete"]), len(missing),
+                (study_uid, text, hashlib.sha256(text.encode()).hexdigest(), int(not missing and bool(listed)),
+                 len(missing),
                  time.time()))
         return report
 
@@ -351,20 +352,19 @@ class InstanceBatch:
             tmp.unlink(missing_ok=True)
             self._count("rejected_other")
             return InstanceOutcome("rejected", reason=CANNOT_UNDERSTAND, why="not-dicom")
-        base = dict(sop_instance_uid=sop, sop_class_uid=h["SOPClassUID"], study_instance_uid=study,
-                    series_instance_uid=h["SeriesInstanceUID"])
+        base = InstanceOutcome("accepted", sop, h["SOPClassUID"], study, h["SeriesInstanceUID"])
         if h["PatientIdentityRemoved"].upper() != "YES":
             tmp.unlink(missing_ok=True)
             self._count("rejected_identity")
-            return InstanceOutcome("rejected", reason=CANNOT_UNDERSTAND, why="identity-not-removed", **base)
+            return replace(base, status="rejected", reason=CANNOT_UNDERSTAND, why="identity-not-removed")
         code = veto(sop) if veto is not None else None
         if code is not None:
             tmp.unlink(missing_ok=True)
-            return InstanceOutcome("rejected", reason=code, why="injected", **base)
+            return replace(base, status="rejected", reason=code, why="injected")
         if study_uid is not None and study != study_uid:
             tmp.unlink(missing_ok=True)
             self._count("rejected_other")
-            return InstanceOutcome("rejected", reason=STUDY_MISMATCH, why="study-mismatch", **base)
+            return replace(base, status="rejected", reason=STUDY_MISMATCH, why="study-mismatch")
         with self.store._lock:
             held = self.store._conn().execute("SELECT 1 FROM instances WHERE sop_instance_uid=?",
                                               (sop,)).fetchone() is not None
@@ -380,13 +380,13 @@ class InstanceBatch:
             tmp.unlink(missing_ok=True)
             if same and on_duplicate == "accept":
                 self._count("duplicates")
-                return InstanceOutcome("duplicate", **base)
+                return replace(base, status="duplicate")
             self._count("conflicts")
-            return InstanceOutcome("conflict", reason=DUPLICATE_SOP_INSTANCE,
-                                   why="same-content" if same else "different-content", **base)
+            return replace(base, status="conflict", reason=DUPLICATE_SOP_INSTANCE,
+                           why="same-content" if same else "different-content")
         row_values = {
-            "sop_instance_uid": sop, "sop_class_uid": base["sop_class_uid"], "study_instance_uid": study,
-            "series_instance_uid": base["series_instance_uid"], "modality": h["Modality"],
+            "sop_instance_uid": sop, "sop_class_uid": base.sop_class_uid, "study_instance_uid": study,
+            "series_instance_uid": base.series_instance_uid, "modality": h["Modality"],
             "patient_id": h["PatientID"], "patient_name": h["PatientName"],
             "study_date": h["StudyDate"], "study_time": h["StudyTime"],
             "accession_number": h["AccessionNumber"], "series_number": _int(h["SeriesNumber"]),
@@ -394,7 +394,7 @@ class InstanceBatch:
             "transfer_syntax": h["TransferSyntaxUID"],
             "sha256": None, "size": size,
         }
-        outcome = InstanceOutcome("accepted", **base)
+        outcome = base
         self.accepted.append((outcome, tmp, row_values))
         if self.store.fsync:  # start writing files out now, while the rest of the request arrives
             self._unsynced.append(tmp)
@@ -503,7 +503,7 @@ def _read_header(tmp: Path, head: bytes, size: int) -> pydicom.Dataset:
             if len(head) == size or all(_TAG_OF[k] in ds for k in ("SOPInstanceUID", "StudyInstanceUID",
                                                                    "PatientIdentityRemoved")):
                 return ds
-        except Exception:  # noqa: BLE001 - cut inside the header: read the whole file below
+        except Exception:
             if len(head) == size:
                 raise
     with open(tmp, "rb") as fh:

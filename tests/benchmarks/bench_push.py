@@ -34,15 +34,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
+import httpx
 
-from connector.config import load_config  # noqa: E402
-from connector.outbox import Outbox, outbox_counts  # noqa: E402
-from connector.push import PushWorker, queue_study  # noqa: E402
-from connector.store.layout import SiteLayout  # noqa: E402
-from connector.store.state import StateStore  # noqa: E402
-from connector.synthetic import SyntheticStudy, ct_slices, write_series  # noqa: E402
-from tests.support.net import free_port, wait_port  # noqa: E402
+from connector.config import load_config
+from connector.outbox import Outbox, outbox_counts
+from connector.push import PushWorker, queue_study
+from connector.store.layout import SiteLayout
+from connector.store.state import StateStore
+from connector.synthetic import SyntheticStudy, ct_slices, write_series
+from tests.support.net import free_port, wait_port
 
 PSEUDONYM = "BENCH01-0000BNCH"
 TOKEN = "bench-token"

@@ -302,7 +302,7 @@ def test_kill_9_mid_upload_resumes_without_loss_or_double_storage(site: Site, re
     at_kill = registry.store.stats()["instances"]
     assert victim.returncode == -signal.SIGKILL
     assert leased >= 1 and 0 < at_kill < total  # killed with uploads in flight
-    survivor = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=120)
+    survivor = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=120, check=False)
     assert survivor.returncode == 0, survivor.stderr[-2000:]
     _assert_delivered(registry, study)
     counts = outbox_counts(site.store)

@@ -110,11 +110,10 @@ def test_defer_sets_the_next_attempt(outbox: Outbox) -> None:
 
 
 def test_transaction_is_all_or_nothing(outbox: Outbox) -> None:
-    with pytest.raises(RuntimeError):
-        with outbox.transaction():
-            outbox.enqueue("subject", "P1", "registry", {})
-            outbox.enqueue("stow", "S#1", "registry", {}, files=["a"], refs=["1"])
-            raise RuntimeError("crash half-way")
+    with pytest.raises(RuntimeError), outbox.transaction():
+        outbox.enqueue("subject", "P1", "registry", {})
+        outbox.enqueue("stow", "S#1", "registry", {}, files=["a"], refs=["1"])
+        raise RuntimeError("crash half-way")
     assert outbox_counts(outbox.store)["outbox_pending"] == 0
     assert outbox.store.conn.execute("SELECT COUNT(*) FROM outbox_items").fetchone()[0] == 0
 

@@ -237,11 +237,11 @@ def test_cli_serve_creates_a_private_token_and_serves(tmp_path: Path) -> None:
         assert ok.status_code == 200 and ok.json()["instances"] == 0
         stats = subprocess.run([sys.executable, "-m", "connector", "registry", "stats", "--url",
                                 f"http://127.0.0.1:{port}", "--token-file", str(token_file), "--json"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=60)
+                               cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
         assert stats.returncode == 0 and json.loads(stats.stdout)["subjects"] == 0
         down = subprocess.run([sys.executable, "-m", "connector", "registry", "stats", "--url",
                                f"http://127.0.0.1:{free_port()}", "--token-file", str(token_file)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+                              cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
         assert down.returncode == 3
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -20,7 +20,12 @@ from connector.config import ConfigError, load_config
 from connector.outbox import outbox_counts
 from connector.push import PushWorker
 from connector.push.client import TokenError, read_token
-from connector.push.settings import DEV_REGISTRY_URL, TOKEN_ENV, RegistryConfig, UploadWindow
+from connector.push.settings import (
+    DEV_REGISTRY_URL,
+    TOKEN_ENV,
+    RegistryConfig,
+    UploadWindow,
+)
 from connector.push.throttle import RateLimiter
 from connector.registry import RegistryServer
 from tests.push.conftest import Site, wait_for
@@ -98,7 +103,7 @@ def test_token_sources(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None
 def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
           *, ca: bool = False, ip: str | None = None) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (x509.CertificateBuilder().subject_name(name)
                .issuer_name(issuer[0].subject if issuer else name)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())

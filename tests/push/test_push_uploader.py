@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -15,7 +16,7 @@ from connector.outbox import outbox_counts
 from connector.push import PushWorker, queue_event, queue_result, queue_study
 from connector.push.queueing import NotReadyForRegistry, make_batches, read_outgoing
 from connector.registry import RegistryServer
-from tests.push.conftest import DeidStudy, Site, subject_for, wait_for
+from tests.push.conftest import DeidStudy, Site, subject_for
 
 
 def _queue(site: Site, study: DeidStudy, **kw: int) -> int:
@@ -93,7 +94,7 @@ def test_batches_respect_instance_and_byte_limits(site: Site) -> None:
     batches = make_batches(instances, 50, cap)
     assert [i for b in batches for i in b] == instances  # order kept, nothing lost or doubled
     assert all(sum(i.size for i in b) <= cap for b in batches)
-    assert all(sum(i.size for i in b) + nxt[0].size > cap for b, nxt in zip(batches, batches[1:]))  # greedy
+    assert all(sum(i.size for i in b) + nxt[0].size > cap for b, nxt in itertools.pairwise(batches))  # greedy
     assert len(batches) >= 4
     assert [len(b) for b in make_batches(instances, 50, 1)] == [1] * 7  # bigger than the cap: alone
     assert all(not Path(i.relpath).is_absolute() for i in instances)
