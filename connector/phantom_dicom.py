@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from connector.phantoms import Phantom
+from connector.synthetic import with_file_meta
 
-IMPLEMENTATION_UID = "1.2.826.0.1.3680043.10.1432.7"
 
 
 def write_series(
@@ -83,12 +83,7 @@ def write_series(
         ds.PixelData = stored.tobytes()
         for key, value in (extra or {}).items():
             setattr(ds, key, value)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = IMPLEMENTATION_UID
-        ds.file_meta = meta
+        with_file_meta(ds)
         if UID(transfer_syntax) != ExplicitVRLittleEndian:
             ds.compress(transfer_syntax)
         path = folder / f"CT{int(names[i]):05d}.dcm"

@@ -88,7 +88,8 @@ def _base(study: SyntheticStudy, sop_class: str, modality: str, series_uid: str,
     return ds
 
 
-def _with_file_meta(ds: Dataset) -> Dataset:
+def with_file_meta(ds: Dataset) -> Dataset:
+    """Explicit VR little endian file meta for a synthetic object."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -124,7 +125,7 @@ def ct_slices(study: SyntheticStudy, count: int, rows: int = 512, cols: int = 51
         ds.RescaleType = "HU"
         ds.ConvolutionKernel = "B30f"
         ds.PixelData = hu.tobytes()
-        yield _with_file_meta(ds)
+        yield with_file_meta(ds)
 
 
 def pet_slices(study: SyntheticStudy, count: int, size: int = 128, seed: int = 1) -> Iterator[Dataset]:
@@ -157,7 +158,7 @@ def pet_slices(study: SyntheticStudy, count: int, size: int = 128, seed: int = 1
         ds.RescaleIntercept, ds.RescaleSlope = 0, 0.5
         ds.NumberOfSlices = count
         ds.PixelData = rng.integers(0, 3000, (size, size), dtype=np.uint16).tobytes()
-        yield _with_file_meta(ds)
+        yield with_file_meta(ds)
 
 
 def write_series(datasets: Iterator[Dataset], folder: Path, prefix: str = "IMG") -> list[Path]:

@@ -23,7 +23,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +32,9 @@ from typing import Any
 import pydicom
 import pydicom.filereader
 from pydicom.tag import Tag
+from pydicom.uid import UID
+
+from connector.store.state import immediate_transaction
 
 # STOW-RS FailureReason codes used by the dev registry.
 CANNOT_UNDERSTAND = 0xC000
@@ -124,17 +127,8 @@ class RegistryStore:
             self._local.conn = conn
         return conn
 
-    @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+    def write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._conn())
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         return [dict(r) for r in self._conn().execute(sql, args)]
@@ -343,8 +337,7 @@ class InstanceBatch:
         Returns ``accepted`` (stored at commit), ``duplicate``, ``conflict`` or ``rejected``.
         """
         try:
-            ds = _read_header(tmp, head, size)
-            h = _header_text(ds)
+            h = _read_header(tmp, head)
             sop, study = h["SOPInstanceUID"], h["StudyInstanceUID"]
             if not sop or not study:
                 raise ValueError("no SOP Instance UID or Study Instance UID")
@@ -466,48 +459,70 @@ class InstanceBatch:
 
 
 _TAG_OF = {kw: Tag(kw) for kw in _HEADER_TAGS}
+_KEYWORD_OF = {int(tag): kw for kw, tag in _TAG_OF.items()}
+_LAST_TAG = max(_TAG_OF.values())  # (0020,0013) Instance Number: nothing after it is needed
+_REQUIRED = ("SOPInstanceUID", "StudyInstanceUID", "PatientIdentityRemoved")
+_TRANSFER_SYNTAX = 0x00020010
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("latin-1").strip("\x00 ")
+    return "" if value is None else str(value)
+
+
+def _elements(source: Any, *, implicit: bool, little: bool, stop: Callable[..., bool]) -> Iterator[Any]:
+    return pydicom.filereader.data_element_generator(source, implicit, little, stop_when=stop,
+                                                     specific_tags=set(_KEYWORD_OF) | {_TRANSFER_SYNTAX})
+
+
+def _header_from_head(head: bytes) -> dict[str, str] | None:
+    """The indexed elements as text, straight from pydicom's element reader over the part's first bytes.
+
+    Why not ``dcmread``: building a Dataset and converting values costs more than the rest of
+    receiving an instance. None when this fast path does not apply (no DICM prefix, deflated
+    syntax, header longer than ``head``); the caller then reads the file with ``dcmread``.
+    The values are de-identified UIDs, codes, dates and pseudonyms: single-byte text.
+    """
+    if head[128:132] != b"DICM":
+        return None
+    fp = io.BytesIO(head)
+    fp.seek(132)
+    out = {kw: "" for kw in _TAG_OF}
+    out["TransferSyntaxUID"] = ""
+    try:
+        for elem in _elements(fp, implicit=False, little=True, stop=lambda tag, _vr, _len: tag.group != 2):
+            if elem.tag == _TRANSFER_SYNTAX:
+                out["TransferSyntaxUID"] = _text(elem.value)
+        syntax = UID(out["TransferSyntaxUID"])
+        if not syntax or syntax.is_deflated or not syntax.is_transfer_syntax:
+            return None
+        for elem in _elements(fp, implicit=syntax.is_implicit_VR, little=syntax.is_little_endian,
+                              stop=lambda tag, _vr, _len: tag > _LAST_TAG):
+            keyword = _KEYWORD_OF.get(int(elem.tag))
+            if keyword is not None:
+                out[keyword] = _text(elem.value)
+    except Exception:  # noqa: BLE001 - cut inside the header or unusual encoding: the slow path decides
+        return None
+    return out if all(out[k] for k in _REQUIRED) else None
 
 
 def _header_text(ds: pydicom.Dataset) -> dict[str, str]:
-    """The indexed elements as text, from their raw bytes (pydicom's value conversion is the slow part).
-
-    The values are de-identified UIDs, codes, dates and pseudonyms: single-byte text.
-    """
-    out: dict[str, str] = {}
-    for keyword, tag in _TAG_OF.items():
-        elem = ds.get_item(tag)
-        value = elem.value if elem is not None else None
-        if isinstance(value, (bytes, bytearray)):
-            out[keyword] = value.decode("latin-1").strip("\x00 ")
-        else:
-            out[keyword] = "" if value is None else str(value)
+    out = {kw: _text(getattr(ds.get_item(tag), "value", None)) for kw, tag in _TAG_OF.items()}
     meta = getattr(ds, "file_meta", None)
     out["TransferSyntaxUID"] = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     return out
 
 
-_LAST_TAG = max(_TAG_OF.values())  # (0020,0013) Instance Number: nothing after it is needed
-
-
-def _parse(source: Any) -> pydicom.Dataset:
-    """Read up to the last indexed element only (the rest of the header and the pixels are skipped)."""
-    return pydicom.filereader.read_partial(source, stop_when=lambda tag, _vr, _length: tag > _LAST_TAG,
-                                           specific_tags=list(_TAG_OF.values()))
-
-
-def _read_header(tmp: Path, head: bytes, size: int) -> pydicom.Dataset:
-    """The header elements the registry indexes, from the part's first bytes when they hold them."""
-    if head:
-        try:
-            ds = _parse(io.BytesIO(head))
-            if len(head) == size or all(_TAG_OF[k] in ds for k in ("SOPInstanceUID", "StudyInstanceUID",
-                                                                   "PatientIdentityRemoved")):
-                return ds
-        except Exception:
-            if len(head) == size:
-                raise
+def _read_header(tmp: Path, head: bytes) -> dict[str, str]:
+    """The header elements the registry indexes: from the part's first bytes, else from the file."""
+    fast = _header_from_head(head) if head else None
+    if fast is not None:
+        return fast
     with open(tmp, "rb") as fh:
-        return _parse(fh)
+        ds = pydicom.filereader.read_partial(fh, stop_when=lambda tag, _vr, _length: tag > _LAST_TAG,
+                                             specific_tags=list(_TAG_OF.values()))
+    return _header_text(ds)
 
 
 SYNC_GROUP_BYTES = 8 * 1024**2  # files are handed to an fsync thread in groups of about this size

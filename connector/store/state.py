@@ -36,6 +36,19 @@ STUDY_STATES = (RECEIVING, STABLE, PROCESSING, "deidentified", "quarantined", "q
 SCHEMA_VERSION = 1
 
 
+@contextlib.contextmanager
+def immediate_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (autocommit connections)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
 def study_key(study_uid: str) -> str:
     """The non-identifying handle of a study used in logs, file names and the dashboard."""
     return hashlib.sha256(study_uid.encode()).hexdigest()[:20]
@@ -166,18 +179,9 @@ class StateStore:
     def db(self) -> sqlite_utils.Database:
         return sqlite_utils.Database(self.conn)
 
-    @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """A write transaction that takes the write lock up front (no upgrade deadlocks)."""
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+        return immediate_transaction(self.conn)
 
     def close(self) -> None:
         with self._all_lock:
