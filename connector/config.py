@@ -12,14 +12,13 @@ Each section is a frozen dataclass. Stage packages may own their section's datac
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import os
 import re
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -155,7 +155,7 @@ def pipeline_main(config: Config, log_queue: Any) -> None:
     store = StateStore(layout.state_db)
     provider = open_identity_provider(config)
     engine = DeidEngine.from_config(config, provider)
-    steps = [("registry", registry_step(config, store, layout))]
+    steps = [("registry", registry_step(config, store, layout, provider))]
     if config.cac.enabled:
         steps.append(("cac", cac_step(config, store, engine)))
     worker = StudyWorker(store, layout, engine, steps)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from connector.config import Config
 from connector.deid.engine import DeidEngine
+from connector.deid.provider import IdentityProvider
 from connector.deid.study import StudyOutcome, deidentify_study
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
@@ -124,19 +125,31 @@ class StudyWorker:
 # -- steps after de-identification -------------------------------------------------------------
 
 
-def subject_record(path: Path) -> dict[str, object]:
-    """The registry's subject fields, read from a de-identified object (already PHI-guarded)."""
+def subject_record(deidentified: Path, original: Path, provider: IdentityProvider) -> dict[str, object] | None:
+    """The registry's subject fields, sent with the patient's index (first) study only.
+
+    Sex and age come from the de-identified object (already PHI-guarded); the age is the age at
+    the index scan, so it is taken only from the index study. For any later study of the patient
+    the registry already has the subject and None is returned (a PUT would replace it).
+    """
     import pydicom
 
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    orig = pydicom.dcmread(original, stop_before_pixels=True, specific_tags=["PatientID", "IssuerOfPatientID",
+                                                                              "StudyDate"])
+    lookup = getattr(provider, "lookup_patient", None)
+    if lookup is not None:
+        linked = lookup(str(orig.get("PatientID", "")), str(orig.get("IssuerOfPatientID", "") or ""), audit=False)
+        if linked is not None and linked.index_date and linked.index_date != str(orig.get("StudyDate", "")):
+            return None
+    ds = pydicom.dcmread(deidentified, stop_before_pixels=True)
     record: dict[str, object] = {"sex": str(ds.get("PatientSex", "") or "")}
     age = str(ds.get("PatientAge", "") or "")
-    if age:
-        record["age_at_scan"] = age
+    if len(age) == 4 and age[:3].isdigit():
+        record["age_at_index_years"] = min(int(age[:3]) if age[3] == "Y" else 0, 90)
     return record
 
 
-def registry_step(config: Config, store: StateStore, layout: SiteLayout) -> Step:
+def registry_step(config: Config, store: StateStore, layout: SiteLayout, provider: IdentityProvider) -> Step:
     """Queue the de-identified study for the registry: subject, STOW-RS batches, manifest."""
     from connector.outbox import Outbox
     from connector.push import queue_study
@@ -147,7 +160,8 @@ def registry_step(config: Config, store: StateStore, layout: SiteLayout) -> Step
         for study_uid in ctx.outcome.study_uids:
             written = [w for w in ctx.outcome.written if w.study_instance_uid == study_uid]
             queue_study(outbox, study_uid=study_uid, pseudonym=written[0].pseudonym,
-                        subject=subject_record(written[0].path), files=[w.path for w in written], layout=layout,
+                        subject=subject_record(written[0].path, written[0].source, provider),
+                        files=[w.path for w in written], layout=layout,
                         max_instances=config.registry.batch_max_instances,
                         max_bytes=config.registry.batch_max_bytes)
         ctx.notes["state"] = "queued"

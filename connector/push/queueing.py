@@ -100,7 +100,7 @@ def make_batches(instances: list[OutgoingInstance], max_instances: int = MAX_INS
     return batches
 
 
-def queue_study(outbox: Outbox, *, study_uid: str, pseudonym: str, subject: dict[str, Any], files: list[Path],
+def queue_study(outbox: Outbox, *, study_uid: str, pseudonym: str, subject: dict[str, Any] | None, files: list[Path],
                 layout: SiteLayout | None, destination: str = DESTINATION, max_instances: int = MAX_INSTANCES,
                 max_bytes: int = MAX_BYTES) -> int:
     """Queue one de-identified study: subject, STOW-RS batches, then its manifest. Returns new jobs.
@@ -119,10 +119,11 @@ def queue_study(outbox: Outbox, *, study_uid: str, pseudonym: str, subject: dict
     ordered = sorted(instances.values(), key=lambda i: (i.series_instance_uid, i.instance_number, i.relpath))
     created = 0
     with outbox.transaction():
-        subject_body = dict(subject)
-        subject_key = f"{pseudonym}#{_digest(subject_body)[:16]}"
-        created += outbox.enqueue("subject", subject_key, destination, {"pseudonym": pseudonym,
-                                                                        "subject": subject_body}, group=pseudonym)
+        if subject is not None:  # None: the subject is already known to the registry (not the index study)
+            subject_body = dict(subject)
+            subject_key = f"{pseudonym}#{_digest(subject_body)[:16]}"
+            created += outbox.enqueue("subject", subject_key, destination, {"pseudonym": pseudonym,
+                                                                            "subject": subject_body}, group=pseudonym)
         known = outbox.group_items(destination, study_uid, "stow")
         for inst in ordered:  # written again by a re-run: its new copy is removed like the first
             if inst.sop_instance_uid in known:

@@ -23,7 +23,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -473,7 +473,7 @@ def _text(value: Any) -> str:
 
 def _elements(source: Any, *, implicit: bool, little: bool, stop: Callable[..., bool]) -> Iterator[Any]:
     return pydicom.filereader.data_element_generator(source, implicit, little, stop_when=stop,
-                                                     specific_tags=set(_KEYWORD_OF) | {_TRANSFER_SYNTAX})
+                                                     specific_tags=[*_KEYWORD_OF, _TRANSFER_SYNTAX])
 
 
 def _header_from_head(head: bytes) -> dict[str, str] | None:

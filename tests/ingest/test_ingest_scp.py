@@ -11,7 +11,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from connector.synthetic import SyntheticStudy, ct_slices, write_series
+from connector.synthetic import SyntheticStudy, ct_slices
 from tests.support.daemon import ConnectorProcess, wait_for_study_state
 from tests.support.dicomfiles import dataset_bytes, stored_by_sop
 from tests.support.tools import dcmtk

@@ -103,3 +103,25 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
 
 def subject_for(study: DeidStudy) -> dict[str, Any]:
     return {"sex": "F", "age_at_index_years": 77, "index_study_instance_uid": study.study_uid}
+
+
+def queue_site_study(site: Site, study: DeidStudy, **kw: int) -> int:
+    """Queue one de-identified study of ``site`` for the registry (the daemon's registry step)."""
+    from connector.push import queue_study
+
+    return queue_study(site.outbox, study_uid=study.study_uid, pseudonym=study.pseudonym,
+                       subject=subject_for(study), files=study.files, layout=site.layout, **kw)
+
+
+def push_all(site: Site, config, timeout: float = 60):
+    """Run a PushWorker until the outbox is drained; returns the stopped worker."""
+    from connector.outbox import outbox_counts
+    from connector.push import PushWorker
+
+    worker = PushWorker(config, site.store, site.layout)
+    worker.start()
+    try:
+        assert worker.drain(timeout), outbox_counts(site.store)
+    finally:
+        worker.stop()
+    return worker

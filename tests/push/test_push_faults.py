@@ -16,10 +16,10 @@ import pydicom
 import pytest
 
 from connector.outbox import outbox_counts
-from connector.push import PushWorker, queue_study
+from connector.push import PushWorker
 from connector.push.stow import MultipartBody
 from connector.registry import Faults, RegistryServer
-from tests.push.conftest import DeidStudy, Site, subject_for, wait_for
+from tests.push.conftest import DeidStudy, Site, push_all, queue_site_study, wait_for
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,20 +52,6 @@ class Recorder(Faults):
         return None
 
 
-def _queue(site: Site, study: DeidStudy, **kw: int) -> int:
-    return queue_study(site.outbox, study_uid=study.study_uid, pseudonym=study.pseudonym,
-                       subject=subject_for(study), files=study.files, layout=site.layout, **kw)
-
-
-def _push(site: Site, config, timeout: float = 60) -> None:
-    worker = PushWorker(config, site.store, site.layout)
-    worker.start()
-    try:
-        assert worker.drain(timeout), outbox_counts(site.store)
-    finally:
-        worker.stop()
-
-
 def _assert_delivered(registry: RegistryServer, *studies: DeidStudy) -> None:
     for study in studies:
         held = {r["sop_instance_uid"] for r in registry.store.instances_of(study.study_uid)}
@@ -85,13 +71,13 @@ def test_registry_down_while_studies_arrive(site: Site) -> None:
     port = free_port()
     config = site.config(f"http://127.0.0.1:{port}")
     first = site.deid_study(ct=4, pet=2)
-    _queue(site, first, max_instances=3)
+    queue_site_study(site, first, max_instances=3)
     worker = PushWorker(config, site.store, site.layout)
     worker.start()
     try:
         time.sleep(1.0)
         second = site.deid_study(ct=3, pet=1)  # arrives while the registry is down
-        _queue(site, second)
+        queue_site_study(site, second)
         time.sleep(1.0)
         counts = outbox_counts(site.store)
         assert counts["pushed"] == 0 and counts["outbox_pending"] == 7 and counts["failed"] == 0
@@ -121,8 +107,8 @@ def test_500_is_retried(site: Site, registry: RegistryServer) -> None:
 
     registry.faults = faults = Fail500()
     study = site.deid_study(ct=3, pet=1)
-    _queue(site, study)
-    _push(site, site.config(registry.url))
+    queue_site_study(site, study)
+    push_all(site, site.config(registry.url))
     _assert_delivered(registry, study)
     assert len([r for r in faults.requests if r[2] == "/dicomweb/studies"]) == 3
     row = site.store.conn.execute("SELECT attempts, last_status FROM outbox_jobs WHERE kind='stow'").fetchone()
@@ -140,8 +126,8 @@ def test_429_retry_after_pauses_the_destination(site: Site, registry: RegistrySe
     registry.faults = faults = Slow429()
     studies = [site.deid_study(ct=2, pet=0) for _ in range(2)]
     for study in studies:
-        _queue(site, study)
-    _push(site, site.config(registry.url, concurrency=1))
+        queue_site_study(site, study)
+    push_all(site, site.config(registry.url, concurrency=1))
     _assert_delivered(registry, *studies)
     first_429 = next(t for t, _m, p in faults.requests if p == "/dicomweb/studies")
     after = [t - first_429 for t, _m, _p in faults.requests if t > first_429]
@@ -159,9 +145,9 @@ def test_409_with_the_same_content_counts_as_delivered(site: Site, tmp_path: Pat
                 body = MultipartBody(files)
                 assert client.post("/dicomweb/studies", content=b"".join(body.stream()), headers={
                     "Content-Type": body.content_type, "Idempotency-Key": os.urandom(8).hex()}).status_code == 200
-        _queue(site, whole, max_instances=2)  # every batch: 409, nothing new stored
-        _queue(site, partial)  # one batch: 202, one instance refused as a duplicate
-        _push(site, site.config(registry.url))
+        queue_site_study(site, whole, max_instances=2)  # every batch: 409, nothing new stored
+        queue_site_study(site, partial)  # one batch: 202, one instance refused as a duplicate
+        push_all(site, site.config(registry.url))
         _assert_delivered(registry, whole, partial)
         stats = registry.store.stats()
         assert stats["conflicts"] == 5 and stats["duplicates"] == 0
@@ -183,7 +169,7 @@ def test_409_with_different_content_is_quarantined(site: Site, registry: Registr
         body = MultipartBody([altered])
         client.post("/dicomweb/studies", content=b"".join(body.stream()),
                     headers={"Content-Type": body.content_type, "Idempotency-Key": "seed"})
-    _queue(site, study)
+    queue_site_study(site, study)
     worker = PushWorker(site.config(registry.url), site.store, site.layout)
     worker.start()
     try:
@@ -216,8 +202,8 @@ def test_partial_stow_failure_resends_only_what_failed(site: Site, registry: Reg
             return None
 
     registry.faults = faults = OutOfResources()
-    _queue(site, study)
-    _push(site, site.config(registry.url))
+    queue_site_study(site, study)
+    push_all(site, site.config(registry.url))
     _assert_delivered(registry, study)
     assert len(faults.stow_batches) == 2
     assert sorted(faults.stow_batches[0]) == sorted(study.sop_uids)
@@ -240,7 +226,7 @@ def test_permanent_instance_failure_and_4xx_are_quarantined_with_the_response(si
             return 0xC000 if sop_instance_uid == refused else None
 
     registry.faults = Refuse()
-    _queue(site, study)
+    queue_site_study(site, study)
     worker = PushWorker(site.config(registry.url), site.store, site.layout)
     worker.start()
     try:
@@ -265,7 +251,7 @@ def test_401_pauses_instead_of_quarantining_and_a_fixed_token_resumes(site: Site
     good = site.token_file.read_text()
     site.token_file.write_text("expired-token\n")
     study = site.deid_study(ct=2, pet=0)
-    _queue(site, study)
+    queue_site_study(site, study)
     worker = PushWorker(site.config(registry.url), site.store, site.layout)
     worker.start()
     try:
@@ -285,7 +271,7 @@ def test_401_pauses_instead_of_quarantining_and_a_fixed_token_resumes(site: Site
 def test_kill_9_mid_upload_resumes_without_loss_or_double_storage(site: Site, registry: RegistryServer) -> None:
     study = site.deid_study(ct=30, pet=6, rows=256)
     total = len(study.files)
-    _queue(site, study, max_instances=4)
+    queue_site_study(site, study, max_instances=4)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "tests.push.pusher", "--data", str(site.layout.data_dir), "--url", registry.url,
            "--token-file", str(site.token_file)]

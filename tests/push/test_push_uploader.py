@@ -16,32 +16,19 @@ from connector.outbox import outbox_counts
 from connector.push import PushWorker, queue_event, queue_result, queue_study
 from connector.push.queueing import NotReadyForRegistry, make_batches, read_outgoing
 from connector.registry import RegistryServer
-from tests.push.conftest import DeidStudy, Site, subject_for
+from tests.push.conftest import DeidStudy, Site, push_all, queue_site_study
 
 
-def _queue(site: Site, study: DeidStudy, **kw: int) -> int:
-    return queue_study(site.outbox, study_uid=study.study_uid, pseudonym=study.pseudonym,
-                       subject=subject_for(study), files=study.files, layout=site.layout, **kw)
-
-
-def _push(site: Site, config, timeout: float = 60) -> PushWorker:
-    worker = PushWorker(config, site.store, site.layout)
-    worker.start()
-    try:
-        assert worker.drain(timeout), outbox_counts(site.store)
-    finally:
-        worker.stop()
-    return worker
 
 
 def test_a_study_reaches_the_registry_with_subject_and_manifest(site: Site, registry: RegistryServer,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     study = site.deid_study(ct=12, pet=5)
     hashes = {p.stem: hashlib.sha256(p.read_bytes()).hexdigest() for p in study.files}
-    created = _queue(site, study, max_instances=5)
+    created = queue_site_study(site, study, max_instances=5)
     assert created == 1 + 4 + 1  # subject, ceil(17 / 5) batches, manifest
     with caplog.at_level(logging.DEBUG):
-        _push(site, site.config(registry.url))
+        push_all(site, site.config(registry.url))
 
     reg = registry.store
     held = {r["sop_instance_uid"] for r in reg.instances_of(study.study_uid)}
@@ -68,17 +55,17 @@ def test_a_study_reaches_the_registry_with_subject_and_manifest(site: Site, regi
 
 def test_requeueing_adds_only_what_is_new(site: Site, registry: RegistryServer) -> None:
     study = site.deid_study(ct=4, pet=2)
-    assert _queue(site, study) == 3
-    assert _queue(site, study) == 0  # same study again (restart, re-run): nothing new
-    _push(site, site.config(registry.url, retention_hours=-1))
+    assert queue_site_study(site, study) == 3
+    assert queue_site_study(site, study) == 0  # same study again (restart, re-run): nothing new
+    push_all(site, site.config(registry.url, retention_hours=-1))
     late = site.deid_study(ct=1, pet=0)
     extra = study.files[0].parent / "late.dcm"
     ds = pydicom.dcmread(late.files[0])
     ds.StudyInstanceUID, ds.PatientID, ds.PatientName = study.study_uid, study.pseudonym, study.pseudonym
     ds.save_as(extra)
     grown = DeidStudy(study.study_uid, study.pseudonym, [*study.files, extra], study.original)
-    assert _queue(site, grown) == 2  # one batch with the late instance, and a new manifest
-    _push(site, site.config(registry.url, retention_hours=-1))
+    assert queue_site_study(site, grown) == 2  # one batch with the late instance, and a new manifest
+    push_all(site, site.config(registry.url, retention_hours=-1))
     stats = registry.store.stats()
     assert (stats["instances"], stats["duplicates"], stats["stow_requests"]) == (7, 0, 2)
     [manifest] = registry.store.manifests()
@@ -119,8 +106,8 @@ def test_queue_study_refuses_what_must_not_leave(site: Site, tmp_path: Path) -> 
 def test_gzip_on_the_wire_is_lossless(site: Site, registry: RegistryServer) -> None:
     study = site.deid_study(ct=4, pet=2, rows=128)
     hashes = {p.stem: hashlib.sha256(p.read_bytes()).hexdigest() for p in study.files}
-    _queue(site, study)
-    _push(site, site.config(registry.url, compression="gzip"))
+    queue_site_study(site, study)
+    push_all(site, site.config(registry.url, compression="gzip"))
     assert {r["sop_instance_uid"]: registry.store.instance_sha256(r["sop_instance_uid"])
             for r in registry.store.instances_of(study.study_uid)} == hashes
 
@@ -128,10 +115,10 @@ def test_gzip_on_the_wire_is_lossless(site: Site, registry: RegistryServer) -> N
 def test_bandwidth_cap_slows_the_upload(site: Site, registry: RegistryServer) -> None:
     study = site.deid_study(ct=8, pet=0, rows=256)  # ~1 MB
     total = sum(p.stat().st_size for p in study.files)
-    _queue(site, study, max_instances=2)
+    queue_site_study(site, study, max_instances=2)
     cap = 400_000
     started = time.monotonic()
-    _push(site, site.config(registry.url, bandwidth_limit=cap, concurrency=3))
+    push_all(site, site.config(registry.url, bandwidth_limit=cap, concurrency=3))
     elapsed = time.monotonic() - started
     assert registry.store.stats()["instances"] == 8
     # The bucket starts empty and holds at most one second of allowance across all requests.
@@ -144,7 +131,7 @@ def test_upload_window_holds_jobs_until_it_opens(site: Site, registry: RegistryS
     start = (now.tm_hour * 60 + now.tm_min + 120) % 1440
     closed = f"{start // 60:02d}:{start % 60:02d}-{(start + 60) // 60 % 24:02d}:{(start + 60) % 60:02d}"
     study = site.deid_study(ct=2, pet=1)
-    _queue(site, study)
+    queue_site_study(site, study)
     worker = PushWorker(site.config(registry.url, upload_window=closed), site.store, site.layout)
     worker.start()
     time.sleep(1.5)
@@ -153,7 +140,7 @@ def test_upload_window_holds_jobs_until_it_opens(site: Site, registry: RegistryS
     assert outbox_counts(site.store)["outbox_pending"] == 3
     start = (now.tm_hour * 60 + now.tm_min - 1) % 1440
     open_now = f"{start // 60:02d}:{start % 60:02d}-{(start + 180) // 60 % 24:02d}:{(start + 180) % 60:02d}"
-    _push(site, site.config(registry.url, upload_window=open_now))
+    push_all(site, site.config(registry.url, upload_window=open_now))
     assert registry.store.stats()["instances"] == 3
 
 
@@ -167,7 +154,7 @@ def test_results_and_events(site: Site, registry: RegistryServer) -> None:
     assert queue_event(site.outbox, {"pseudonym": "TEST01-AAAA", "type": "mi", "days": 400}, "ev-1") is False
     with pytest.raises(ValueError):
         queue_event(site.outbox, {}, "")
-    _push(site, site.config(registry.url))
+    push_all(site, site.config(registry.url))
     assert sorted(r["model"]["sha256"][:2] for r in registry.store.records("results")) == ["ab", "cd"]
     [event] = registry.store.records("events")
     assert event["type"] == "mi" and event["days"] == 400
@@ -177,10 +164,10 @@ def test_results_and_events(site: Site, registry: RegistryServer) -> None:
 
 def test_status_counts_are_exported(site: Site, registry: RegistryServer) -> None:
     study = site.deid_study(ct=2, pet=0)
-    _queue(site, study)
+    queue_site_study(site, study)
     before = outbox_counts(site.store)
     assert before["outbox_pending"] == 3 and before["pushed"] == 0 and before["instances_pending"] == 2
-    _push(site, site.config(registry.url))
+    push_all(site, site.config(registry.url))
     after = outbox_counts(site.store)
     assert after["outbox_pending"] == 0 and after["pushed"] == 3 and after["failed"] == 0
     assert after["oldest_pending_age_s"] == 0.0
