@@ -161,7 +161,7 @@ class Intake:
         self.min_free_bytes = min_free_bytes
         self.fsync = fsync
         self._locks = [threading.Lock() for _ in range(64)]  # same SOP instance on two associations
-        self._dir_syncer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dirsync")
+        self._dir_syncer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.layout.spool)
@@ -178,8 +178,15 @@ class Intake:
         Raises UnreadableObject (caller quarantines ``part``), DiskFull, or OSError/sqlite3.Error
         (caller answers "out of resources" so the sender retries).
         """
-        header = read_header(part, verify_complete=verify_complete)
-        digest = dataset_sha256(part, header.dataset_offset)
+        # The data fsync (disk I/O) starts at once and runs while the header is parsed and the
+        # bytes hashed (CPU); it must be complete before the rename below.
+        data_synced = self._dir_syncer.submit(fsync_file, part) if self.fsync else None
+        try:
+            header = read_header(part, verify_complete=verify_complete)
+            digest = dataset_sha256(part, header.dataset_offset)
+        finally:
+            if data_synced is not None:
+                data_synced.result()
         key = instance_key(header.sop_instance_uid)
         lock = self._locks[int(key[:4], 16) % len(self._locks)]
         with lock:
@@ -190,8 +197,6 @@ class Intake:
             relpath = self.layout.incoming_relpath(key)
             final = self.layout.spool / relpath
             size = part.stat().st_size
-            if self.fsync:
-                fsync_file(part)
             os.replace(part, final)
             # The folder fsync (making the rename durable) and the DB commit are independent and
             # both finish before we return, so they run side by side: the file system can serve

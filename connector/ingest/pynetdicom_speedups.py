@@ -35,6 +35,7 @@ from typing import Any, cast
 
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import AssociationSocket
 
 _IDLE_WAIT = 0.001  # the bound pynetdicom itself uses
 
@@ -60,6 +61,32 @@ def make_prompt(assoc: Any) -> None:
     assoc.dul.__class__ = PromptDUL
     assoc.dul._run_loop_delay = 0  # the wait happens in _is_transport_event instead
     assoc.__class__ = PromptAssociation
+    sock = getattr(assoc.dul, "socket", None)
+    if isinstance(sock, AssociationSocket) and type(sock) is AssociationSocket:
+        sock.__class__ = BulkReadSocket
+
+
+class BulkReadSocket(AssociationSocket):
+    """Reads a PDU with ``recv_into`` straight into one buffer of its final size.
+
+    pynetdicom reads in 4 KiB ``recv`` calls appended to a bytearray: 32 calls and copies per
+    128 KiB PDU. Same contract: returns what was read, short only if the peer closed.
+    """
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        raw = self.socket
+        if raw is None:
+            return bytearray()
+        buf = bytearray(nr_bytes)
+        view = memoryview(buf)
+        got = 0
+        while got < nr_bytes:
+            n = raw.recv_into(view[got:], nr_bytes - got)
+            if n == 0:
+                del view
+                return buf[:got]
+            got += n
+        return buf
 
 
 class PromptDUL(DULServiceProvider):
