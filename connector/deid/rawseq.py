@@ -38,6 +38,14 @@ _ITEM_HEADER = b"\xfe\xff\x00\xe0"
 MAX_DEPTH = 32
 
 
+def _item_header(buf: bytes, pos: int) -> tuple[int, int]:
+    """(tag, length) of the 8-byte item or delimiter header at ``pos`` (implicit VR layout)."""
+    if pos + 8 > len(buf):
+        raise NeedsPydicom("truncated")
+    group, number = _TAG.unpack_from(buf, pos)
+    return group << 16 | number, _U32.unpack_from(buf, pos + 4)[0]
+
+
 @dataclass
 class _Element:
     tag: int
@@ -108,11 +116,7 @@ class SequenceRewriter:
         while True:
             if end is not None and pos >= end:
                 return items, pos
-            if pos + 8 > len(buf):
-                raise NeedsPydicom("truncated")
-            group, number = _TAG.unpack_from(buf, pos)
-            tag = group << 16 | number
-            length = _U32.unpack_from(buf, pos + 4)[0]
+            tag, length = _item_header(buf, pos)
             if tag == _SEQ_END:
                 if end is not None:
                     raise NeedsPydicom("stray delimiter")
@@ -130,11 +134,7 @@ class SequenceRewriter:
         a sequence of items, or encapsulated fragments (which are items too, without elements)."""
         start = pos
         while True:
-            if pos + 8 > len(buf):
-                raise NeedsPydicom("truncated")
-            group, number = _TAG.unpack_from(buf, pos)
-            tag = group << 16 | number
-            length = _U32.unpack_from(buf, pos + 4)[0]
+            tag, length = _item_header(buf, pos)
             if tag == _SEQ_END:
                 return pos, pos + 8
             if tag != _ITEM:
