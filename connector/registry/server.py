@@ -279,7 +279,7 @@ class RegistryHandler(BaseHTTPRequestHandler):
         def on_end(sink: Any) -> None:
             sink.close()
             current.remove(sink)
-            outcomes.append(batch.add(sink.path, sink.size, head=bytes(sink.head),
+            outcomes.append(batch.add(sink.path, sink.size, head=sink.head,
                                       study_uid=study_uid,
                                       on_duplicate=self.server.on_duplicate,
                                       veto=self.server.faults.instance_failure))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import itertools
 import json
 import os
@@ -23,7 +22,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,8 +31,8 @@ from typing import Any
 import pydicom
 import pydicom.filereader
 from pydicom.tag import Tag
-from pydicom.uid import UID
 
+from connector.registry.header import INDEXED_TAGS, LAST_TAG, Buffer, index_header
 from connector.store.state import immediate_transaction
 
 # STOW-RS FailureReason codes used by the dev registry.
@@ -64,10 +63,6 @@ CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, method TEXT NOT NU
     body_sha256 TEXT NOT NULL, status INTEGER NOT NULL, response TEXT NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL DEFAULT 0);
 """
-_HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "PatientID",
-                "PatientName", "StudyDate", "StudyTime", "AccessionNumber", "SeriesNumber", "SeriesDescription",
-                "InstanceNumber", "PatientIdentityRemoved"]
-
 
 @dataclass(frozen=True)
 class InstanceOutcome:
@@ -329,7 +324,7 @@ class InstanceBatch:
     def _count(self, name: str) -> None:
         self.counts[name] = self.counts.get(name, 0) + 1
 
-    def add(self, tmp: Path, size: int, *, head: bytes = b"", study_uid: str | None = None,
+    def add(self, tmp: Path, size: int, *, head: Buffer = b"", study_uid: str | None = None,
             on_duplicate: str = "accept", veto: Callable[[str], int | None] | None = None) -> InstanceOutcome:
         """Check one part written to ``tmp``; ``veto(sop_uid)`` may refuse it (fault injection).
 
@@ -458,53 +453,13 @@ class InstanceBatch:
                 self.store._reserved.discard(outcome.sop_instance_uid)
 
 
-_TAG_OF = {kw: Tag(kw) for kw in _HEADER_TAGS}
-_KEYWORD_OF = {int(tag): kw for kw, tag in _TAG_OF.items()}
-_LAST_TAG = max(_TAG_OF.values())  # (0020,0013) Instance Number: nothing after it is needed
-_REQUIRED = ("SOPInstanceUID", "StudyInstanceUID", "PatientIdentityRemoved")
-_TRANSFER_SYNTAX = 0x00020010
+_TAG_OF = {keyword: Tag(tag) for tag, keyword in INDEXED_TAGS.items()}
 
 
 def _text(value: Any) -> str:
     if isinstance(value, (bytes, bytearray)):
         return value.decode("latin-1").strip("\x00 ")
     return "" if value is None else str(value)
-
-
-def _elements(source: Any, *, implicit: bool, little: bool, stop: Callable[..., bool]) -> Iterator[Any]:
-    return pydicom.filereader.data_element_generator(source, implicit, little, stop_when=stop,
-                                                     specific_tags=[*_KEYWORD_OF, _TRANSFER_SYNTAX])
-
-
-def _header_from_head(head: bytes) -> dict[str, str] | None:
-    """The indexed elements as text, straight from pydicom's element reader over the part's first bytes.
-
-    Why not ``dcmread``: building a Dataset and converting values costs more than the rest of
-    receiving an instance. None when this fast path does not apply (no DICM prefix, deflated
-    syntax, header longer than ``head``); the caller then reads the file with ``dcmread``.
-    The values are de-identified UIDs, codes, dates and pseudonyms: single-byte text.
-    """
-    if head[128:132] != b"DICM":
-        return None
-    fp = io.BytesIO(head)
-    fp.seek(132)
-    out = {kw: "" for kw in _TAG_OF}
-    out["TransferSyntaxUID"] = ""
-    try:
-        for elem in _elements(fp, implicit=False, little=True, stop=lambda tag, _vr, _len: tag.group != 2):
-            if elem.tag == _TRANSFER_SYNTAX:
-                out["TransferSyntaxUID"] = _text(elem.value)
-        syntax = UID(out["TransferSyntaxUID"])
-        if not syntax or syntax.is_deflated or not syntax.is_transfer_syntax:
-            return None
-        for elem in _elements(fp, implicit=syntax.is_implicit_VR, little=syntax.is_little_endian,
-                              stop=lambda tag, _vr, _len: tag > _LAST_TAG):
-            keyword = _KEYWORD_OF.get(int(elem.tag))
-            if keyword is not None:
-                out[keyword] = _text(elem.value)
-    except Exception:  # noqa: BLE001 - cut inside the header or unusual encoding: the slow path decides
-        return None
-    return out if all(out[k] for k in _REQUIRED) else None
 
 
 def _header_text(ds: pydicom.Dataset) -> dict[str, str]:
@@ -514,13 +469,13 @@ def _header_text(ds: pydicom.Dataset) -> dict[str, str]:
     return out
 
 
-def _read_header(tmp: Path, head: bytes) -> dict[str, str]:
+def _read_header(tmp: Path, head: Buffer) -> dict[str, str]:
     """The header elements the registry indexes: from the part's first bytes, else from the file."""
-    fast = _header_from_head(head) if head else None
+    fast = index_header(head) if head else None
     if fast is not None:
         return fast
     with open(tmp, "rb") as fh:
-        ds = pydicom.filereader.read_partial(fh, stop_when=lambda tag, _vr, _length: tag > _LAST_TAG,
+        ds = pydicom.filereader.read_partial(fh, stop_when=lambda tag, _vr, _length: tag > LAST_TAG,
                                              specific_tags=list(_TAG_OF.values()))
     return _header_text(ds)
 
