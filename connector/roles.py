@@ -109,7 +109,7 @@ def receiver_main(config: Config, index: int, log_queue: Any) -> None:
     stop = _child_setup(config, log_queue, f"receiver-{index}")
     from connector.ingest.folder import DropFolderWatcher
     from connector.ingest.intake import Intake
-    from connector.ingest.scp import StoreSCP, configure_pynetdicom
+    from connector.ingest.scp import StoreSCP, configure_receiver_process
     from connector.store.layout import SiteLayout
     from connector.store.state import StateStore
 
@@ -120,7 +120,7 @@ def receiver_main(config: Config, index: int, log_queue: Any) -> None:
     store = StateStore(layout.state_db)
     intake = Intake(layout, store, min_free_bytes=config.storage.min_free_bytes, fsync=config.storage.fsync,
                     partial_dir=partial)
-    configure_pynetdicom(partial)
+    configure_receiver_process()
     scp = StoreSCP(config.dicom, intake, reuse_port=True)
     try:
         scp.start()

@@ -14,6 +14,7 @@ SeriesInstanceUID); pixel data is never parsed here.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -24,8 +25,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
+from pydicom.filereader import read_dataset, read_partial
+from pydicom.uid import UID, ImplicitVRLittleEndian
 
+from connector.ingest.header_bytes import scan_filing_attributes
 from connector.store.durable import PART_SUFFIX, fsync_dir, fsync_file
 from connector.store.layout import SiteLayout
 from connector.store.quarantine import QuarantineEntry, quarantine
@@ -82,6 +85,45 @@ def read_header(path: Path, *, verify_complete: bool = True) -> Header:
         raise UnreadableObject("not-dicom") from None
     except (EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
         raise UnreadableObject("unreadable-dicom", type(exc).__name__) from None
+    return _header_from_dataset(ds, meta, offset)
+
+
+def header_from_head(head: bytes, *, whole: bool, sop_class_uid: str, sop_instance_uid: str,
+                     transfer_syntax: str, dataset_offset: int) -> Header | None:
+    """The Header from the first bytes of a received dataset, or None to read it from the file.
+
+    The receiver keeps the first bytes of each dataset as they stream by, so filing an object
+    needs no second read. ``whole`` says ``head`` is the entire dataset. None (the caller then
+    uses :func:`read_header`) when the header runs past ``head``, for deflated or big-endian
+    data, or when the bytes do not decode: the file reader gives the precise error.
+    """
+    syntax = UID(transfer_syntax)
+    if not syntax.is_transfer_syntax or syntax.is_deflated or not syntax.is_little_endian:
+        return None
+    implicit = transfer_syntax == ImplicitVRLittleEndian
+    meta = {"MediaStorageSOPClassUID": sop_class_uid, "MediaStorageSOPInstanceUID": sop_instance_uid,
+            "TransferSyntaxUID": transfer_syntax}
+    found = scan_filing_attributes(head, implicit_vr=implicit, whole=whole)
+    if found is not None:
+        return _header_from_dataset(found, meta, dataset_offset)
+    stop_at = _SERIES_INSTANCE_UID + 1
+    reached = False
+
+    def stop(tag: Any, vr: Any, length: Any) -> bool:
+        nonlocal reached
+        reached = reached or tag >= stop_at
+        return reached
+
+    try:
+        ds = read_dataset(io.BytesIO(head), implicit, True, stop_when=stop)
+    except Exception:  # a header that does not decode from memory: the file reader decides
+        return None
+    if not (reached or whole):  # the header goes on past what was kept
+        return None
+    return _header_from_dataset(ds, meta, dataset_offset)
+
+
+def _header_from_dataset(ds: Any, meta: Any, offset: int) -> Header:
     try:
         sop_instance = str(ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID") or "")
         sop_class = str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "")
@@ -171,9 +213,12 @@ class Intake:
         if self.min_free_bytes and self.free_bytes() < self.min_free_bytes:
             raise DiskFull()
 
-    def ingest_partial(self, part: Path, *, source: str, calling_aet: str = "",
-                       verify_complete: bool = True) -> StoreOutcome:
+    def ingest_partial(self, part: Path, *, source: str, calling_aet: str = "", verify_complete: bool = True,
+                       header: Header | None = None, digest: str | None = None) -> StoreOutcome:
         """File a complete object already written under ``spool/partial``; consumes ``part``.
+
+        ``header`` and ``digest`` (SHA-256 of the dataset bytes) may come from whoever wrote the
+        file while it streamed in (the SCP); otherwise they are read from the file.
 
         Raises UnreadableObject (caller quarantines ``part``), DiskFull, or OSError/sqlite3.Error
         (caller answers "out of resources" so the sender retries).
@@ -182,8 +227,10 @@ class Intake:
         # bytes hashed (CPU); it must be complete before the rename below.
         data_synced = self._dir_syncer.submit(fsync_file, part) if self.fsync else None
         try:
-            header = read_header(part, verify_complete=verify_complete)
-            digest = dataset_sha256(part, header.dataset_offset)
+            if header is None:
+                header = read_header(part, verify_complete=verify_complete)
+            if digest is None:
+                digest = dataset_sha256(part, header.dataset_offset)
         finally:
             if data_synced is not None:
                 data_synced.result()

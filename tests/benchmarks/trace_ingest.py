@@ -1,68 +1,97 @@
 #!/usr/bin/env python3
-"""Trace where one C-STORE spends its time in the receiver (a profiling aid, not a test).
+"""Where one C-STORE spends its time in the receiver (a profiling aid, not a test).
 
-Runs the connector's SCP in this process, sends 0.5 MB CT instances with dcmtk's storescu on one
-association, and prints the mean per-instance time of each phase: receive (command PDU read to
-handler start), handler (durability protocol), handler end to response sent, and the sender's
-turnaround. Pass ``false`` to measure with the spool fsync off.
+Runs the connector's SCP in this process (one receiver, no supervisor), sends 0.5 MB CT
+instances with dcmtk's storescu on one association, and prints instances/s and the mean time per
+instance of the store callback (the durability protocol). ``--profile`` adds a cProfile of the
+receiver threads, sorted by own time; ``--no-fsync`` measures with the spool fsync off.
 
-    python tests/benchmarks/trace_ingest.py [true|false]
+    python tests/benchmarks/trace_ingest.py [--count 300] [--profile] [--no-fsync]
 """
+
+from __future__ import annotations
+
+import argparse
+import cProfile
 import os
+import pstats
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
-WORK = tempfile.mkdtemp(prefix='trace-ingest-')
-os.environ.update(SITE_CONNECTOR__STORAGE__MIN_FREE_BYTES='0', SITE_CONNECTOR__DICOM__PORT='11183', SITE_CONNECTOR__STORAGE__DATA_DIR=WORK + '/site')
-if len(sys.argv) > 1: os.environ['SITE_CONNECTOR__STORAGE__FSYNC'] = sys.argv[1]
-from connector.config import load_config
-from connector.store.layout import SiteLayout
-from connector.store.state import StateStore
-from connector.ingest.intake import Intake
-from connector.ingest.scp import StoreSCP, configure_pynetdicom
-import connector.ingest.scp as scp
-from pynetdicom import dul
-cfg = load_config(None)
-layout = SiteLayout.from_config(cfg); layout.ensure()
-store = StateStore(layout.state_db)
-intake = Intake(layout, store, fsync=cfg.storage.fsync)
-configure_pynetdicom(layout.partial)
-T = []
-def wrap(cls, name, tag):
-    orig = getattr(cls, name)
-    def w(self, *a, **k):
-        t0 = time.perf_counter(); r = orig(self, *a, **k); T.append((tag, t0, time.perf_counter())); return r
-    setattr(cls, name, w)
-wrap(scp.StoreSCP, '_on_store', 'handler')
-wrap(dul.DULServiceProvider, '_send', 'send')
-wrap(dul.DULServiceProvider, '_read_pdu_data', 'read')
-s = StoreSCP(cfg.dicom, intake); s.start()
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from connector.config import load_config  # noqa: E402
+from connector.ingest.intake import Intake  # noqa: E402
+from connector.ingest.scp import StoreSCP, configure_receiver_process  # noqa: E402
+from connector.store.layout import SiteLayout  # noqa: E402
+from connector.store.state import StateStore  # noqa: E402
 from connector.synthetic import SyntheticStudy, ct_slices, write_series  # noqa: E402
-files = write_series(ct_slices(SyntheticStudy(), 200), Path(WORK) / 'instances')
-t = time.perf_counter()
+from tests.support.net import free_port  # noqa: E402
 from tests.support.tools import dcmtk  # noqa: E402
-subprocess.run([dcmtk('storescu'), '-aec', 'SITECONN', '127.0.0.1', '11183', *map(str, files)], env=dict(os.environ, TCP_NODELAY='1'), check=True)
-el = time.perf_counter() - t
-s.stop()
-print(f'{len(files)/el:.0f} inst/s  {el/len(files)*1000:.2f} ms/inst')
-seq = sorted(T, key=lambda x: x[1])
-hs = [i for i, x in enumerate(seq) if x[0] == 'handler']
-# average phases over instances 20..120
-A=[];B=[];C=[];D=[]
-for k in range(20, len(hs) - 2):
-    i0 = hs[k]; i1 = hs[k+1]
-    h = seq[i0]
-    sends_after = [x for x in seq[i0:i1] if x[0] == 'send']
-    reads = [x for x in seq[i0:i1] if x[0] == 'read']
-    nh = seq[i1]
-    resp = sends_after[0]
-    A.append(h[2]-h[1]); B.append(resp[1]-h[2]); C.append(reads[0][1]-resp[2]); D.append(nh[1]-reads[0][1])
-f=lambda L: f"{1000*statistics.mean(L):.2f}"
-print('handler', f(A), '| handler end->response sent', f(B), '| response->next cmd PDU read', f(C), '| first PDU read->handler start', f(D))
-shutil.rmtree(WORK, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--count", type=int, default=300)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--no-fsync", action="store_true")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="trace-ingest-"))
+    port = free_port()
+    cfg = load_config(None, environ={"SITE_CONNECTOR__STORAGE__MIN_FREE_BYTES": "0",
+                                     "SITE_CONNECTOR__DICOM__PORT": str(port),
+                                     "SITE_CONNECTOR__STORAGE__DATA_DIR": str(work / "site")})
+    layout = SiteLayout.from_config(cfg)
+    layout.ensure()
+    store = StateStore(layout.state_db)
+    intake = Intake(layout, store, fsync=not args.no_fsync)
+    configure_receiver_process()
+    scp = StoreSCP(cfg.dicom, intake)
+    durations: list[float] = []
+    original = scp._on_store
+
+    def timed(obj):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        status = original(obj)
+        durations.append(time.perf_counter() - t0)
+        return status
+
+    scp._on_store = timed  # type: ignore[method-assign]
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler is not None:
+        threading.setprofile(lambda *a: None)  # make sure new threads run under the profiler
+        original_serve = scp.serve_connection
+
+        def profiled(*a):  # type: ignore[no-untyped-def]
+            profiler.enable()
+            try:
+                return original_serve(*a)
+            finally:
+                profiler.disable()
+
+        scp.serve_connection = profiled  # type: ignore[method-assign]
+    scp.start()
+    files = write_series(ct_slices(SyntheticStudy(), args.count), work / "instances")
+    t0 = time.perf_counter()
+    subprocess.run([dcmtk("storescu"), "-aec", cfg.dicom.ae_title, "127.0.0.1", str(port), *map(str, files)],
+                   env=dict(os.environ, TCP_NODELAY="1"), check=True)
+    elapsed = time.perf_counter() - t0
+    scp.stop()
+    store.close()
+    print(f"{len(files) / elapsed:.0f} inst/s, {elapsed / len(files) * 1000:.2f} ms per instance, "
+          f"store callback {sum(durations) / max(len(durations), 1) * 1000:.2f} ms (fsync {'off' if args.no_fsync else 'on'})")
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -96,7 +96,7 @@ def test_fast_file_meta_is_byte_identical_to_pydicom() -> None:
     from pydicom.uid import JPEGLSLossless
     from pynetdicom.dsutils import create_file_meta
 
-    from connector.ingest.pynetdicom_speedups import encode_file_meta
+    from connector.ingest.file_meta import encode_file_meta
 
     for sop_class, sop_inst, ts in [("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5.6.7.8.9", "1.2.840.10008.1.2.1"),
                                     ("1.2.840.10008.5.1.4.1.1.128", "2.25.1234567890123", JPEGLSLossless)]:

@@ -48,13 +48,15 @@ def test_kill_9_during_transfer_loses_no_acknowledged_instance(tmp_path: Path) -
         sender.wait(timeout=60)
     acked = acknowledged_files(log_path.read_text())
     assert 60 <= len(acked) < len(files), "the kill must land mid-transfer"
+    left_behind = {p for p in (daemon.spool / "partial").rglob("*") if p.is_file()}
+    assert left_behind, "a mid-transfer kill leaves a half-received object (and the receivers' spare files)"
 
     daemon.start()
     stored = stored_by_sop(daemon.spool)
     for f in acked:
         assert uid_of[f] in stored, "an acknowledged instance is missing after the crash"
         assert hashlib.sha256(dataset_bytes(stored[uid_of[f]])).hexdigest() == digest_of[f]
-    assert not [p for p in (daemon.spool / "partial").rglob("*") if p.is_file()]
+    assert not [p for p in left_behind if p.exists()], "start-up recovery must remove what the crash left"
     status = json.loads(daemon.cli("status", "--json", check=True).stdout)
     assert status["instances_received"] == len(stored)
 
