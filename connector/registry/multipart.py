@@ -2,7 +2,8 @@
 
 Why streaming: a STOW-RS request can carry hundreds of megabytes; the dev registry must hold no
 more than a couple of megabytes per request in memory, the same promise the uploader makes.
-Parts are handed to a sink (a temporary file and a hash) as they arrive.
+Parts are handed to a sink (a temporary file) as they arrive, straight from one reused buffer
+that the socket is read into: no copy of the body is made on the way to the file.
 """
 
 from __future__ import annotations
@@ -43,6 +44,24 @@ class BodyReader:
         if not data:
             raise BodyError("body ended early")
         return data
+
+    def readinto(self, view: memoryview) -> int:
+        """Like ``read(len(view))`` into ``view``; 0 at the end. A plain body goes socket to buffer directly."""
+        if self._done:
+            return 0
+        readinto1 = getattr(self._rfile, "readinto1", None)
+        if self._chunked or self._inflate is not None or readinto1 is None:
+            data = self.read(len(view))
+            view[: len(data)] = data
+            return len(data)
+        assert self._remaining is not None
+        got = readinto1(view[: min(len(view), self._remaining)])
+        if not got:
+            raise BodyError("body ended early")
+        self._remaining -= got
+        self._done = self._remaining == 0
+        self.raw_bytes += got
+        return int(got)
 
     def _raw(self, n: int) -> bytes:
         if self._done:
@@ -117,7 +136,43 @@ def _parse_headers(raw: bytes) -> dict[str, str]:
     return headers
 
 
-def read_multipart(read: Callable[[int], bytes], boundary: bytes,
+class _Window:
+    """The unread bytes ``buf[start:end]`` of a fixed buffer that a :class:`BodyReader` fills."""
+
+    def __init__(self, reader: BodyReader, size: int) -> None:
+        self.reader = reader
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.start = self.end = 0
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def fill(self) -> bool:
+        """Read more after what is held (moved to the front first: it is a few bytes); False at the end."""
+        if self.start:
+            held = self.end - self.start
+            self.buf[:held] = self.view[self.start: self.end]
+            self.start, self.end = 0, held
+        if self.end == len(self.buf):
+            raise BodyError("part headers too long")
+        got = self.reader.readinto(self.view[self.end:])
+        self.end += got
+        return got > 0
+
+    def find(self, needle: bytes) -> int:
+        """Offset of ``needle`` from ``start``, or -1."""
+        idx = self.buf.find(needle, self.start, self.end)
+        return idx - self.start if idx >= 0 else -1
+
+    def take(self, n: int) -> memoryview:
+        """The next ``n`` bytes, consumed (valid until the next ``fill``)."""
+        out = self.view[self.start: self.start + n]
+        self.start += n
+        return out
+
+
+def read_multipart(reader: BodyReader, boundary: bytes,
                    on_part: Callable[[dict[str, str]], PartSink], on_end: Callable[[PartSink], None]) -> int:
     """Stream every part of a multipart body to ``on_part(headers)``'s sink; ``on_end(sink)`` after each.
 
@@ -125,59 +180,50 @@ def read_multipart(read: Callable[[int], bytes], boundary: bytes,
     """
     delim = b"--" + boundary
     marker = b"\r\n" + delim
-    buf = bytearray()
-
-    def fill() -> bool:
-        chunk = read(CHUNK)
-        if not chunk:
-            return False
-        buf.extend(chunk)
-        return True
+    win = _Window(reader, CHUNK + MAX_HEADER_BYTES)
 
     while True:  # preamble
-        idx = buf.find(delim)
+        idx = win.find(delim)
         if idx >= 0:
-            del buf[: idx + len(delim)]
+            win.take(idx + len(delim))
             break
-        del buf[: max(0, len(buf) - len(delim) + 1)]
-        if not fill():
+        win.take(max(0, len(win) - len(delim) + 1))
+        if not win.fill():
             raise BodyError("no multipart boundary in the body")
     count = 0
     while True:
-        while len(buf) < 2:
-            if not fill():
+        while len(win) < 2:
+            if not win.fill():
                 raise BodyError("body ended after a boundary")
-        if buf[:2] == b"--":
+        if win.view[win.start: win.start + 2] == b"--":
             return count
-        while (eol := buf.find(b"\r\n")) < 0:
-            if len(buf) > 1024 or not fill():
+        while (eol := win.find(b"\r\n")) < 0:
+            if len(win) > 1024 or not win.fill():
                 raise BodyError("bad boundary line")
-        del buf[: eol + 2]
+        win.take(eol + 2)
         while True:
-            if buf[:2] == b"\r\n":
-                headers, cut = {}, 2
+            if len(win) >= 2 and win.view[win.start: win.start + 2] == b"\r\n":
+                win.take(2)
+                headers: dict[str, str] = {}
                 break
-            end = buf.find(b"\r\n\r\n")
+            end = win.find(b"\r\n\r\n")
             if end >= 0:
-                headers, cut = _parse_headers(bytes(buf[:end])), end + 4
+                headers = _parse_headers(bytes(win.take(end)))
+                win.take(4)
                 break
-            if len(buf) > MAX_HEADER_BYTES or not fill():
+            if len(win) > MAX_HEADER_BYTES or not win.fill():
                 raise BodyError("part headers too long or cut short")
-        del buf[:cut]
         sink = on_part(headers)
         while True:
-            idx = buf.find(marker)
+            idx = win.find(marker)
             if idx >= 0:
-                with memoryview(buf) as mv:
-                    sink.write(mv[:idx])
-                del buf[: idx + len(marker)]
+                sink.write(win.take(idx))
+                win.take(len(marker))
                 break
-            safe = len(buf) - len(marker) + 1
+            safe = len(win) - len(marker) + 1
             if safe > 0:
-                with memoryview(buf) as mv:
-                    sink.write(mv[:safe])
-                del buf[:safe]
-            if not fill():
+                sink.write(win.take(safe))
+            if not win.fill():
                 raise BodyError("body ended inside a part")
         on_end(sink)
         count += 1

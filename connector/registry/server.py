@@ -72,7 +72,7 @@ class Faults:
 
 
 class _PartFile:
-    """Sink for one multipart part: a temporary file (fsync'd later, in a batch) and its first bytes."""
+    """Sink for one multipart part: a temporary file (fsync'd later, with its batch) and its first bytes."""
 
     HEAD = 64 * 1024  # the start of the part, kept to read the header without reopening the file
 
@@ -91,6 +91,11 @@ class _PartFile:
         self.size += len(data)
         if len(self.head) < self.HEAD:
             self.head += data[: self.HEAD - len(self.head)]
+
+    def detach(self) -> int | None:
+        """The open file descriptor, now the caller's to close."""
+        fd, self.fd = self.fd, None
+        return fd
 
     def close(self) -> None:
         if self.fd is not None:
@@ -277,16 +282,15 @@ class RegistryHandler(BaseHTTPRequestHandler):
         outcomes = []
 
         def on_end(sink: Any) -> None:
-            sink.close()
             current.remove(sink)
-            outcomes.append(batch.add(sink.path, sink.size, head=sink.head,
+            outcomes.append(batch.add(sink.path, sink.size, fd=sink.detach(), head=sink.head,
                                       study_uid=study_uid,
                                       on_duplicate=self.server.on_duplicate,
                                       veto=self.server.faults.instance_failure))
 
         try:
             boundary = boundary_of(ctype)
-            parts = read_multipart(self._reader().read, boundary, on_part, on_end)
+            parts = read_multipart(self._reader(), boundary, on_part, on_end)
         except (BodyError, ValueError) as exc:
             for sink in current:
                 sink.abort()
