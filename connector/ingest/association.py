@@ -8,7 +8,8 @@ one thread per association reads PDUs and acts on them directly:
 - command sets are decoded and encoded as bytes (:mod:`connector.ingest.dimse`);
 - dataset fragments go from the socket into one reusable buffer and from there to a ``.part`` file
   under ``spool/partial``, hashed (SHA-256) on the way, so an object of any size is never held in
-  memory and is never read back to be filed;
+  memory and is never read back to be filed; each chunk's writeback to disk starts at once, so the
+  fsync before the acknowledgement waits only for the last one;
 - the first bytes of each dataset are kept, so filing it needs no header read from disk.
 The object is then handed to the store callback (the durability protocol); its status goes back
 in the C-STORE-RSP. Nothing is answered "success" that the callback did not commit.
@@ -31,11 +32,12 @@ from pathlib import Path
 from connector.ingest import dimse, pdu
 from connector.ingest.file_meta import part10_head
 from connector.ingest.negotiation import MAX_REQUEST_PDU, Admission, RequestError, negotiate
+from connector.store.durable import start_writeback
 
 log = logging.getLogger(__name__)
 
 HEAD_KEEP = 64 * 1024  # dataset bytes kept for the header: far more than any header before SeriesInstanceUID
-_CHUNK = 1 << 20  # largest single read of dataset bytes
+_CHUNK = 256 * 1024  # largest single read of dataset bytes
 STATUS_OUT_OF_RESOURCES = 0xA700
 
 
@@ -66,13 +68,17 @@ NewPart = Callable[[], tuple[Path, int]]  # an open, empty file under spool/part
 class AssociationSettings:
     network_timeout: float
     acse_timeout: float = 30.0
+    early_writeback: bool = True  # start writing each chunk to disk at once (when objects are fsync'd)
 
 
 class _Incoming:
     """The dataset of one C-STORE being written to its ``.part`` file."""
 
-    def __init__(self, request: dimse.Command, context_id: int, transfer_syntax: str, new_part: NewPart) -> None:
+    def __init__(self, request: dimse.Command, context_id: int, transfer_syntax: str, new_part: NewPart, *,
+                 early_writeback: bool) -> None:
         self.request = request
+        self.early_writeback = early_writeback
+        self.written = 0
         self.context_id = context_id
         self.transfer_syntax = transfer_syntax
         self.hash = hashlib.sha256()
@@ -99,17 +105,23 @@ class _Incoming:
 
     def _write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
+        start = self.written
         try:
             while view:
-                view = view[os.write(self.fd, view):]  # type: ignore[arg-type]
+                n = os.write(self.fd, view)  # type: ignore[arg-type]
+                view = view[n:]
+                self.written += n
         except OSError as exc:  # disk full or failing: drop the file, keep the association
             self.failed = exc.__class__.__name__
             self.discard()
+            return
+        if self.early_writeback:
+            start_writeback(self.fd, start, self.written - start)  # type: ignore[arg-type]
 
     def finish(self, calling_aet: str) -> ReceivedObject:
         self._close()
         assert self.path is not None  # not failed
-        size = self.path.stat().st_size - self.dataset_offset
+        size = self.written - self.dataset_offset
         return ReceivedObject(
             part=self.path, calling_aet=calling_aet, sop_class_uid=self.request.affected_sop_class_uid,
             sop_instance_uid=self.request.affected_sop_instance_uid, transfer_syntax=self.transfer_syntax,
@@ -288,7 +300,8 @@ class Association:
             self._send(pdu.p_data_command(context_id, dimse.encode_echo_response(request)))
         elif request.command_field == dimse.C_STORE_RQ and request.has_dataset:
             transfer_syntax = self.contexts[context_id][1]
-            self._incoming = _Incoming(request, context_id, transfer_syntax, self.new_part)
+            self._incoming = _Incoming(request, context_id, transfer_syntax, self.new_part,
+                                      early_writeback=self.settings.early_writeback)
         else:
             raise ProtocolError(f"unsupported command 0x{request.command_field:04x}")
 

@@ -100,7 +100,7 @@ class StoreSCP:
         self.intake = intake
         self.reuse_port = reuse_port
         self.admission = Admission(cfg.allowed_ae_titles, cfg.allowed_hosts)
-        self.settings = AssociationSettings(network_timeout=cfg.network_timeout)
+        self.settings = AssociationSettings(network_timeout=cfg.network_timeout, early_writeback=intake.fsync)
         self._spares: SpareFiles | None = None
         self._tls = tls_context(cfg)
         self._server: _Server | None = None
