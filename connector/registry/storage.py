@@ -579,7 +579,6 @@ def _fsync_pool() -> ThreadPoolExecutor:
 def _fsync_fds(fds: list[int]) -> None:
     for fd in fds:
         os.fsync(fd)
-        _drop_cached(fd)
 
 
 def file_sha256(path: Path) -> str:
@@ -593,18 +592,9 @@ def file_sha256(path: Path) -> str:
 def _start_writeback(fd: int) -> None:
     """Have the kernel start writing a file's dirty pages now, without waiting for them.
 
-    On Linux, the same advice starts asynchronous writeback of the dirty pages (and drops only
-    pages already clean), so the fsync at commit mostly finds the data on disk. Elsewhere it is
-    advice that may be ignored: the fsync still does all the work.
-    """
-    _drop_cached(fd)
-
-
-def _drop_cached(fd: int) -> None:
-    """POSIX_FADV_DONTNEED: once a file is durable, its clean pages leave the page cache.
-
-    Why: stored instances are written once and seldom read back soon; recycling their pages keeps
-    the cache from growing by every upload (on a VM, fresh memory costs more than reused).
+    On Linux, POSIX_FADV_DONTNEED starts asynchronous writeback of the dirty pages (and drops only
+    pages already clean: none yet), so the fsync at commit mostly finds the data on disk.
+    Elsewhere it is advice that may be ignored: the fsync still does all the work.
     """
     advise = getattr(os, "posix_fadvise", None)
     if advise is not None:
