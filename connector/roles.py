@@ -137,6 +137,7 @@ def receiver_main(config: Config, index: int, log_queue: Any) -> None:
     scp.stop()
     if folder is not None:
         folder.stop()
+    intake.close()
     store.close()
 
 

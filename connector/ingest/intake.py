@@ -30,6 +30,7 @@ from pydicom.uid import UID, ImplicitVRLittleEndian
 
 from connector.ingest.header_bytes import scan_filing_attributes
 from connector.store.durable import PART_SUFFIX, fsync_dir, fsync_file
+from connector.store.group_commit import GroupCommitter
 from connector.store.layout import SiteLayout
 from connector.store.quarantine import QuarantineEntry, quarantine
 from connector.store.state import InstanceRecord, StateStore, StoreOutcome, instance_key
@@ -204,6 +205,12 @@ class Intake:
         self.fsync = fsync
         self._locks = [threading.Lock() for _ in range(64)]  # same SOP instance on two associations
         self._dir_syncer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+        self._commit = GroupCommitter(store)
+
+    def close(self) -> None:
+        """Finish pending commits and stop the helper threads (the receiver has stopped)."""
+        self._commit.close()
+        self._dir_syncer.shutdown(wait=True)
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.layout.spool)
@@ -240,7 +247,7 @@ class Intake:
             existing = self.store.find_instance(header.sop_instance_uid)
             if existing is not None and existing[0] == digest and (self.layout.spool / existing[1]).exists():
                 part.unlink(missing_ok=True)
-                return self.store.record_instance(self._record(header, existing[1], digest, 0, source, calling_aet))
+                return self._commit.record(self._record(header, existing[1], digest, 0, source, calling_aet))
             relpath = self.layout.incoming_relpath(key)
             final = self.layout.spool / relpath
             size = part.stat().st_size
@@ -251,7 +258,7 @@ class Intake:
             # acknowledged; recovery drops a row whose file did not survive.
             pending = self._dir_syncer.submit(fsync_dir, final.parent) if self.fsync else None
             try:
-                outcome = self.store.record_instance(self._record(header, relpath, digest, size, source,
+                outcome = self._commit.record(self._record(header, relpath, digest, size, source,
                                                                   calling_aet))
             finally:
                 if pending is not None:

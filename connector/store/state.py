@@ -219,53 +219,61 @@ class StateStore:
         and leave an ``instance_events`` entry. The study is created, or re-opened if it had moved
         past "receiving" (a late instance restarts its quiet period).
         """
+        return self.record_instances([rec], now)[0]
+
+    def record_instances(self, recs: list[InstanceRecord], now: float | None = None) -> list[StoreOutcome]:
+        """:meth:`record_instance` for several instances in one transaction (one WAL fsync for all)."""
         now = time.time() if now is None else now
-        skey = study_key(rec.study_uid)
         with self.write() as conn:
-            existing = conn.execute(
-                "SELECT sha256, study_key FROM instances WHERE sop_instance_uid=?", (rec.sop_instance_uid,)
-            ).fetchone()
-            if existing and existing[0] == rec.sha256:
-                return StoreOutcome("duplicate", skey)
-            if existing:
-                conn.execute(
-                    "UPDATE instances SET sop_class_uid=?, study_key=?, study_uid=?, series_uid=?, modality=?, "
-                    "transfer_syntax=?, path=?, sha256=?, size=?, source=?, calling_aet=?, received_at=?, "
-                    "replaced_count=replaced_count+1 WHERE sop_instance_uid=?",
-                    (rec.sop_class_uid, skey, rec.study_uid, rec.series_uid, rec.modality, rec.transfer_syntax,
-                     rec.path, rec.sha256, rec.size, rec.source, rec.calling_aet, now, rec.sop_instance_uid),
-                )
-                conn.execute(
-                    "INSERT INTO instance_events (sop_instance_uid, study_key, event, old_sha256, new_sha256, at) "
-                    "VALUES (?, ?, 'replaced', ?, ?, ?)",
-                    (rec.sop_instance_uid, skey, existing[0], rec.sha256, now),
-                )
-                action, added = "replaced", 0
-            else:
-                conn.execute(
-                    "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_key, study_uid, series_uid, "
-                    "modality, transfer_syntax, path, sha256, size, source, calling_aet, received_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (rec.sop_instance_uid, rec.sop_class_uid, skey, rec.study_uid, rec.series_uid, rec.modality,
-                     rec.transfer_syntax, rec.path, rec.sha256, rec.size, rec.source, rec.calling_aet, now),
-                )
-                action, added = "stored", 1
-            prior = conn.execute("SELECT state FROM studies WHERE study_key=?", (skey,)).fetchone()
-            if prior is None:
-                conn.execute(
-                    "INSERT INTO studies (study_key, study_uid, state, instance_count, first_received_at, "
-                    "last_received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (skey, rec.study_uid, RECEIVING, added, now, now, now),
-                )
-                reopened = False
-            else:
-                reopened = prior[0] != RECEIVING
-                conn.execute(
-                    "UPDATE studies SET instance_count=instance_count+?, last_received_at=?, updated_at=?, "
-                    "state=?, reopened_count=reopened_count+?, lease_owner=NULL, lease_until=NULL "
-                    "WHERE study_key=?",
-                    (added, now, now, RECEIVING, int(reopened), skey),
-                )
+            return [self._record_in(conn, rec, now) for rec in recs]
+
+    @staticmethod
+    def _record_in(conn: sqlite3.Connection, rec: InstanceRecord, now: float) -> StoreOutcome:
+        skey = study_key(rec.study_uid)
+        existing = conn.execute(
+            "SELECT sha256, study_key FROM instances WHERE sop_instance_uid=?", (rec.sop_instance_uid,)
+        ).fetchone()
+        if existing and existing[0] == rec.sha256:
+            return StoreOutcome("duplicate", skey)
+        if existing:
+            conn.execute(
+                "UPDATE instances SET sop_class_uid=?, study_key=?, study_uid=?, series_uid=?, modality=?, "
+                "transfer_syntax=?, path=?, sha256=?, size=?, source=?, calling_aet=?, received_at=?, "
+                "replaced_count=replaced_count+1 WHERE sop_instance_uid=?",
+                (rec.sop_class_uid, skey, rec.study_uid, rec.series_uid, rec.modality, rec.transfer_syntax,
+                 rec.path, rec.sha256, rec.size, rec.source, rec.calling_aet, now, rec.sop_instance_uid),
+            )
+            conn.execute(
+                "INSERT INTO instance_events (sop_instance_uid, study_key, event, old_sha256, new_sha256, at) "
+                "VALUES (?, ?, 'replaced', ?, ?, ?)",
+                (rec.sop_instance_uid, skey, existing[0], rec.sha256, now),
+            )
+            action, added = "replaced", 0
+        else:
+            conn.execute(
+                "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_key, study_uid, series_uid, "
+                "modality, transfer_syntax, path, sha256, size, source, calling_aet, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (rec.sop_instance_uid, rec.sop_class_uid, skey, rec.study_uid, rec.series_uid, rec.modality,
+                 rec.transfer_syntax, rec.path, rec.sha256, rec.size, rec.source, rec.calling_aet, now),
+            )
+            action, added = "stored", 1
+        prior = conn.execute("SELECT state FROM studies WHERE study_key=?", (skey,)).fetchone()
+        if prior is None:
+            conn.execute(
+                "INSERT INTO studies (study_key, study_uid, state, instance_count, first_received_at, "
+                "last_received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (skey, rec.study_uid, RECEIVING, added, now, now, now),
+            )
+            reopened = False
+        else:
+            reopened = prior[0] != RECEIVING
+            conn.execute(
+                "UPDATE studies SET instance_count=instance_count+?, last_received_at=?, updated_at=?, "
+                "state=?, reopened_count=reopened_count+?, lease_owner=NULL, lease_until=NULL "
+                "WHERE study_key=?",
+                (added, now, now, RECEIVING, int(reopened), skey),
+            )
         return StoreOutcome(action, skey, reopened)
 
     def known_paths(self) -> set[str]:

@@ -84,6 +84,7 @@ def main() -> int:
                    env=dict(os.environ, TCP_NODELAY="1"), check=True)
     elapsed = time.perf_counter() - t0
     scp.stop()
+    intake.close()
     store.close()
     print(f"{len(files) / elapsed:.0f} inst/s, {elapsed / len(files) * 1000:.2f} ms per instance, "
           f"store callback {sum(durations) / max(len(durations), 1) * 1000:.2f} ms (fsync {'off' if args.no_fsync else 'on'})")

@@ -359,3 +359,4 @@ def test_storage_contexts_accept_the_first_proposed_syntax_and_non_storage_are_r
     assert accepted == {CT: "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.1": "1.2.840.10008.1.2"}
     assert [str(cx.abstract_syntax) for cx in assoc.rejected_contexts] == ["1.2.840.10008.5.1.4.1.2.2.1"]
     assoc.release()
+
