@@ -137,7 +137,13 @@ class Receiver:
         self.layout.ensure()
         self.store = StateStore(self.layout.state_db)
         configure_receiver_process()
-        self.scp = StoreSCP(cfg.dicom, Intake(self.layout, self.store))
+        self.intake = Intake(self.layout, self.store)
+        self.scp = StoreSCP(cfg.dicom, self.intake)
+
+    def close(self) -> None:
+        self.scp.stop(drain_seconds=2)
+        self.intake.close()
+        self.store.close()
 
     def partial_with_content(self) -> list[Path]:
         return [p for p in self.layout.partial.rglob("*") if p.is_file() and p.stat().st_size]
@@ -148,8 +154,7 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
     r = Receiver(tmp_path)
     r.scp.start()
     yield r
-    r.scp.stop(drain_seconds=2)
-    r.store.close()
+    r.close()
 
 
 def test_pynetdicom_as_sender_stores_and_echoes(receiver: Receiver, tmp_path: Path) -> None:
@@ -344,8 +349,7 @@ def test_more_associations_than_allowed_are_rejected_as_busy(tmp_path: Path) -> 
                 second.acceptor.primitive.diagnostic) == (0x02, 0x03, 0x02)
         first.close()
     finally:
-        r.scp.stop(drain_seconds=2)
-        r.store.close()
+        r.close()
 
 
 def test_storage_contexts_accept_the_first_proposed_syntax_and_non_storage_are_refused(receiver: Receiver) -> None:
@@ -360,3 +364,20 @@ def test_storage_contexts_accept_the_first_proposed_syntax_and_non_storage_are_r
     assert [str(cx.abstract_syntax) for cx in assoc.rejected_contexts] == ["1.2.840.10008.5.1.4.1.2.2.1"]
     assoc.release()
 
+
+
+def test_a_silent_association_is_aborted_after_the_network_timeout(tmp_path: Path) -> None:
+    r = Receiver(tmp_path, SITE_CONNECTOR__DICOM__NETWORK_TIMEOUT="1")
+    r.scp.start()
+    try:
+        data, uid = _one_dataset(tmp_path)
+        sock = _associate(r.port, [(1, CT, EXPLICIT_LE)])
+        sock.sendall(pdu.encode_pdu(pdu.P_DATA_TF, _pdv(1, 0x03, _store_command(1, uid)) + _pdv(1, 0x00, data[:500])))
+        started = time.monotonic()
+        assert _read_pdu(sock)[0] == pdu.A_ABORT  # then nothing more: the sender went quiet mid-object
+        assert 0.9 <= time.monotonic() - started < 5
+        sock.close()
+        assert _wait_until(lambda: not r.partial_with_content())
+        assert not stored_by_sop(r.layout.spool)
+    finally:
+        r.close()
