@@ -142,10 +142,13 @@ class RegistryStore:
 
     def new_temp_file(self) -> tuple[Path, int]:
         """A fresh temporary file (path, open fd), usually created ahead of need in the background."""
-        with self._lock:
-            if self._spares is None:
-                self._spares = SpareFiles(self)
-        return self._spares.take()
+        spares = self._spares
+        if spares is None:  # the lock only for the first: it also guards every instance's UID check
+            with self._lock:
+                if self._spares is None:
+                    self._spares = SpareFiles(self)
+                spares = self._spares
+        return spares.take()
 
     def close(self) -> None:
         if self._spares is not None:
