@@ -186,6 +186,11 @@ class Association:
                 log.warning("association dropped by peer", extra={"event": "association_dropped",
                                                                   "calling_aet": self.calling_aet,
                                                                   "peer": self.address})
+        except Exception as exc:  # a bug of ours: end this association only, and say so without values
+            log.error("association aborted: internal error", extra={"event": "association_failed",
+                                                                    "calling_aet": self.calling_aet,
+                                                                    "peer": self.address, "error": type(exc).__name__})
+            self._send_abort(pdu.REASON_NOT_SPECIFIED)
         finally:
             if self._incoming is not None:
                 self._incoming.discard()  # never filed: the sender got no success for it
