@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
 import os
-import queue
-import secrets
 import sqlite3
 import threading
 import time
@@ -33,6 +30,7 @@ import pydicom.filereader
 from pydicom.tag import Tag
 
 from connector.registry.header import INDEXED_TAGS, LAST_TAG, Buffer, index_header
+from connector.store.spare_files import SpareFiles
 from connector.store.state import immediate_transaction
 
 # STOW-RS FailureReason codes used by the dev registry.
@@ -102,8 +100,6 @@ class RegistryStore:
         self._local = threading.local()
         self._lock = threading.Lock()  # guards the check-and-reserve of SOP Instance UIDs
         self._reserved: set[str] = set()  # UIDs accepted by requests not yet committed
-        self._temp_prefix = secrets.token_hex(6)
-        self._temp_counter = itertools.count()
         self._spares: SpareFiles | None = None
         conn = self._conn()
         conn.executescript(_SCHEMA)
@@ -137,16 +133,13 @@ class RegistryStore:
 
     # -- instances -----------------------------------------------------------------------------
 
-    def temp_path(self) -> Path:
-        return self.tmp_dir / f"{self._temp_prefix}-{next(self._temp_counter)}.part"
-
     def new_temp_file(self) -> tuple[Path, int]:
         """A fresh temporary file (path, open fd), usually created ahead of need in the background."""
         spares = self._spares
         if spares is None:  # the lock only for the first: it also guards every instance's UID check
             with self._lock:
                 if self._spares is None:
-                    self._spares = SpareFiles(self)
+                    self._spares = SpareFiles(self.tmp_dir, keep=16)
                 spares = self._spares
         return spares.take()
 
@@ -511,60 +504,6 @@ def _read_header(tmp: Path, head: Buffer) -> dict[str, str]:
 
 MAX_OPEN_FILES = 256  # accepted files a request keeps open for the fsync at commit; beyond, synced early
 FSYNC_THREADS = 4  # the request's own thread and three helpers share a commit's fsyncs
-
-
-class SpareFiles:
-    """Temporary files created ahead of need by a background thread.
-
-    Why: creating a file can take a millisecond on a busy disk; done between two parts of an upload
-    it stalls the receiving thread, done here it overlaps with receiving. Spares left by a crash are
-    removed at the next start with the rest of ``tmp/``.
-    """
-
-    def __init__(self, store: RegistryStore, keep: int = 16) -> None:
-        self.store = store
-        self._queue: queue.Queue[tuple[Path, int]] = queue.Queue(maxsize=keep)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._fill, name="registry-spare-files", daemon=True)
-        self._thread.start()
-
-    def _create(self) -> tuple[Path, int]:
-        path = self.store.temp_path()
-        return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-
-    def _fill(self) -> None:
-        while not self._stop.is_set():
-            try:
-                spare = self._create()
-            except OSError:
-                self._stop.wait(1.0)
-                continue
-            while not self._stop.is_set():
-                try:
-                    self._queue.put(spare, timeout=0.5)
-                    break
-                except queue.Full:
-                    continue
-            else:
-                os.close(spare[1])
-                spare[0].unlink(missing_ok=True)
-
-    def take(self) -> tuple[Path, int]:
-        try:
-            return self._queue.get_nowait()
-        except queue.Empty:
-            return self._create()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        while True:
-            try:
-                path, fd = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            os.close(fd)
-            path.unlink(missing_ok=True)
 
 
 _POOL: ThreadPoolExecutor | None = None
