@@ -82,3 +82,34 @@ def test_group_commit_failure_fails_only_the_bad_row(tmp_path: Path) -> None:
     assert set(results.values()) == {"stored"}
     assert store.conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 5
     store.close()
+
+
+def _commit_from_process(db: str, base: int) -> None:
+    store = StateStore(Path(db))
+    committer = GroupCommitter(store)
+    threads = [threading.Thread(target=lambda t=t: [committer.record(_record(base + t * 1000 + k))
+                                                    for k in range(100)]) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    committer.close()
+    store.close()
+
+
+def test_two_receiver_processes_commit_concurrently_without_losing_a_row(tmp_path: Path) -> None:
+    import multiprocessing
+
+    db = tmp_path / "state.db"
+    StateStore(db).close()  # schema in place before the race
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_commit_from_process, args=(str(db), base)) for base in (0, 100_000)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    store = StateStore(db)
+    assert store.conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 800
+    assert store.conn.execute("SELECT instance_count FROM studies").fetchone()[0] == 800
+    store.close()
