@@ -30,6 +30,7 @@ import pydicom.filereader
 from pydicom.tag import Tag
 
 from connector.registry.header import INDEXED_TAGS, LAST_TAG, Buffer, index_header
+from connector.store.durable import start_writeback
 from connector.store.spare_files import SpareFiles
 from connector.store.state import immediate_transaction
 
@@ -338,7 +339,7 @@ class InstanceBatch:
             raise
         if outcome.status == "accepted" and self.store.fsync:
             fd = os.open(tmp, os.O_RDONLY) if fd is None else fd
-            _start_writeback(fd)
+            start_writeback(fd, 0, 0)  # the whole file: the kernel writes it while the request goes on
             self._open.append(fd)
             if len(self._open) >= MAX_OPEN_FILES:  # a very large request: no more than this many open
                 self._sync_open()
@@ -529,18 +530,6 @@ def file_sha256(path: Path) -> str:
         while chunk := fh.read(1024 * 1024):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _start_writeback(fd: int) -> None:
-    """Have the kernel start writing a file's dirty pages now, without waiting for them.
-
-    On Linux, POSIX_FADV_DONTNEED starts asynchronous writeback of the dirty pages (and drops only
-    pages already clean: none yet), so the fsync at commit mostly finds the data on disk.
-    Elsewhere it is advice that may be ignored: the fsync still does all the work.
-    """
-    advise = getattr(os, "posix_fadvise", None)
-    if advise is not None:
-        advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def _fsync_path(path: Path, directory: bool = False) -> None:

@@ -76,7 +76,8 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
 
     A receiver calls this after each chunk, so the disk works while the rest of the object is still
     arriving and the fsync before the acknowledgement waits only for the tail (PostgreSQL does the
-    same for its checkpoints). Purely a hint: durability still comes from fsync. No-op off Linux.
+    same for its checkpoints). ``length`` 0 means to the end of the file. Purely a hint:
+    durability still comes from fsync. No-op off Linux.
     """
     if _START_WRITEBACK is not None:
         _START_WRITEBACK(fd, offset, length)
