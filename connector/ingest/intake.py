@@ -28,7 +28,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset, read_partial
 from pydicom.uid import UID, ImplicitVRLittleEndian
 
-from connector.ingest.header_bytes import scan_filing_attributes
+from connector.dicom_elements import read_leading
 from connector.store.durable import PART_SUFFIX, fsync_dir, fsync_file
 from connector.store.group_commit import GroupCommitter
 from connector.store.layout import SiteLayout
@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 _PIXEL_DATA = 0x7FE00010
 _SERIES_INSTANCE_UID = 0x0020000E
+# What files an instance: all top-level elements before (0020,000E)'s successor.
+FILING_TAGS = {0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID", 0x00080060: "Modality",
+               0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID"}
 _SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _HASH_CHUNK = 1 << 20
 
@@ -104,7 +107,8 @@ def header_from_head(head: bytes, *, whole: bool, sop_class_uid: str, sop_instan
     implicit = transfer_syntax == ImplicitVRLittleEndian
     meta = {"MediaStorageSOPClassUID": sop_class_uid, "MediaStorageSOPInstanceUID": sop_instance_uid,
             "TransferSyntaxUID": transfer_syntax}
-    found = scan_filing_attributes(head, implicit_vr=implicit, whole=whole)
+    found = read_leading(head, 0, explicit=not implicit, wanted=FILING_TAGS, last_tag=_SERIES_INSTANCE_UID,
+                         whole=whole)
     if found is not None:
         return _header_from_dataset(found, meta, dataset_offset)
     stop_at = _SERIES_INSTANCE_UID + 1

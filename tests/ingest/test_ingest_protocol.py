@@ -25,8 +25,8 @@ from pynetdicom.presentation import PresentationContext
 
 from connector.config import load_config
 from connector.ingest import dimse, pdu
-from connector.ingest.header_bytes import scan_filing_attributes
-from connector.ingest.intake import Intake, read_header
+from connector.dicom_elements import read_leading
+from connector.ingest.intake import FILING_TAGS, Intake, read_header
 from connector.ingest.scp import StoreSCP, configure_receiver_process
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
@@ -36,6 +36,10 @@ from tests.support.net import free_port
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def scan_filing_attributes(head: bytes, *, implicit_vr: bool, whole: bool) -> dict[str, str] | None:
+    return read_leading(head, 0, explicit=not implicit_vr, wanted=FILING_TAGS, last_tag=0x0020000E, whole=whole)
 
 
 # -- codecs -----------------------------------------------------------------------------------------
@@ -98,7 +102,7 @@ def test_filing_attribute_scan_agrees_with_pydicom(implicit: bool) -> None:
             continue  # files pydicom itself cannot re-encode
         found = scan_filing_attributes(raw, implicit_vr=implicit, whole=True)
         if found is None:
-            continue  # the scan may decline (undefined lengths): the caller then uses pydicom
+            continue  # the walk may decline (a wanted value of undefined length): the caller then uses pydicom
         compared += 1
         for keyword in ("SOPClassUID", "SOPInstanceUID", "Modality", "StudyInstanceUID", "SeriesInstanceUID"):
             expected = str(ds[keyword].value).strip() if keyword in ds and ds[keyword].value else ""
@@ -120,8 +124,15 @@ def test_filing_attribute_scan_declines_what_it_cannot_vouch_for(tmp_path: Path)
     assert scan_filing_attributes(raw, implicit_vr=False, whole=True)["Modality"] == "CT"
     not_a_vr = b"\x08\x00\x16\x00\x01\x02" + bytes(range(256))
     assert scan_filing_attributes(not_a_vr, implicit_vr=False, whole=True) is None
-    undefined_length = b"\x08\x00\x05\x00SQ\x00\x00\xff\xff\xff\xff" + raw
-    assert scan_filing_attributes(undefined_length, implicit_vr=False, whole=True) is None
+    # a sequence of undefined length before the wanted elements is skipped item by item
+    sequence = (b"\x08\x00\x05\x01SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+                + b"\x08\x00\x00\x01SH\x04\x00ABCD" + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+                + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+    at = raw.index(b"\x08\x00\x16\x00")  # (0008,0016): insert the sequence right before it
+    skipped = scan_filing_attributes(raw[:at] + sequence + raw[at:], implicit_vr=False, whole=True)
+    assert skipped == scan_filing_attributes(raw, implicit_vr=False, whole=True)
+    unterminated = raw[:at] + sequence[:-8] + raw[at:]
+    assert scan_filing_attributes(unterminated, implicit_vr=False, whole=True) is None
 
 
 # -- the receiver on a socket -------------------------------------------------------------------------
