@@ -7,6 +7,9 @@ over loopback to each receiver in turn, in the same run:
   - the connector daemon (``site-connector run``) with its full durability protocol (fsync on);
   - optionally Orthanc (``--orthanc``).
 Every peer gets ``TCP_NODELAY=1`` (dcmtk and Orthanc read it), as the connector sets it itself.
+Each round writes to a fresh folder and nothing is deleted until the end: on an ext4 without a
+journal (this dev box's disk), creating a file right after many were deleted steps over the freed
+inodes one by one, which would charge one peer's clean-up to the next peer's round.
 Reports instances/s, MB/s, the ratio to storescp and the receiver's peak RSS (VmHWM).
 
     python tests/benchmarks/bench_ingest.py [--count 500] [--rounds 3] [--associations 1] [--orthanc]
@@ -88,9 +91,7 @@ def send(folder: Path, port: int, aet: str, associations: int) -> float:
 
 
 def run_storescp(folder: Path, work: Path, associations: int) -> tuple[float, float]:
-    out = work / "storescp-out"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
+    out = Path(tempfile.mkdtemp(dir=work, prefix="storescp-out-"))  # a fresh folder per round: see the docstring
     port = free_port()
     args = [dcmtk("storescp"), "-aet", "STORESCP", "-od", str(out), "--fork" if associations > 1 else "-v", str(port)]
     args = [a for a in args if a != "-v"]
@@ -107,8 +108,7 @@ def run_storescp(folder: Path, work: Path, associations: int) -> tuple[float, fl
 
 
 def run_connector(folder: Path, work: Path, associations: int) -> tuple[float, float]:
-    site = work / "connector-site"
-    shutil.rmtree(site, ignore_errors=True)
+    site = Path(tempfile.mkdtemp(dir=work, prefix="connector-site-")) / "site"  # fresh per round
     port = free_port()
     subprocess.run([sys.executable, "-m", "connector", "init", str(site), "--port", str(port)], check=True,
                    stdout=subprocess.DEVNULL, cwd=ROOT)
