@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -62,11 +63,26 @@ def _shot(driver: WebDriver, folder: Path, name: str) -> Path:
     return path
 
 
+def _replaced(page: WebElement) -> bool:
+    """True once ``page`` is no longer in the document.
+
+    Selenium's ``staleness_of`` expects StaleElementReferenceException, but chromedriver answers a
+    query that races with the navigation with "Node with given id does not belong to the document",
+    which means the same thing.
+    """
+    try:
+        return expected_conditions.staleness_of(page)(None)  # type: ignore[arg-type]
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+
+
 def _submit(driver: WebDriver, button: WebElement) -> None:
     """Click a button that submits a form, and wait until the next page has replaced this one."""
     page = driver.find_element(By.TAG_NAME, "html")
     button.click()
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 20).until(lambda d: _replaced(page))
     WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
