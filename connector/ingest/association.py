@@ -7,9 +7,9 @@ one thread per association reads PDUs and acts on them directly:
 - negotiation uses pynetdicom's PDU classes and context rules (:mod:`connector.ingest.negotiation`);
 - command sets are decoded and encoded as bytes (:mod:`connector.ingest.dimse`);
 - dataset fragments go from the socket into one reusable buffer and from there to a ``.part`` file
-  under ``spool/partial``, hashed (SHA-256) on the way, so an object of any size is never held in
-  memory and is never read back to be filed; each chunk's writeback to disk starts at once, so the
-  fsync before the acknowledgement waits only for the last one;
+  under ``spool/partial``, so an object of any size is never held in memory; each chunk's
+  writeback to disk starts at once, so the fsync before the acknowledgement waits only for the
+  last one (the content is hashed only if the instance turns out to be a re-send: see intake);
 - the first bytes of each dataset are kept, so filing it needs no header read from disk.
 The object is then handed to the store callback (the durability protocol); its status goes back
 in the C-STORE-RSP. Nothing is answered "success" that the callback did not commit.
@@ -20,7 +20,6 @@ end the association with an A-ABORT; a half-received object is deleted, never fi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -55,7 +54,6 @@ class ReceivedObject:
     sop_instance_uid: str
     transfer_syntax: str
     dataset_offset: int  # bytes before the dataset: preamble and file meta
-    sha256: str  # of the dataset bytes alone
     head: bytes  # the first HEAD_KEEP bytes of the dataset
     whole: bool  # head holds the entire dataset
 
@@ -81,7 +79,6 @@ class _Incoming:
         self.written = 0
         self.context_id = context_id
         self.transfer_syntax = transfer_syntax
-        self.hash = hashlib.sha256()
         self.head = bytearray()
         self.failed: str | None = None  # why the file could not be written (the sender will retry)
         self.fd: int | None = None
@@ -98,7 +95,6 @@ class _Incoming:
     def append(self, view: memoryview) -> None:
         if self.failed:
             return  # still reading the rest of the dataset off the wire, to answer A700
-        self.hash.update(view)
         if len(self.head) < HEAD_KEEP:
             self.head += view[:HEAD_KEEP - len(self.head)]
         self._write(view)
@@ -125,7 +121,7 @@ class _Incoming:
         return ReceivedObject(
             part=self.path, calling_aet=calling_aet, sop_class_uid=self.request.affected_sop_class_uid,
             sop_instance_uid=self.request.affected_sop_instance_uid, transfer_syntax=self.transfer_syntax,
-            dataset_offset=self.dataset_offset, sha256=self.hash.hexdigest(), head=bytes(self.head),
+            dataset_offset=self.dataset_offset, head=bytes(self.head),
             whole=size <= len(self.head),
         )
 

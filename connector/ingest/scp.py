@@ -189,7 +189,7 @@ class StoreSCP:
                                       dataset_offset=obj.dataset_offset)
             # complete by construction: the last fragment of the dataset arrived
             self.intake.ingest_partial(obj.part, source="scp", calling_aet=obj.calling_aet, verify_complete=False,
-                                       header=header, digest=obj.sha256)
+                                       header=header, lazy_digest=True)
         except DiskFull:
             log.error("spool disk below free-space floor; asking sender to retry",
                       extra={"event": "disk_low"})

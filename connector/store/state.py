@@ -67,10 +67,11 @@ class InstanceRecord:
     modality: str
     transfer_syntax: str
     path: str  # relative to the spool root
-    sha256: str
+    sha256: str  # of the dataset bytes; "" when not computed yet (the receiver hashes only re-sends)
     size: int
     source: str  # "scp" or "folder"
     calling_aet: str = ""
+    previous_sha256: str = ""  # when replacing a row whose digest was never computed
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,7 @@ class StateStore:
             conn.execute(
                 "INSERT INTO instance_events (sop_instance_uid, study_key, event, old_sha256, new_sha256, at) "
                 "VALUES (?, ?, 'replaced', ?, ?, ?)",
-                (rec.sop_instance_uid, skey, existing[0], rec.sha256, now),
+                (rec.sop_instance_uid, skey, existing[0] or rec.previous_sha256, rec.sha256, now),
             )
             action, added = "replaced", 0
         else:

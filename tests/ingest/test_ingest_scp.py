@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sqlite3
@@ -88,6 +89,11 @@ def test_resent_identical_instance_is_a_noop_and_changed_bytes_replace(tmp_path:
         assert storescu(daemon.port, [changed]).returncode == 0
         assert db.execute("SELECT COUNT(*), MAX(replaced_count) FROM instances").fetchone() == (1, 1)
         assert db.execute("SELECT event FROM instance_events").fetchall() == [("replaced",)]
+        # the receiver hashes only re-sends: the event still names both versions' digests
+        digests = db.execute("SELECT old_sha256, new_sha256 FROM instance_events").fetchone()
+        assert digests == (hashlib.sha256(dataset_bytes(first)).hexdigest(),
+                           hashlib.sha256(dataset_bytes(changed)).hexdigest())
+        assert db.execute("SELECT sha256 FROM instances").fetchone()[0] == digests[1]
         stored = stored_by_sop(daemon.spool)
     assert len(stored) == 1
     assert dataset_bytes(next(iter(stored.values()))) == dataset_bytes(changed)
