@@ -230,14 +230,13 @@ class Intake:
             raise DiskFull()
 
     def ingest_partial(self, part: Path, *, source: str, calling_aet: str = "", verify_complete: bool = True,
-                       header: Header | None = None, digest: str | None = None,
-                       lazy_digest: bool = False) -> StoreOutcome:
+                       header: Header | None = None, lazy_digest: bool = False) -> StoreOutcome:
         """File a complete object already written under ``spool/partial``; consumes ``part``.
 
-        ``header`` and ``digest`` (SHA-256 of the dataset bytes) may come from whoever wrote the
-        file while it streamed in; otherwise they are read from the file. With ``lazy_digest``
-        (the SCP's hot path) the digest is computed only when the instance is already stored, to
-        tell a harmless re-send from changed bytes; a new instance's row keeps an empty digest.
+        ``header`` may come from whoever wrote the file while it streamed in (the SCP); otherwise
+        it is read from the file. The row keeps the SHA-256 of the dataset bytes; with
+        ``lazy_digest`` (the SCP's hot path) it is computed only when the instance is already
+        stored, to tell a harmless re-send from changed bytes, and a new row's digest stays empty.
         Why: hashing half a megabyte is a sixth of the receiver's CPU per instance, and on a
         2-core server that CPU is what the sender is waiting on.
 
@@ -250,8 +249,7 @@ class Intake:
         try:
             if header is None:
                 header = read_header(part, verify_complete=verify_complete)
-            if digest is None and not lazy_digest:
-                digest = dataset_sha256(part, header.dataset_offset)
+            digest = None if lazy_digest else dataset_sha256(part, header.dataset_offset)
         finally:
             if data_synced is not None:
                 data_synced.result()
