@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 HEAD_KEEP = 64 * 1024  # dataset bytes kept for the header: far more than any header before SeriesInstanceUID
 _CHUNK = 256 * 1024  # largest single read of dataset bytes
-STATUS_OUT_OF_RESOURCES = 0xA700
 
 
 class ProtocolError(Exception):
@@ -325,7 +324,7 @@ class Association:
         if incoming.failed:
             log.error("could not write received object; asking sender to retry",
                       extra={"event": "store_failed", "error": incoming.failed})
-            status = STATUS_OUT_OF_RESOURCES
+            status = dimse.STATUS_OUT_OF_RESOURCES
         else:
             status = self.on_store(incoming.finish(self.calling_aet))
         response = dimse.encode_store_response(incoming.request, status)

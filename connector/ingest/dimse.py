@@ -18,6 +18,10 @@ C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
 NO_DATASET = 0x0101  # CommandDataSetType: no dataset follows
 
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700  # the sender should retry later
+STATUS_CANNOT_UNDERSTAND = 0xC210  # the object is unusable; it is kept in quarantine
+
 _AFFECTED_SOP_CLASS = 0x00000002
 _COMMAND_FIELD = 0x00000100
 _MESSAGE_ID = 0x00000110
@@ -105,7 +109,7 @@ def encode_store_response(request: Command, status: int) -> bytes:
     )))
 
 
-def encode_echo_response(request: Command, status: int = 0x0000) -> bytes:
+def encode_echo_response(request: Command, status: int = STATUS_SUCCESS) -> bytes:
     """The C-ECHO-RSP command set answering ``request``."""
     return _with_group_length(b"".join((
         _element(_AFFECTED_SOP_CLASS, _uid_value(request.affected_sop_class_uid or "1.2.840.10008.1.1")),

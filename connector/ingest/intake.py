@@ -14,7 +14,6 @@ SeriesInstanceUID); pixel data is never parsed here.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_dataset, read_partial
+from pydicom.filereader import read_partial
 from pydicom.uid import UID, ImplicitVRLittleEndian
 
 from connector.dicom_elements import read_leading
@@ -33,7 +32,7 @@ from connector.store.durable import PART_SUFFIX, fsync_dir, fsync_file
 from connector.store.group_commit import GroupCommitter
 from connector.store.layout import SiteLayout
 from connector.store.quarantine import QuarantineEntry, quarantine
-from connector.store.state import InstanceRecord, StateStore, StoreOutcome, instance_key
+from connector.store.state import InstanceRecord, StateStore, StoreOutcome, instance_key, study_key
 
 log = logging.getLogger(__name__)
 
@@ -98,34 +97,19 @@ def header_from_head(head: bytes, *, whole: bool, sop_class_uid: str, sop_instan
 
     The receiver keeps the first bytes of each dataset as they stream by, so filing an object
     needs no second read. ``whole`` says ``head`` is the entire dataset. None (the caller then
-    uses :func:`read_header`) when the header runs past ``head``, for deflated or big-endian
-    data, or when the bytes do not decode: the file reader gives the precise error.
+    uses :func:`read_header`, which gives the precise error) for deflated or big-endian data, or
+    whatever the byte walk of :mod:`connector.dicom_elements` declines.
     """
     syntax = UID(transfer_syntax)
     if not syntax.is_transfer_syntax or syntax.is_deflated or not syntax.is_little_endian:
         return None
-    implicit = transfer_syntax == ImplicitVRLittleEndian
+    found = read_leading(head, 0, explicit=transfer_syntax != ImplicitVRLittleEndian, wanted=FILING_TAGS,
+                         last_tag=_SERIES_INSTANCE_UID, whole=whole)
+    if found is None:
+        return None
     meta = {"MediaStorageSOPClassUID": sop_class_uid, "MediaStorageSOPInstanceUID": sop_instance_uid,
             "TransferSyntaxUID": transfer_syntax}
-    found = read_leading(head, 0, explicit=not implicit, wanted=FILING_TAGS, last_tag=_SERIES_INSTANCE_UID,
-                         whole=whole)
-    if found is not None:
-        return _header_from_dataset(found, meta, dataset_offset)
-    stop_at = _SERIES_INSTANCE_UID + 1
-    reached = False
-
-    def stop(tag: Any, vr: Any, length: Any) -> bool:
-        nonlocal reached
-        reached = reached or tag >= stop_at
-        return reached
-
-    try:
-        ds = read_dataset(io.BytesIO(head), implicit, True, stop_when=stop)
-    except Exception:  # a header that does not decode from memory: the file reader decides
-        return None
-    if not (reached or whole):  # the header goes on past what was kept
-        return None
-    return _header_from_dataset(ds, meta, dataset_offset)
+    return _header_from_dataset(found, meta, dataset_offset)
 
 
 def _header_from_dataset(ds: Any, meta: Any, offset: int) -> Header:
@@ -243,9 +227,12 @@ class Intake:
         Raises UnreadableObject (caller quarantines ``part``), DiskFull, or OSError/sqlite3.Error
         (caller answers "out of resources" so the sender retries).
         """
-        # The data fsync (disk I/O) starts at once and runs while the header is parsed and the
-        # bytes hashed (CPU); it must be complete before the rename below.
-        data_synced = self._dir_syncer.submit(fsync_file, part) if self.fsync else None
+        # The data fsync (disk I/O) must be complete before the rename below. When the header is
+        # still to be parsed or the bytes hashed (CPU), it runs meanwhile on another thread.
+        reading = header is None or not lazy_digest
+        if self.fsync and not reading:
+            fsync_file(part)
+        data_synced = self._dir_syncer.submit(fsync_file, part) if self.fsync and reading else None
         try:
             if header is None:
                 header = read_header(part, verify_complete=verify_complete)
@@ -261,11 +248,11 @@ class Intake:
             if existing is not None:  # a re-send: same bytes are a no-op, different bytes replace
                 digest = digest or dataset_sha256(part, header.dataset_offset)
                 stored = self.layout.spool / existing[1]
-                previous = existing[0] or (_stored_digest(stored) if stored.exists() else "")
-                if previous == digest and stored.exists():
-                    part.unlink(missing_ok=True)
-                    return self._commit.record(self._record(header, existing[1], existing[0], 0, source,
-                                                            calling_aet))
+                if stored.exists():
+                    previous = existing[0] or _stored_digest(stored)
+                    if previous == digest:
+                        part.unlink(missing_ok=True)
+                        return StoreOutcome("duplicate", study_key(header.study_uid))
             relpath = self.layout.incoming_relpath(key)
             final = self.layout.spool / relpath
             size = part.stat().st_size

@@ -29,15 +29,13 @@ from pydicom import config as pydicom_config
 
 from connector.config import DicomConfig
 from connector.ingest.association import Association, AssociationSettings, ReceivedObject
+from connector.ingest.dimse import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS
 from connector.ingest.intake import DiskFull, Intake, UnreadableObject, header_from_head
 from connector.ingest.negotiation import Admission
 from connector.store.spare_files import SpareFiles
 
 log = logging.getLogger(__name__)
 
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700  # the sender should retry later
-STATUS_CANNOT_UNDERSTAND = 0xC210  # the object is unusable; it is kept in quarantine
 
 
 def configure_receiver_process() -> None:
@@ -106,9 +104,6 @@ class StoreSCP:
         self._server: _Server | None = None
         self._active: set[Association] = set()
         self._active_lock = threading.Lock()
-        self.stats_lock = threading.Lock()
-        self.stored = 0
-        self.failed = 0
 
     @property
     def port(self) -> int:
@@ -194,24 +189,17 @@ class StoreSCP:
             log.error("spool disk below free-space floor; asking sender to retry",
                       extra={"event": "disk_low"})
             obj.part.unlink(missing_ok=True)
-            return self._fail(STATUS_OUT_OF_RESOURCES)
+            return STATUS_OUT_OF_RESOURCES
         except UnreadableObject as exc:
             try:
                 self.intake.quarantine_partial(obj.part, exc, source="scp")
             except OSError:
                 log.exception("could not quarantine an unreadable object", extra={"event": "quarantine_failed"})
-                return self._fail(STATUS_OUT_OF_RESOURCES)
-            return self._fail(STATUS_CANNOT_UNDERSTAND)
+                return STATUS_OUT_OF_RESOURCES
+            return STATUS_CANNOT_UNDERSTAND
         except Exception as exc:  # any storage failure: never claim success
             log.error("could not store instance; asking sender to retry",
                       extra={"event": "store_failed", "error": type(exc).__name__})
             obj.part.unlink(missing_ok=True)
-            return self._fail(STATUS_OUT_OF_RESOURCES)
-        with self.stats_lock:
-            self.stored += 1
+            return STATUS_OUT_OF_RESOURCES
         return STATUS_SUCCESS
-
-    def _fail(self, status: int) -> int:
-        with self.stats_lock:
-            self.failed += 1
-        return status
