@@ -40,7 +40,14 @@ _CHUNK = 256 * 1024  # largest single read of dataset bytes
 
 
 class ProtocolError(Exception):
-    """The peer broke the DICOM upper-layer or DIMSE protocol; the association is aborted."""
+    """The peer broke the DICOM upper-layer or DIMSE protocol; the association is aborted.
+
+    ``reason`` is the A-ABORT provider reason sent back (PS3.8 table 9-26).
+    """
+
+    def __init__(self, message: str, reason: int = pdu.REASON_UNEXPECTED_PDU) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -170,7 +177,7 @@ class Association:
             log.warning("association aborted: protocol error", extra={"event": "association_aborted",
                                                                       "calling_aet": self.calling_aet,
                                                                       "peer": self.address, "reason": str(exc)})
-            self._send_abort(pdu.REASON_UNEXPECTED_PDU)
+            self._send_abort(exc.reason)
         except TimeoutError:
             log.warning("association aborted: peer silent", extra={"event": "association_timeout",
                                                                    "calling_aet": self.calling_aet,
@@ -263,7 +270,7 @@ class Association:
                                                                "calling_aet": self.calling_aet, "peer": self.address})
                 return
             else:
-                raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02x}")
+                raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02x}", pdu.REASON_UNRECOGNIZED_PDU)
 
     def _p_data(self, length: int) -> None:
         remaining = length
@@ -271,7 +278,7 @@ class Association:
             item_length, context_id, control = self.stream.read_pdv_header()
             remaining -= 4 + item_length
             if item_length < 2 or remaining < 0:
-                raise ProtocolError("PDV item length inconsistent with its PDU")
+                raise ProtocolError("PDV item length inconsistent with its PDU", pdu.REASON_INVALID_PARAMETER)
             if context_id not in self.contexts:
                 raise ProtocolError("fragment for a presentation context that was not accepted")
             size, last = item_length - 2, bool(control & 0x02)
@@ -295,7 +302,7 @@ class Association:
         try:
             request = dimse.decode_command(raw)
         except dimse.CommandError as exc:
-            raise ProtocolError(str(exc)) from None
+            raise ProtocolError(str(exc), pdu.REASON_INVALID_PARAMETER) from None
         if request.command_field == dimse.C_ECHO_RQ and not request.has_dataset:
             self._send(pdu.p_data_command(context_id, dimse.encode_echo_response(request)))
         elif request.command_field == dimse.C_STORE_RQ and request.has_dataset:

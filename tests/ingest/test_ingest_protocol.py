@@ -322,6 +322,9 @@ def test_protocol_violations_get_an_abort_and_store_nothing(receiver: Receiver, 
     sock.sendall(sent)
     pdu_type, body = _read_pdu(sock)
     assert pdu_type == pdu.A_ABORT and body[2] == pdu.SOURCE_SERVICE_PROVIDER
+    expected_reason = {"unknown-pdu-type": pdu.REASON_UNRECOGNIZED_PDU,
+                       "garbage-command": pdu.REASON_INVALID_PARAMETER}.get(case, pdu.REASON_UNEXPECTED_PDU)
+    assert body[3] == expected_reason
     assert _read_pdu(sock) == (0, b"")
     sock.close()
     assert _wait_until(lambda: not receiver.partial_with_content())
