@@ -412,10 +412,11 @@ class InstanceBatch:
         fds, self._open = self._open, []
         groups = [fds[i::FSYNC_THREADS] for i in range(min(FSYNC_THREADS, len(fds)))]
         try:
-            for future in [_fsync_pool().submit(_fsync_fds, group) for group in groups[1:]]:
-                future.result()
+            helpers = [_fsync_pool().submit(_fsync_fds, group) for group in groups[1:]]
             if groups:
-                _fsync_fds(groups[0])
+                _fsync_fds(groups[0])  # this thread's share, while the helpers do theirs
+            for future in helpers:
+                future.result()
         finally:
             for fd in fds:
                 os.close(fd)

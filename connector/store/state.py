@@ -234,7 +234,7 @@ class StateStore:
         existing = conn.execute(
             "SELECT sha256, study_key FROM instances WHERE sop_instance_uid=?", (rec.sop_instance_uid,)
         ).fetchone()
-        if existing and existing[0] == rec.sha256:
+        if existing and rec.sha256 and existing[0] == rec.sha256:  # "" = not hashed: never assume equal
             return StoreOutcome("duplicate", skey)
         if existing:
             conn.execute(
