@@ -46,6 +46,7 @@ from connector.linkage.errors import (
 from connector.linkage.keyring import KeyringRecord, read_keyring, write_keyring
 from connector.linkage.keys import KeySet
 from connector.linkage.pseudonyms import new_date_offset, new_pseudonym, parse_study_date
+from connector.store.wal_mode import enable_wal
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def connect(path: Path, *, sync: bool = True) -> Database:
     db.execute("PRAGMA foreign_keys = ON")
     db.execute("PRAGMA secure_delete = ON")
     db.execute(f"PRAGMA synchronous = {'FULL' if sync else 'NORMAL'}")
-    db.enable_wal()
+    enable_wal(conn)
     return db
 
 

@@ -33,6 +33,7 @@ from connector.registry.header import INDEXED_TAGS, LAST_TAG, Buffer, index_head
 from connector.store.durable import start_writeback
 from connector.store.spare_files import SpareFiles
 from connector.store.state import immediate_transaction
+from connector.store.wal_mode import enable_wal
 
 # STOW-RS FailureReason codes used by the dev registry.
 CANNOT_UNDERSTAND = 0xC000
@@ -112,7 +113,7 @@ class RegistryStore:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=30)
-            conn.execute("PRAGMA journal_mode=WAL")
+            enable_wal(conn)
             conn.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'OFF'}")
             conn.execute("PRAGMA busy_timeout=30000")
             conn.row_factory = sqlite3.Row

@@ -27,6 +27,8 @@ from typing import Any
 
 import sqlite_utils
 
+from connector.store.wal_mode import enable_wal
+
 # Study states, in pipeline order. "receiving" until quiet for stable_seconds, then "stable".
 RECEIVING = "receiving"
 STABLE = "stable"
@@ -160,7 +162,7 @@ class StateStore:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
+        enable_wal(conn)
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("PRAGMA foreign_keys=ON")
