@@ -18,6 +18,8 @@ import struct
 from collections.abc import Mapping
 from typing import Union
 
+from pydicom.uid import UID
+
 Buffer = Union[bytes, bytearray, memoryview]
 
 LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
@@ -82,6 +84,18 @@ def _skip_element(buf: Buffer, pos: int, explicit: bool, depth: int) -> int:
     # An undefined length: a sequence, or UN holding one (whose content is implicit VR).
     unknown = explicit and bytes(buf[pos + 4: pos + 6]) == b"UN"
     return _skip_undefined(buf, start, explicit and not unknown, depth)
+
+
+def explicit_vr_of(transfer_syntax: str) -> bool | None:
+    """Whether the walk reads ``transfer_syntax`` as explicit VR; None if it cannot read it at all.
+
+    None for big endian, deflated, and syntaxes pydicom does not know (private ones): those are
+    left to pydicom.
+    """
+    syntax = UID(transfer_syntax)
+    if not syntax.is_transfer_syntax or syntax.is_deflated or not syntax.is_little_endian:
+        return None
+    return not syntax.is_implicit_VR
 
 
 def text(buf: Buffer, start: int, length: int) -> str:

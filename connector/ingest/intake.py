@@ -25,9 +25,8 @@ from typing import Any, BinaryIO
 
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
-from pydicom.uid import UID, ImplicitVRLittleEndian
 
-from connector.dicom_elements import read_leading
+from connector.dicom_elements import explicit_vr_of, read_leading
 from connector.store.durable import PART_SUFFIX, fsync_dir, fsync_file
 from connector.store.group_commit import GroupCommitter
 from connector.store.layout import SiteLayout
@@ -100,11 +99,10 @@ def header_from_head(head: bytes, *, whole: bool, sop_class_uid: str, sop_instan
     uses :func:`read_header`, which gives the precise error) for deflated or big-endian data, or
     whatever the byte walk of :mod:`connector.dicom_elements` declines.
     """
-    syntax = UID(transfer_syntax)
-    if not syntax.is_transfer_syntax or syntax.is_deflated or not syntax.is_little_endian:
+    explicit = explicit_vr_of(transfer_syntax)
+    if explicit is None:
         return None
-    found = read_leading(head, 0, explicit=transfer_syntax != ImplicitVRLittleEndian, wanted=FILING_TAGS,
-                         last_tag=_SERIES_INSTANCE_UID, whole=whole)
+    found = read_leading(head, 0, explicit=explicit, wanted=FILING_TAGS, last_tag=_SERIES_INSTANCE_UID, whole=whole)
     if found is None:
         return None
     meta = {"MediaStorageSOPClassUID": sop_class_uid, "MediaStorageSOPInstanceUID": sop_instance_uid,

@@ -37,7 +37,6 @@ from connector.store.spare_files import SpareFiles
 log = logging.getLogger(__name__)
 
 
-
 def configure_receiver_process() -> None:
     """Process-wide settings the receiver depends on.
 

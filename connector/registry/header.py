@@ -8,7 +8,7 @@ the walk declines returns None, and the caller reads the file with pydicom inste
 
 from __future__ import annotations
 
-from connector.dicom_elements import Buffer, element_at, read_leading, tag_at, text
+from connector.dicom_elements import Buffer, element_at, explicit_vr_of, read_leading, tag_at, text
 
 __all__ = ["Buffer", "INDEXED_TAGS", "LAST_TAG", "REQUIRED", "index_header"]
 
@@ -23,9 +23,6 @@ INDEXED_TAGS: dict[int, str] = {
 LAST_TAG = max(INDEXED_TAGS)
 REQUIRED = ("SOPInstanceUID", "StudyInstanceUID", "PatientIdentityRemoved")
 TRANSFER_SYNTAX_TAG = 0x00020010
-
-_IMPLICIT_LE = "1.2.840.10008.1.2"
-_NOT_HERE = {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}  # big endian, deflated: pydicom reads those
 
 
 def index_header(head: Buffer) -> dict[str, str] | None:
@@ -46,9 +43,10 @@ def index_header(head: Buffer) -> dict[str, str] | None:
             pos = start + length
     except Exception:  # a malformed file meta group: pydicom gives the precise error
         return None
-    if not syntax.startswith(_IMPLICIT_LE) or syntax in _NOT_HERE:
+    explicit = explicit_vr_of(syntax)
+    if explicit is None:
         return None
-    found = read_leading(head, pos, explicit=syntax != _IMPLICIT_LE, wanted=INDEXED_TAGS, last_tag=LAST_TAG)
+    found = read_leading(head, pos, explicit=explicit, wanted=INDEXED_TAGS, last_tag=LAST_TAG)
     if found is None:
         return None
     out = dict.fromkeys(INDEXED_TAGS.values(), "")
