@@ -305,46 +305,50 @@ STUDY_CANARIES = {
 
 # Free text planted by the PHI-laden objects: another person's names, phones in six formats,
 # e-mail, addresses and postcodes, dates in five renderings, MRN and accession shapes, a marker word.
+# Dates: shifting only moves dates into the past, by at most 3650 days. The free-text dates (2009)
+# are more than that before the study dates (2024) and after every other date, and the DA canaries
+# (birth dates 1931/1944/1957, SR date 1970) are each more than 10 years from any later corpus date,
+# so no shifted date can ever equal a canary: a hit is a leak, never a coincidence.
 FREE_TEXT = {
     "StudyDescription": "PET/CT Rb-82 rest stress WOMBATSON 555-0199",
-    "SeriesDescription": "CTAC 3mm B30f AC called (555) 867-5309 on 2019-08-27",
+    "SeriesDescription": "CTAC 3mm B30f AC called (555) 867-5309 on 2009-08-27",
     "ProtocolName": "Cardiac PET Rb-82 KESTRELWICK MRN 48151623",
     "ImageComments": "Patient called Dr WOMBATSON +1 555 867 5309, wombatson.family@narwhalpost.example, "
                      "SNORKELWAXIA",
     "PatientComments": "Lives at 14 Quillbrook Lane, Marmotville, OH 43017-8842; daughter PELICANTHA "
                        "BRISTLEWORTH 555.867.5309",
-    "AdditionalPatientHistory": "Prior MI 27/08/2019, seen 27 Aug 2019 at 77 Haddlesworth Road, London SW1A 1AA, "
+    "AdditionalPatientHistory": "Prior MI 27/08/2009, seen 27 Aug 2009 at 77 Haddlesworth Road, London SW1A 1AA, "
                                 "ph +44 20 7946 0958",
-    "RequestedProcedureComments": "Ref ACC-99887766 on August 27, 2019 (27.08.19), mobile 07700 900123",
+    "RequestedProcedureComments": "Ref ACC-99887766 on August 27, 2009 (27.08.09), mobile 07700 900123",
 }
 FREE_TEXT_CANARIES = {
     "StudyDescription": ("WOMBATSON", "555-0199"),
-    "SeriesDescription": ("(555) 867-5309", "867-5309", "2019-08-27"),
+    "SeriesDescription": ("(555) 867-5309", "867-5309", "2009-08-27"),
     "ProtocolName": ("KESTRELWICK", "MRN 48151623", "48151623"),
     "ImageComments": ("WOMBATSON", "+1 555 867 5309", "wombatson.family@narwhalpost.example", "narwhalpost",
                       "SNORKELWAXIA"),
     "PatientComments": ("Quillbrook", "Marmotville", "43017-8842", "PELICANTHA", "BRISTLEWORTH", "555.867.5309"),
-    "AdditionalPatientHistory": ("27/08/2019", "27 Aug 2019", "Haddlesworth", "SW1A 1AA", "+44 20 7946 0958",
+    "AdditionalPatientHistory": ("27/08/2009", "27 Aug 2009", "Haddlesworth", "SW1A 1AA", "+44 20 7946 0958",
                                  "7946 0958"),
-    "RequestedProcedureComments": ("ACC-99887766", "99887766", "August 27, 2019", "27.08.19", "07700 900123"),
+    "RequestedProcedureComments": ("ACC-99887766", "99887766", "August 27, 2009", "27.08.09", "07700 900123"),
 }
 # The PET's free text: the same classes, other values (a second chance for each pattern).
 PET_FREE_TEXT = {
     "StudyDescription": "PET/CT Rb-82 rest stress WOMBATSON 555-0199",
-    "SeriesDescription": "PET AC rest Rb-82 seen by Dr GANNETFIELD 2019-08-27",
+    "SeriesDescription": "PET AC rest Rb-82 seen by Dr GANNETFIELD 2009-08-27",
     "ProtocolName": "Rb-82 PET stress regadenoson Dr BRÄUNLINGERT",
     "ImageComments": "Contact BRÄUNLINGERT at 020-7946-0321 or braunlingert@mossbankmail.example",
     "PatientComments": "Neighbour FRUMPKINSON has key, 221B Wobbleford Street NW1 6XE",
-    "AdditionalPatientHistory": "Angina since March 12, 2019; CABG 12.03.19",
+    "AdditionalPatientHistory": "Angina since March 12, 2009; CABG 12.03.09",
     "RequestedProcedureComments": "MRN: 60221409 requested by GANNETFIELD",
 }
 PET_FREE_TEXT_CANARIES = {
     "StudyDescription": ("WOMBATSON", "555-0199"),
-    "SeriesDescription": ("GANNETFIELD", "2019-08-27"),
+    "SeriesDescription": ("GANNETFIELD", "2009-08-27"),
     "ProtocolName": ("BRÄUNLINGERT", "UNLINGERT"),
     "ImageComments": ("BRÄUNLINGERT", "020-7946-0321", "mossbankmail"),
     "PatientComments": ("FRUMPKINSON", "Wobbleford", "NW1 6XE"),
-    "AdditionalPatientHistory": ("March 12, 2019", "12.03.19"),
+    "AdditionalPatientHistory": ("March 12, 2009", "12.03.09"),
     "RequestedProcedureComments": ("60221409", "GANNETFIELD"),
 }
 SAFE_DESCRIPTIONS = {  # what the clean objects carry: nothing identifying, words the cleaner must keep
@@ -673,7 +677,7 @@ def write_corpus(folder: Path) -> Corpus:
         return it
 
     text = item("TEXT", _code("121071", "DCM", "Finding"))
-    text.TextValue = ("Reversible ischemia. Discussed with Dr BILBYWORTH on 2019-08-27, call 555-0199, "
+    text.TextValue = ("Reversible ischemia. Discussed with Dr BILBYWORTH on 2009-08-27, call 555-0199, "
                       "MRN 48151623, lives 14 Quillbrook Lane")
     pname = item("PNAME", _code("121008", "DCM", "Person Observer Name"))
     pname.PersonName = "BILBYWORTH^CORNELIUSSA"
@@ -688,7 +692,7 @@ def write_corpus(folder: Path) -> Corpus:
     section.ContinuityOfContent = "SEPARATE"
     section.ContentSequence = Sequence([text, pname, date, nested])
     ds.ContentSequence = Sequence([section])
-    corpus.plant(name, "ContentSequence > CONTAINER > TEXT TextValue", "BILBYWORTH", "2019-08-27", "555-0199",
+    corpus.plant(name, "ContentSequence > CONTAINER > TEXT TextValue", "BILBYWORTH", "2009-08-27", "555-0199",
                  "48151623", "Quillbrook")
     corpus.plant(name, "ContentSequence > CONTAINER > PNAME PersonName", "BILBYWORTH", "CORNELIUSSA")
     corpus.plant(name, "ContentSequence > CONTAINER > DATE Date", "19700619")
