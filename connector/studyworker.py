@@ -102,6 +102,7 @@ class StudyWorker:
                       extra={"event": "deid_failed", "study": key, "error": type(exc).__name__})
             self.store.set_study_state(key, "failed")
             return True
+        self.store.record_privacy_report(key, outcome.privacy.as_dict())
         state = "deidentified" if outcome.written else "quarantined"
         context = StudyContext(key, originals, outcome, out_dir)
         for step_name, step in self.steps:

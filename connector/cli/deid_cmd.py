@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from connector.cli import exitcodes
+from connector.cli import exitcodes, vocabulary_cmd
 from connector.cli.common import (
     CommandError,
     add_config_option,
@@ -24,10 +24,12 @@ from connector.deid.engine import DeidEngine
 from connector.deid.profile import Profile, load_profile
 from connector.deid.provider import EphemeralIdentityProvider, IdentityProvider
 from connector.deid.rulefile import RuleFileError, normalise_creator, parse_tag
-from connector.deid.settings import rule_paths
-from connector.deid.study import StudyRecorder, quarantine_result
+from connector.deid.settings import rule_paths, vocabulary_files
+from connector.deid.study import PrivacyReport, StudyRecorder, quarantine_result
+from connector.phi_guard import study_name_tokens
 from connector.store.durable import write_file_durably
 from connector.store.layout import SiteLayout
+from connector.vocabulary import VocabularyError, load_vocabulary
 
 ACTION_TEXT = {
     "remove": "the element is removed",
@@ -63,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_deid)
 
-    r = sub.add_parser("rules", help="check rule files, explain which rule applies to a tag",
+    r = sub.add_parser("rules", help="check rule files, explain which rule applies to a tag, the free-text vocabulary",
                        description="Validate de-identification rule files and explain decisions.")
     rsub = r.add_subparsers(dest="rules_command", metavar="SUBCOMMAND")
     rsub.required = True
@@ -82,6 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="rule file (repeatable); default: [deid] rules from the config")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=run_explain)
+    vocabulary_cmd.register(rsub)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,6 +123,25 @@ def _input_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".part"))
 
 
+def _by_study(files: list[Path]) -> list[tuple[Path, frozenset[str]]]:
+    """Files in input order, each with the person-name tokens of every file of its study (the PHI
+    guard looks for all of them in each object's free text)."""
+    from pydicom import dcmread
+
+    study_of: dict[Path, str] = {}
+    for path in files:
+        try:
+            study_of[path] = str(dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+                                 .get("StudyInstanceUID", ""))
+        except Exception:
+            study_of[path] = ""  # unreadable: the engine quarantines it
+    groups: dict[str, list[Path]] = {}
+    for path, study in study_of.items():
+        groups.setdefault(study, []).append(path)
+    names = {study: study_name_tokens(paths) for study, paths in groups.items()}
+    return [(path, names[study_of[path]]) for path in files]
+
+
 def run_deid(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     profile = _profile(args, config)
@@ -133,17 +155,24 @@ def run_deid(args: argparse.Namespace) -> int:
         from connector.linkage import LinkageError
 
         provider_errors = (LinkageError,)
+    try:
+        vocabulary = load_vocabulary(config.deid.extra_vocabulary, vocabulary_files(config))
+    except VocabularyError as exc:
+        raise CommandError(f"configuration error: {exc}", exitcodes.USAGE) from None
     deidentified = 0
+    privacy: dict[str, PrivacyReport] = {}
     quarantined: list[dict[str, str]] = []
     skipped: list[dict[str, str]] = []
     failed: list[dict[str, str]] = []
     try:
-        engine = DeidEngine(profile, provider, site_id=config.site.id, fsync=config.storage.fsync)
+        engine = DeidEngine(profile, provider, site_id=config.site.id, fsync=config.storage.fsync,
+                            vocabulary=vocabulary)
         recorder = StudyRecorder(provider)
-        for path in files:
+        for path, study_names in _by_study(files):
             label = str(path.relative_to(args.input)) if path != args.input else path.name
             try:
-                result = engine.process_path(path)
+                result = engine.process_path(path, study_names)
+                privacy.setdefault(result.study_instance_uid or "quarantined", PrivacyReport()).add(result.details)
                 if result.status == "ok":
                     assert result.data is not None
                     folder = out_root / result.study_instance_uid / result.series_instance_uid
@@ -165,7 +194,8 @@ def run_deid(args: argparse.Namespace) -> int:
         if callable(close):
             close()
     summary = {"deidentified": deidentified, "quarantined": quarantined, "skipped": skipped, "failed": failed,
-               "output": str(out_root), "quarantine_dir": str(qdir), "rules": profile.name}
+               "output": str(out_root), "quarantine_dir": str(qdir), "rules": profile.name,
+               "privacy": {study: report.as_dict() for study, report in sorted(privacy.items())}}
     if args.json:
         print_json(summary)
     else:
@@ -177,6 +207,11 @@ def run_deid(args: argparse.Namespace) -> int:
             print(f"  skipped      {item['file']}: {item['reason']}")
         for item in failed:
             print(f"  FAILED       {item['file']}: {item['reason']}")
+        for study, report in sorted(privacy.items()):
+            r = report.as_dict()
+            print(f"  privacy      study {study[:24]}: {r['tokens_replaced']} words and {r['spans_replaced']} "
+                  f"dates/numbers/addresses replaced in {r['text_values_cleaned']} text values, "
+                  f"{r['elements_removed']} elements removed ({len(report.removed)} distinct tags)")
         print(f"output: {out_root}   quarantine: {qdir}")
     return exitcodes.FAILURE if failed else exitcodes.OK
 

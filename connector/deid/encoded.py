@@ -48,6 +48,8 @@ class ObjectContext(Protocol):
 
     def scrub(self, text: str) -> str: ...
 
+    def note_removed(self, tag: int) -> None: ...
+
 
 def ascii_function(vr: str, action: str, rule: Rule | None, ctx: ObjectContext,
                    uid: Callable[[str], str]) -> Callable[[str], str | None] | None:
@@ -91,8 +93,8 @@ def _map_ascii(value: bytes, vr: str, fn: Callable[[str], str | None]) -> bytes:
 
 
 def _decode(value: bytes, codec: str | None) -> str:
-    if codec is None:
-        if not value.isascii():
+    if codec is None:  # several character sets (ISO 2022): escape sequences switch between them
+        if not value.isascii() or b"\x1b" in value:
             raise NeedsPydicom("charset")
         return value.decode("ascii")
     try:

@@ -9,6 +9,7 @@ goes wrong after reading quarantines the object; nothing half-processed is ever 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from connector.deid.profile import Profile, load_profile
 from connector.deid.provider import IdentityProvider, PatientIdentity
 from connector.deid.reading import Unreadable, read_dataset
 from connector.deid.rulefile import MethodCode
-from connector.deid.values import UidMapper, date_renderings, name_parts
+from connector.deid.values import UidMapper, name_parts
 from connector.deid.walker import (
     ElementWalker,
     ObjectContext,
@@ -38,6 +39,7 @@ from connector.deid.walker import (
     value_strings,
 )
 from connector.deid.writer import encode_file
+from connector.vocabulary import load_vocabulary
 
 if TYPE_CHECKING:
     from connector.config import Config
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ID_TAGS = (0x00100020, 0x00101000, 0x00080050, 0x00100021, 0x00200010)  # patient IDs, accession, issuer, study ID
-_INSTITUTION_TAGS = (0x00080080, 0x00080081, 0x00081040)
+_WORDS = re.compile(r"[^\W_]+")
 DEFAULT_CODEC = "iso8859"  # pydicom's reading of text without a Specific Character Set
 
 
@@ -96,8 +98,9 @@ class DeidEngine:
     """Compiled rules + identity provider. Reusable across studies; safe to share between threads."""
 
     def __init__(self, profile: Profile, provider: IdentityProvider, *, site_id: str = "SITE01",
-                 fsync: bool = True, raw_sequences: bool = True) -> None:
+                 fsync: bool = True, raw_sequences: bool = True, vocabulary: frozenset[str] | None = None) -> None:
         silence_value_warnings()
+        self.vocabulary = load_vocabulary() if vocabulary is None else vocabulary
         self.profile = profile
         self.rules = CompiledRules(profile)
         self.provider = provider
@@ -106,7 +109,8 @@ class DeidEngine:
         self.uid = UidMapper(provider.uid_secret())
         codes = profile.code_values
         self.guard_policy = phi_guard.GuardPolicy(uids="113110" not in codes, institution="113112" not in codes,
-                                                  device_uids="113109" not in codes)
+                                                  device_uids="113109" not in codes, vocabulary=self.vocabulary,
+                                                  allowed_classes=profile.accepted_sop_classes())
         self._filters = ObjectFilters(profile.filters, profile.pixel_regions)
         self._walker = ElementWalker(self.rules, self.uid, raw_sequences=raw_sequences)
         self._markers = Markers(profile)
@@ -114,9 +118,11 @@ class DeidEngine:
     @classmethod
     def from_config(cls, config: Config, provider: IdentityProvider) -> DeidEngine:
         """The engine the daemon and the ``deid`` command use: ``[deid] rules`` or the shipped default."""
-        from connector.deid.settings import rule_paths
+        from connector.deid.settings import rule_paths, vocabulary_files
 
-        return cls(load_profile(rule_paths(config)), provider, site_id=config.site.id, fsync=config.storage.fsync)
+        vocabulary = load_vocabulary(config.deid.extra_vocabulary, vocabulary_files(config))
+        return cls(load_profile(rule_paths(config)), provider, site_id=config.site.id, fsync=config.storage.fsync,
+                   vocabulary=vocabulary)
 
     @classmethod
     def from_rules(cls, paths: Sequence[str | Path] | None, provider: IdentityProvider, *,
@@ -125,24 +131,29 @@ class DeidEngine:
 
     # -- entry points -----------------------------------------------------------------------------
 
-    def process_path(self, path: Path) -> ObjectResult:
+    def process_path(self, path: Path, study_names: frozenset[str] = frozenset()) -> ObjectResult:
         try:
             data = Path(path).read_bytes()
         except IsADirectoryError:
             return ObjectResult("quarantine", "not-a-file")
-        return self.process_bytes(data)
+        return self.process_bytes(data, study_names)
 
-    def process_bytes(self, data: bytes) -> ObjectResult:
+    def process_bytes(self, data: bytes, study_names: frozenset[str] = frozenset()) -> ObjectResult:
         try:
             ds = read_dataset(data)
         except Unreadable as exc:
             return ObjectResult("quarantine", exc.code)
-        return self.process_dataset(ds)
+        return self.process_dataset(ds, study_names)
 
-    def process_dataset(self, ds: Dataset) -> ObjectResult:
-        """De-identify ``ds`` in place and encode it; the input dataset is consumed."""
+    def process_dataset(self, ds: Dataset, study_names: frozenset[str] = frozenset()) -> ObjectResult:
+        """De-identify ``ds`` in place and encode it; the input dataset is consumed.
+
+        ``study_names``: name tokens of every person-name element of the whole study before
+        de-identification (:func:`connector.phi_guard.study_name_tokens`), which the PHI guard looks
+        for in the output's free text; an object's own person names are always looked for.
+        """
         try:
-            identifiers = phi_guard.collect_identifiers(ds)
+            identifiers = phi_guard.collect_identifiers(ds, study_names)
             verdict = self._filters.evaluate(ds)
         except Exception as exc:
             return ObjectResult("quarantine", "unreadable", {"error": type(exc).__name__})
@@ -150,7 +161,7 @@ class DeidEngine:
             return ObjectResult(verdict.action, verdict.reason, {"filter": verdict.filter_id})
         try:
             identity, study_date, study_uid, accession = self._identity(ds)
-            scrub_inputs = self._scrub_inputs(ds)
+            deny = self._deny_tokens(ds)
             codec = _codec(ds)
         except Exception as exc:
             return ObjectResult("quarantine", "unreadable", {"error": type(exc).__name__})
@@ -158,13 +169,17 @@ class DeidEngine:
             return ObjectResult("quarantine", "missing-patient-id")
         # Provider failures (linkage table unavailable) propagate: that is not the object's fault.
         subject = self.provider.subject_for(identity, study_date=study_date)
-        ctx = ObjectContext(subject.pseudonym, subject.date_offset_days, self.site_id, codec, *scrub_inputs)
+        ctx = ObjectContext(subject.pseudonym, subject.date_offset_days, self.site_id, codec, self.vocabulary,
+                            deny + [t.upper() for t in study_names])
         extra_codes: list[MethodCode] = []
         try:
             if verdict.pixel_rule is not None:
                 clean_pixel_regions(ds, verdict.pixel_rule)
                 extra_codes.append(CLEAN_PIXEL_CODE)
             self._walker.walk(ds, ctx)
+            retained = retained_graphics(ds)
+            if retained:
+                return ObjectResult("quarantine", retained, {"privacy": ctx.report()})
             self._markers.apply(ds, extra_codes)
             data = encode_file(ds)
         except PixelCleaningRefused as exc:
@@ -179,13 +194,16 @@ class DeidEngine:
         except Exception as exc:
             log.warning("encoding failed", extra={"event": "deid_encode_failed", "error": type(exc).__name__})
             return ObjectResult("quarantine", "encode-error", {"error": type(exc).__name__})
+        report = ctx.report()
         findings = phi_guard.check_output(data, identifiers, self.guard_policy)
         if findings:
             log.warning("PHI guard stopped an object", extra={"event": "phi_guard_hit",
                                                                "codes": sorted({f.code for f in findings})})
-            return ObjectResult("quarantine", findings[0].code, {"findings": [f.as_dict() for f in findings[:50]]})
+            return ObjectResult("quarantine", findings[0].code,
+                                {"findings": [f.as_dict() for f in findings[:50]], "privacy": report})
         return ObjectResult(
             "ok",
+            details={"privacy": report},
             data=data,
             sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
             series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
@@ -214,18 +232,30 @@ class DeidEngine:
         )
         return identity, text("StudyDate"), text("StudyInstanceUID"), text("AccessionNumber")
 
-    def _scrub_inputs(self, ds: Dataset) -> tuple[list[str], list[str], list[str]]:
-        """Original values that cleaned free text must not contain: every top-level person name,
-        the IDs, the birth date and the institution."""
-        names: list[str] = []
+    def _deny_tokens(self, ds: Dataset) -> list[str]:
+        """Tokens the free-text cleaner refuses even where the vocabulary has them: the parts of every
+        top-level person name and the words of the IDs and the accession number."""
+        tokens: list[str] = []
         decide = self.rules.public
         for key in ds.keys():
             tag = int(key)
             if not tag & 0x10000 and decide(tag).vr == "PN":
                 for v in value_strings(ds[key].value):
-                    names.extend(name_parts(v))
-        ids = [v.strip(" \x00") for tag in _ID_TAGS if tag in ds for v in value_strings(ds[tag].value)]
-        phrases = [v for tag in _INSTITUTION_TAGS if tag in ds for v in value_strings(ds[tag].value)]
-        if "PatientBirthDate" in ds:
-            ids.extend(date_renderings(str(ds.PatientBirthDate or "")))
-        return names, ids, phrases
+                    tokens.extend(name_parts(v))
+        for tag in _ID_TAGS:
+            if tag in ds:
+                for v in value_strings(ds[tag].value):
+                    tokens.extend(_WORDS.findall(v))
+        return [t.upper() for t in tokens]
+
+
+def retained_graphics(ds: Dataset) -> str:
+    """A quarantine reason when the walk kept an icon image or overlay planes (text can be drawn in
+    them: PS3.15 removes them, and a profile that keeps them cannot be trusted with them), else ''."""
+    for key in ds.keys():
+        tag = int(key)
+        if tag == 0x00880200:
+            return "icon-image-retained"
+        if 0x6000 <= tag >> 16 <= 0x601E and not (tag >> 16) & 1:
+            return "overlay-retained"
+    return ""

@@ -8,8 +8,6 @@ option files can each include the basic profile and still be combined. Same-leve
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,21 +23,9 @@ from connector.deid.rulefile import (
     RuleFileError,
     parse_rule_file,
 )
+from connector.shipped import ENV_RULES_DIR, shipped_rules_dir  # noqa: F401  (re-exported)
 
 DEFAULT_RULES_NAME = "registry-default.yaml"
-ENV_RULES_DIR = "SITE_CONNECTOR_RULES_DIR"
-
-
-def shipped_rules_dir() -> Path:
-    """Where the shipped rule files live: ``$SITE_CONNECTOR_RULES_DIR``, the source tree's ``rules/``,
-    or ``<prefix>/share/site-connector/rules`` for an installed copy."""
-    env = os.environ.get(ENV_RULES_DIR)
-    if env:
-        return Path(env)
-    in_tree = Path(__file__).resolve().parents[2] / "rules"
-    if in_tree.is_dir():
-        return in_tree
-    return Path(sys.prefix) / "share" / "site-connector" / "rules"
 
 
 def default_rules_path() -> Path:
@@ -85,6 +71,12 @@ class Profile:
     @property
     def code_values(self) -> frozenset[str]:
         return frozenset(c.value for c in self.codes)
+
+    def accepted_sop_classes(self) -> frozenset[str]:
+        """SOP classes a filter explicitly lets through (``action: accept`` naming SOPClassUID): the
+        only way a class that can carry identifiers in its pixels or document gets past the guard."""
+        return frozenset(uid for f in self.filters if f.action == "accept"
+                         for keyword, values in f.when if keyword == "SOPClassUID" for uid in values)
 
 
 BUILTIN_DEFAULTS: dict[str, tuple[str, Location | None]] = {

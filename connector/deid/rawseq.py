@@ -23,6 +23,7 @@ from pydicom.datadict import get_entry
 
 from connector.deid.encoded import REMOVE, NeedsPydicom, NotApplicable, transform
 from connector.deid.rulefile import normalise_creator
+from connector.deid.values import kept_private_vr
 
 if TYPE_CHECKING:
     from connector.deid.compiler import CompiledRules
@@ -191,6 +192,7 @@ class SequenceRewriter:
                 group, number = tag >> 16, tag & 0xFFFF
                 if group <= 0x0007 or group == 0xFFFF or number < 0x0010:
                     changed = True
+                    ctx.note_removed(tag)
                     continue
                 if number <= 0x00FF:
                     parts.append(e)  # a creator: decided once its block is known
@@ -199,26 +201,33 @@ class SequenceRewriter:
                 creator = creators.get(block)
                 if creator is None or rules.block_removed(group, creator):
                     changed = True
+                    ctx.note_removed(tag)
                     continue
                 action = rules.private(tag, creator).action
                 if action in ("remove", "clean"):
                     changed = True
+                    ctx.note_removed(tag)
                     continue
                 vr = e.vr or "UN"
-                if action == "keep":
-                    out = self._sequence_element(buf, e, ctx, codec, clean_scope, depth) if vr == "SQ" else None
-                elif vr == "UN" and action != "empty":
-                    changed = True  # without a known VR only keep and empty are safe
+                if action == "keep" and vr == "SQ":
+                    out = self._sequence_element(buf, e, ctx, codec, clean_scope, depth)
+                elif action == "keep" and kept_private_vr(e.vr, tag, creator):
+                    out = None
+                elif action == "keep" or (vr == "UN" and action != "empty"):
+                    changed = True  # an OB/UN blob is never kept; without a known VR only empty is safe
+                    ctx.note_removed(tag)
                     continue
                 else:
                     out = self._value(buf, e, vr, action, None, ctx, codec)
                     if out is REMOVE:
                         changed = True
+                        ctx.note_removed(tag)
                         continue
                 used_blocks.add(block)
             else:
                 if tag < 0x00030000:
                     changed = True
+                    ctx.note_removed(tag)
                     continue
                 d = rules.public(tag)
                 action = d.action
@@ -226,6 +235,7 @@ class SequenceRewriter:
                     action = "clean"
                 if action == "remove":
                     changed = True
+                    ctx.note_removed(tag)
                     continue
                 vr = e.vr if e.vr and e.vr != "UN" else (d.vr.split(" or ")[0] if d.vr else "UN")
                 if e.vr == "UN" and d.vr and d.vr != "UN":
@@ -246,6 +256,7 @@ class SequenceRewriter:
                     out = self._value(buf, e, vr, action, rule, ctx, codec)
                     if out is REMOVE:
                         changed = True
+                        ctx.note_removed(tag)
                         continue
             if out is None:
                 parts.append(buf[e.start:e.end])
@@ -259,6 +270,7 @@ class SequenceRewriter:
                     result.append(buf[p.start:p.end])
                 else:
                     changed = True
+                    ctx.note_removed(p.tag)
             else:
                 result.append(p)
         return b"".join(result) if changed else None

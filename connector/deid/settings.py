@@ -5,6 +5,10 @@
 rules = ["registry-default.yaml", "/etc/site-connector/site-overrides.yaml"]
 ```
 
+``extra_vocabulary`` and ``vocabulary_files`` add the site's own words to the free-text
+vocabulary (letters only; files: one or more words a line, ``#`` comments). They are checked
+when the configuration is loaded, so a bad word stops start-up with the key named.
+
 ``rules`` empty (the default) means the shipped ``rules/registry-default.yaml``. Entries are loaded
 in order, like includes: a later file overrides an earlier one at the same level of precedence.
 A bare name is looked up next to the configuration file, then among the shipped rule files.
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from connector.config_fields import check, setting
+from connector.vocabulary import VocabularyError, read_word_file, word_problem
 
 if TYPE_CHECKING:
     from connector.config import Config
@@ -28,6 +33,33 @@ class DeidConfig:
         [], check(lambda v: all(str(p).endswith((".yaml", ".yml")) for p in v), "every entry must be a .yaml file"),
         doc="de-identification rule files, later ones override earlier; empty = the shipped registry-default.yaml",
     )
+    extra_vocabulary: list[str] = setting(
+        [], check(lambda v: all(word_problem(w) is None for w in v),
+                  "every entry must be one word of 1 to 40 letters A-Z (no digits, spaces or punctuation)"),
+        doc="the site's own words that kept descriptions may contain (added to rules/vocabulary/)",
+    )
+    vocabulary_files: list[Path] = setting(
+        [], check(lambda v: all(_vocabulary_file_ok(p) for p in v),
+                  "every entry must be a readable vocabulary file of letter-only words (see docs/rules.md)"),
+        doc="files of the site's own words (one or more a line, # comments), relative to the config file",
+    )
+
+
+def _vocabulary_file_ok(path: Path) -> bool:
+    if not Path(path).is_absolute():
+        return True  # checked against the config file's folder when loaded (vocabulary_files())
+    try:
+        read_word_file(Path(path))
+    except VocabularyError:
+        return False
+    return True
+
+
+def vocabulary_files(config: Config) -> list[Path]:
+    """The configured vocabulary files, relative names resolved against the configuration file's folder."""
+    source = Path(config.source)
+    base = source.parent if source.suffix == ".toml" and source.exists() else Path.cwd()
+    return [p if Path(p).is_absolute() else base / p for p in config.deid.vocabulary_files]
 
 
 def rule_paths(config: Config) -> list[Path]:

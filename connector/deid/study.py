@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from connector import phi_guard
 from connector.deid.engine import DeidEngine, ObjectResult
 from connector.deid.provider import IdentityProvider
 from connector.store.durable import write_file_durably
@@ -49,10 +50,38 @@ class SkippedObject:
 
 
 @dataclass
+class PrivacyReport:
+    """What de-identification removed and replaced in a study, for a privacy officer's audit:
+    counts and tags only, never values."""
+
+    objects: int = 0
+    text_values_cleaned: int = 0
+    tokens_replaced: int = 0
+    spans_replaced: int = 0
+    removed: Counter[str] = field(default_factory=Counter)  # tag -> number of objects it was removed from
+
+    def add(self, details: dict[str, object]) -> None:
+        report = details.get("privacy")
+        if not isinstance(report, dict):
+            return
+        self.objects += 1
+        self.text_values_cleaned += int(report.get("text_values_cleaned", 0))
+        self.tokens_replaced += int(report.get("tokens_replaced", 0))
+        self.spans_replaced += int(report.get("spans_replaced", 0))
+        self.removed.update(dict(report.get("removed", {})))
+
+    def as_dict(self) -> dict[str, object]:
+        return {"objects": self.objects, "text_values_cleaned": self.text_values_cleaned,
+                "tokens_replaced": self.tokens_replaced, "spans_replaced": self.spans_replaced,
+                "elements_removed": sum(self.removed.values()), "removed_tags": dict(sorted(self.removed.items()))}
+
+
+@dataclass
 class StudyOutcome:
     written: list[WrittenObject] = field(default_factory=list)
     quarantined: list[QuarantinedObject] = field(default_factory=list)
     skipped: list[SkippedObject] = field(default_factory=list)
+    privacy: PrivacyReport = field(default_factory=PrivacyReport)
 
     @property
     def study_uids(self) -> list[str]:
@@ -69,6 +98,8 @@ class StudyOutcome:
             "written": len(self.written),
             "quarantined": dict(Counter(q.reason for q in self.quarantined)),
             "skipped": dict(Counter(s.reason for s in self.skipped)),
+            "tokens_replaced": self.privacy.tokens_replaced + self.privacy.spans_replaced,
+            "elements_removed": sum(self.privacy.removed.values()),
         }
 
 
@@ -103,9 +134,11 @@ def deidentify_study(paths: Iterable[Path], out_dir: Path, quarantine_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     outcome = StudyOutcome()
     recorder = StudyRecorder(engine.provider)
+    paths = [Path(p) for p in paths]
+    study_names = phi_guard.study_name_tokens(paths)  # every person name of the study, for the guard
     for source in paths:
-        source = Path(source)
-        result = engine.process_path(source)
+        result = engine.process_path(source, study_names)
+        outcome.privacy.add(result.details)
         if result.status == "ok":
             assert result.data is not None
             target = out_dir / output_name(result)

@@ -7,12 +7,11 @@ value cannot be transformed safely": the caller empties the element (fail closed
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable
 
+from pydicom.datadict import private_dictionary_VR
 from pydicom.uid import UID_dictionary
 
 DUMMY_TEXT = "ANONYMIZED"
@@ -42,6 +41,18 @@ def fit(value: str, vr: str) -> str:
     """Trim a string to the VR's maximum length (cleaning and templates may lengthen values)."""
     limit = MAX_LENGTH.get(vr)
     return value[:limit] if limit and len(value) > limit else value
+
+
+def kept_private_vr(vr: str | None, tag: int, creator: str) -> bool:
+    """Whether a private element listed as safe may really be kept: only with a VR that holds text
+    or numbers, read from the element (explicit VR) or from pydicom's private dictionary (implicit
+    VR, or UN). Binary and untyped private values are opaque: nobody can say what they contain."""
+    if vr in (None, "UN"):
+        try:
+            vr = private_dictionary_VR(tag, creator)
+        except KeyError:
+            return False
+    return vr not in BINARY_VRS and vr != "SQ" and vr not in (None, "UN")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,61 +171,7 @@ def cap_age(value: str, max_years: int = 89) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Free text
-
-REDACTED = "***"
-_GENERIC = [
-    r"\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b",  # 2024-01-15
-    r"\b\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b",  # 15/01/2024, 1.15.24
-    r"\b\d{5,}\b",  # MRN-, phone- and accession-like digit runs
-    r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b",  # e-mail addresses
-    r"\+?\(?\d{2,4}\)?[ .-]\d{3,4}[ .-]\d{3,4}\b",  # phone numbers with separators
-]
-
-
-def date_renderings(da: str) -> list[str]:
-    """The common ways a DA date is written in free text (for scrubbing a birth date)."""
-    m = _DA_RE.match(da.strip(" \x00"))
-    if not m:
-        return []
-    y, mo, d = m.groups()
-    return [f"{y}{mo}{d}", f"{y}-{mo}-{d}", f"{y}/{mo}/{d}", f"{y}.{mo}.{d}", f"{d}/{mo}/{y}", f"{mo}/{d}/{y}",
-            f"{d}.{mo}.{y}", f"{d}-{mo}-{y}", f"{mo}-{d}-{y}"]
-
-
-class TextScrubber:
-    """Removes this object's known identifiers and identifier-shaped strings from free text.
-
-    Built per patient from the original values; the regular expression is cached, so a study's
-    objects share one compiled pattern.
-    """
-
-    def __init__(self, names: Iterable[str], ids: Iterable[str], phrases: Iterable[str]) -> None:
-        key = (tuple(sorted({n.upper() for n in names if len(n) >= 2})),
-               tuple(sorted({i.upper() for i in ids if len(i.strip()) >= 2})),
-               tuple(sorted({p.upper() for p in phrases if len(p.strip()) >= 3})))
-        self._pattern = _compile_scrubber(key)
-
-    def scrub(self, text: str) -> str:
-        return self._pattern.sub(REDACTED, text)
-
-
-@functools.lru_cache(maxsize=256)
-def _compile_scrubber(key: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]) -> re.Pattern[str]:
-    names, ids, phrases = key
-    parts = []
-    for phrase in sorted(phrases, key=len, reverse=True):  # longest first: whole phrases before parts
-        words = [re.escape(w) for w in phrase.split()]
-        parts.append(r"(?<!\w)" + r"[\s^,]+".join(words) + r"(?!\w)")
-    if ids:
-        parts.append(r"(?<![0-9A-Za-z])(?:" + "|".join(re.escape(i.strip()) for i in sorted(ids, key=len, reverse=True))
-                     + r")(?![0-9A-Za-z])")
-    if names:
-        parts.append(r"(?<![^\W\d_])(?:" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-                     + r")(?![^\W\d_])")
-    parts.extend(_GENERIC)
-    return re.compile("|".join(parts), re.IGNORECASE)
-
+# Person names (the allow-list cleaner refuses them even where the vocabulary has the word)
 
 _NAME_PART = re.compile(r"[^\W\d_]+")
 

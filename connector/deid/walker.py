@@ -9,6 +9,7 @@ fallback for everything unusual; both paths share the decisions and the string-l
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -20,17 +21,19 @@ from pydicom.sequence import Sequence as DicomSequence
 from connector.deid import encoded
 from connector.deid.compiler import CompiledRules, Decision
 from connector.deid.encoded import REMOVE, NeedsPydicom, NotApplicable
+from connector.deid.freetext import AllowListCleaner
 from connector.deid.rawseq import SequenceRewriter
 from connector.deid.rulefile import Rule, normalise_creator
 from connector.deid.values import (
     BINARY_VRS,
     NUMERIC_VRS,
-    TextScrubber,
     dummy_value,
     fit,
+    kept_private_vr,
 )
 
 MAX_DEPTH = 32
+
 UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
@@ -43,20 +46,39 @@ class RuleFailure(Exception):
 
 
 class ObjectContext:
-    """Per-object state of one walk (the walker holds none, so one walker serves every thread)."""
+    """Per-object state of one walk (the walker holds none, so one walker serves every thread).
 
-    __slots__ = ("_ids", "_names", "_phrases", "_scrubber", "codec", "offset", "pseudonym", "site")
+    It also keeps the object's privacy report: how many free-text tokens the cleaner replaced and
+    which elements were removed (tags and counts, never values).
+    """
 
-    def __init__(self, pseudonym: str, offset: int, site: str, codec: str | None, names: list[str],
-                 ids: list[str], phrases: list[str]) -> None:
+    __slots__ = ("_cleaner", "_deny", "_vocabulary", "codec", "offset", "pseudonym", "removed", "site")
+
+    def __init__(self, pseudonym: str, offset: int, site: str, codec: str | None, vocabulary: frozenset[str],
+                 deny: list[str]) -> None:
         self.pseudonym, self.offset, self.site, self.codec = pseudonym, offset, site, codec
-        self._names, self._ids, self._phrases = names, ids, phrases
-        self._scrubber: TextScrubber | None = None
+        self._vocabulary, self._deny = vocabulary, deny
+        self._cleaner: AllowListCleaner | None = None
+        self.removed: Counter[int] = Counter()
 
     def scrub(self, text: str) -> str:
-        if self._scrubber is None:
-            self._scrubber = TextScrubber(self._names, self._ids, self._phrases)
-        return self._scrubber.scrub(text)
+        """Free text through the allow-list cleaner (built on first use: most objects have none)."""
+        if self._cleaner is None:
+            self._cleaner = AllowListCleaner(self._vocabulary, self._deny)
+        return self._cleaner.clean(text)
+
+    def note_removed(self, tag: int) -> None:
+        self.removed[tag] += 1
+
+    def report(self) -> dict[str, object]:
+        """Counts and tags only: safe to log, store and show to a privacy officer."""
+        stats = self._cleaner.stats if self._cleaner is not None else None
+        return {
+            "text_values_cleaned": stats.values_cleaned if stats else 0,
+            "tokens_replaced": stats.tokens_replaced if stats else 0,
+            "spans_replaced": stats.spans_replaced if stats else 0,
+            "removed": {f"({t >> 16:04X},{t & 0xFFFF:04X})": n for t, n in sorted(self.removed.items())},
+        }
 
 
 def value_strings(value: object) -> list[str]:
@@ -85,6 +107,7 @@ class ElementWalker:
                 continue
             if tag < 0x00030000:
                 del ds[key]  # command (0000) or file meta (0002) elements inside a data set
+                ctx.note_removed(tag)
                 continue
             d = decide(tag)
             action = d.action
@@ -98,6 +121,7 @@ class ElementWalker:
                     continue
             elif action == "remove":
                 del ds[key]
+                ctx.note_removed(tag)
                 continue
             self._apply(ds, key, d, action, ctx, clean_scope, depth)
         if private:
@@ -145,6 +169,7 @@ class ElementWalker:
                 else:
                     if new is REMOVE:
                         del ds[key]
+                        ctx.note_removed(int(key))
                     elif new is not raw.value:
                         ds[key] = raw._replace(value=new, length=len(new))  # type: ignore[arg-type]
                     return
@@ -175,6 +200,7 @@ class ElementWalker:
         """The same actions as :func:`connector.deid.encoded.transform`, on a decoded element."""
         if action == "remove":
             del ds[key]
+            ctx.note_removed(int(key))
         elif action == "empty":
             elem.value = elem.empty_value
         elif action == "keep":
@@ -198,6 +224,7 @@ class ElementWalker:
                 elem.value = elem.empty_value  # a person's name or a link has no safe equivalent
             else:
                 del ds[key]  # binary content cannot be inspected: removed
+                ctx.note_removed(int(key))
 
     @staticmethod
     def _map(elem: DataElement, fn: Callable[[str], str | None]) -> None:
@@ -223,6 +250,7 @@ class ElementWalker:
             group, number = tag >> 16, tag & 0xFFFF
             if group <= 0x0007 or group == 0xFFFF or number < 0x0010:
                 del ds[key]  # illegal private groups, private group lengths and reserved elements
+                ctx.note_removed(int(key))
                 continue
             if number <= 0x00FF:
                 creator_keys.append((tag, key))
@@ -233,18 +261,25 @@ class ElementWalker:
             creator = creators[block_tag]
             if creator is None or block_removed(group, creator):
                 del ds[key]  # no creator (nobody can say what it is), or nothing of the block is kept
+                ctx.note_removed(int(key))
                 continue
             d = self.rules.private(tag, creator)
             action = d.action
             if action in ("remove", "clean"):  # private content cannot be cleaned generically
                 del ds[key]
+                ctx.note_removed(int(key))
                 continue
             raw_vr = getattr(ds.get_item(key), "VR", None)
             if action == "keep":
                 if raw_vr == "SQ":
                     self._recurse(ds, key, ctx, clean_scope, depth)
+                elif not kept_private_vr(raw_vr, tag, creator):
+                    del ds[key]  # an OB/UN blob (or a value nobody can type) is never kept, listed or not
+                    ctx.note_removed(tag)
+                    continue
             elif raw_vr in (None, "UN") and action != "empty":
                 del ds[key]  # without a known VR only keep and empty are safe
+                ctx.note_removed(int(key))
                 continue
             else:
                 self._apply(ds, key, d, action, ctx, clean_scope, depth)
@@ -253,6 +288,7 @@ class ElementWalker:
         for tag, key in creator_keys:
             if tag not in used_blocks:
                 del ds[key]
+                ctx.note_removed(int(key))
 
     @staticmethod
     def _creator(ds: Dataset, tag: int) -> str | None:

@@ -3,11 +3,13 @@
 It shares no code with the rule engine (:mod:`connector.deid`) on purpose: a bug in a rule, in the
 rule loader or in the element walker must not also blind the check. It knows only what the
 original object said about the patient and looks for it again, in every value at every depth
-of the re-parsed output and in the raw bytes. Findings carry reason codes and tag paths, never the
+of the re-parsed output and in the raw bytes; it refuses retained free text holding anything
+not known to be safe, and object classes or parts (documents, pixels with possible burned-in
+text, icons, overlays) that no text check can see into. Findings carry reason codes and tag paths, never the
 matched value, so they can be logged and written into quarantine records.
 """
 
-from connector.phi_guard.identifiers import Identifiers, collect_identifiers
+from connector.phi_guard.identifiers import Identifiers, collect_identifiers, study_name_tokens
 from connector.phi_guard.scanner import (
     Finding,
     GuardPolicy,
@@ -24,4 +26,5 @@ __all__ = [
     "check_dataset",
     "check_output",
     "collect_identifiers",
+    "study_name_tokens",
 ]

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID_dictionary
 
-from connector.phi_guard.encoded_items import EncodedWalkError, encoded_values
+from connector.phi_guard.encoded_items import EncodedWalkError, encoded_values, part10_values
 
 MIN_NAME_PART = 3  # letters; shorter parts (e.g. "LI") would match ordinary words
 MIN_ID = 3
@@ -42,6 +44,9 @@ class Identifiers:
     uids: frozenset[str] = frozenset()
     institutions: frozenset[str] = frozenset()
     device_uids: frozenset[str] = frozenset()  # UIDs naming equipment (Device UID), not instances
+    # Name tokens of every person-name element of the study (physicians, operators, SR PNAME items,
+    # other patients): looked for in retained free text.
+    person_names: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:  # never print the values themselves
         return (f"Identifiers(names={len(self.name_parts)}, ids={len(self.patient_ids)}, "
@@ -81,7 +86,7 @@ def _walk_encoded(elem: object, consider: Callable[[int, str, list[str]], None])
     except EncodedWalkError:
         return False
     for _path, tag, vr, value in values:
-        if tag in _WANTED or vr == "UI":
+        if tag in _WANTED or vr in ("UI", "PN"):
             text = value.decode("latin-1").strip(" \x00")
             consider(tag, vr, [v.strip(" \x00") for v in text.split("\\") if v.strip(" \x00")])
     return True
@@ -97,8 +102,50 @@ def _vr_of(elem: object, tag: int) -> str:
         return vr or "UN"
 
 
-def collect_identifiers(ds: Dataset) -> Identifiers:
-    """Gather the patient's identifiers from the original ``ds`` (call before it is changed)."""
+def person_name_tokens(value: str) -> set[str]:
+    """Family, given and middle name tokens of a PN value, upper-cased, of 2 letters or more."""
+    tokens: set[str] = set()
+    for group in value.split("="):
+        for comp in group.split("^")[:3]:
+            tokens.update(p.upper() for p in _LETTERS.findall(comp) if len(p) >= 2)
+    return tokens
+
+
+def study_name_tokens(files: Iterable[bytes | Path]) -> frozenset[str]:
+    """Name tokens of every person-name element, at every depth, of every object of a study (read
+    with the guard's own parser; an object it cannot parse adds nothing, it will be refused later)."""
+    tokens: set[str] = set()
+    for item in files:
+        try:
+            data = item if isinstance(item, bytes) else Path(item).read_bytes()
+            meta, values, _span = part10_values(data)
+        except (OSError, EncodedWalkError):
+            continue
+        codecs = ["iso8859"]
+        for prefix, tag, _vr, value in values:
+            if tag == 0x00080005 and not prefix:
+                names = value.decode("ascii", "replace").strip(" \x00").split("\\")
+                try:
+                    codecs = convert_encodings([n.strip() for n in names] or ["ISO_IR 6"])
+                except Exception:
+                    codecs = ["iso8859"]
+        for _prefix, _tag, vr, value in values:
+            if vr == "PN":
+                try:
+                    text = decode_bytes(value, codecs, set()) if len(codecs) > 1 else value.decode(codecs[0], "replace")
+                except Exception:
+                    text = value.decode("latin-1")
+                tokens |= person_name_tokens(text.strip(" \x00"))
+    return frozenset(tokens)
+
+
+def collect_identifiers(ds: Dataset, study_names: frozenset[str] = frozenset()) -> Identifiers:
+    """Gather the patient's identifiers from the original ``ds`` (call before it is changed).
+
+    ``study_names``: :func:`study_name_tokens` of the whole study; the object's own person names
+    at every depth are added.
+    """
+    people: set[str] = set(study_names)
     names: set[str] = set()
     ids: set[str] = set()
     issuers: set[str] = set()
@@ -110,13 +157,17 @@ def collect_identifiers(ds: Dataset) -> Identifiers:
         for v in _values(ds, tag):
             for group in v.split("="):
                 for comp in group.split("^")[:3]:
-                    names.update(p.upper() for p in _LETTERS.findall(comp) if len(p) >= MIN_NAME_PART)
+                    names.update(p.upper() for p in _LETTERS.findall(comp)
+                                 if len(p) >= MIN_NAME_PART or (len(p) >= 2 and not p.isascii()))
     births: set[str] = set()
     for v in _values(ds, _BIRTH_DATE):
         births |= birth_date_renderings(v)
 
     def consider(tag: int, vr: str, values: list[str]) -> None:
-        if tag in _PATIENT_IDS:
+        if vr == "PN":
+            for v in values:
+                people.update(person_name_tokens(v))
+        elif tag in _PATIENT_IDS:
             ids.update(v for v in values if len(v) >= MIN_ID)
         elif tag in _ISSUERS:
             issuers.update(v for v in values if len(v) >= MIN_ID)
@@ -147,7 +198,7 @@ def collect_identifiers(ds: Dataset) -> Identifiers:
                     for child in seq:
                         if isinstance(child, Dataset):
                             walk(child, depth + 1)
-            elif tag in _WANTED or vr == "UI":
+            elif tag in _WANTED or vr in ("UI", "PN"):
                 consider(tag, vr, _values(item, key))
 
     walk(ds, 0)
@@ -167,4 +218,5 @@ def collect_identifiers(ds: Dataset) -> Identifiers:
         uids=frozenset(uids),
         institutions=frozenset(i.upper() for i in institutions),
         device_uids=frozenset(devices),
+        person_names=frozenset(people) | frozenset(names),
     )

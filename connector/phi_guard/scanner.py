@@ -23,23 +23,18 @@ from connector.phi_guard.encoded_items import (
     encoded_values,
     part10_values,
 )
+from connector.phi_guard.freetext import free_text_problem, is_free_text
 from connector.phi_guard.identifiers import Identifiers
+from connector.phi_guard.risky_objects import risky_object_findings
+from connector.phi_guard.scanner_types import Finding
+from connector.vocabulary import shipped_vocabulary
 
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
                        "UR", "UT", "UN"})
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+# Elements whose short values the structure check reads: SOP class, modality, image type, code values.
+_SHORT_VALUES = frozenset({0x00080016, 0x00080060, 0x00080008, 0x00080100})
 _MAX_DEPTH = 32
-
-
-@dataclass(frozen=True)
-class Finding:
-    """A leak: ``code`` is ``phi-guard:<kind>``; ``where`` is a tag path or ``bytes``. No values."""
-
-    code: str
-    where: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"code": self.code, "where": self.where}
 
 
 @dataclass(frozen=True)
@@ -49,7 +44,15 @@ class GuardPolicy:
 
     uids: bool = True
     institution: bool = True
-    device_uids: bool = True  # off under the Retain Device Identity option
+    device_uids: bool = True  # off under the Retain Device Identity option (device UIDs and labels)
+    # The words retained free text may hold (None: the shipped vocabulary).
+    vocabulary: frozenset[str] | None = None
+    # SOP classes the profile explicitly lets through although they can carry identifiers in their
+    # pixels or document (an ``accept`` filter); everything else of those classes is refused.
+    allowed_classes: frozenset[str] = frozenset()
+
+    def words(self) -> frozenset[str]:
+        return shipped_vocabulary() if self.vocabulary is None else self.vocabulary
 
 
 # Characters that must not touch a match on either side, per kind (so "ANN" does not hit "ANNOTATION").
@@ -57,7 +60,8 @@ _LETTER = "letter"
 _ALNUM = "alnum"
 _DIGIT = "digit"
 _UID = "uid"
-_BOUNDARY = {"name": _LETTER, "patient_id": _ALNUM, "issuer": _ALNUM, "accession": _ALNUM, "birth_date": _DIGIT,
+_NONE = "none"
+_BOUNDARY = {"name_cjk": _NONE, "name": _LETTER, "patient_id": _ALNUM, "issuer": _ALNUM, "accession": _ALNUM, "birth_date": _DIGIT,
              "uid": _UID, "institution": _ALNUM}
 
 
@@ -116,7 +120,7 @@ class _Matcher:
         self.pattern = re.compile(_trie_pattern(list(literals), as_bytes)) if literals else None
 
     def _outside(self, text, index: int, boundary: str) -> bool:
-        if index < 0 or index >= len(text):
+        if index < 0 or index >= len(text) or boundary == _NONE:
             return True
         c = text[index]
         if self.as_bytes:
@@ -147,25 +151,39 @@ class _Matcher:
         return None
 
 
+def _kind(kind: str, value: str) -> str:
+    """Names in scripts written without spaces (CJK) cannot need a letter boundary."""
+    if kind == "name" and any(ord(c) >= 0x2E80 for c in value):
+        return "name_cjk"
+    return kind
+
+
 @functools.lru_cache(maxsize=512)
 def _text_matcher(ids: Identifiers, policy: GuardPolicy) -> _Matcher:
     literals: dict[str, str] = {}
     for kind, values in _kinds(ids, policy):
         for v in values:
-            literals.setdefault(v.upper(), kind)
+            literals.setdefault(v.upper(), _kind(kind, v))
     return _Matcher(literals, as_bytes=False)
 
 
+# Single-codec character sets whose bytes for a name are the same wherever it stands (ISO 2022's
+# escape sequences are not: those values are found by the decoded-text search).
+_BYTE_CODECS = ("utf-8", "latin-1")
+
+
 @functools.lru_cache(maxsize=512)
-def _bytes_matcher(ids: Identifiers, policy: GuardPolicy) -> _Matcher:
+def _bytes_matcher(ids: Identifiers, policy: GuardPolicy, codecs: tuple[str, ...] = ()) -> _Matcher:
     literals: dict[bytes, str] = {}
+    encodings = _BYTE_CODECS + tuple(c for c in codecs if c not in _BYTE_CODECS and "2022" not in c)
     for kind, values in _kinds(ids, policy):
         for v in values:
+            kind = _kind(kind, v)
             for form in (v, v.upper(), v.lower()):
-                for encoding in ("utf-8", "latin-1"):
+                for encoding in encodings:
                     try:
                         literals.setdefault(form.encode(encoding).upper(), kind)
-                    except UnicodeEncodeError:
+                    except (UnicodeEncodeError, LookupError):
                         pass
     return _Matcher(literals, as_bytes=True)
 
@@ -194,8 +212,10 @@ def _decode(value: bytes, codecs: list[str]) -> str:
         return value.decode("latin-1")
 
 
-def _scan_encoded(elem: object, codecs: list[str], path: str, texts: list[tuple[str, str, int]]) -> bool:
-    """Add the text values of a still-encoded sequence to ``texts``; False if pydicom must parse it."""
+def _scan_encoded(elem: object, codecs: list[str], path: str, texts: list[tuple[str, str, int, str]],
+                  elements: list[tuple[str, int, str]]) -> bool:
+    """Add the text values of a still-encoded sequence to ``texts`` (and every element to
+    ``elements``); False if pydicom must parse it."""
     if type(elem) is not RawDataElement or elem.length == 0xFFFFFFFF or not elem.is_little_endian:
         return False
     try:
@@ -205,8 +225,9 @@ def _scan_encoded(elem: object, codecs: list[str], path: str, texts: list[tuple[
     if any(tag == 0x00080005 for _p, tag, _vr, _v in values):
         return False  # an item declares its own character set: let pydicom decode it
     for item_path, tag, vr, value in values:
+        elements.append((item_path, tag, value.decode("latin-1").strip(" \x00") if tag in _SHORT_VALUES else ""))
         if vr in _TEXT_VRS:
-            texts.append((_decode(value, codecs) if vr != "UN" else value.decode("latin-1"), item_path, tag))
+            texts.append((_decode(value, codecs) if vr != "UN" else value.decode("latin-1"), item_path, tag, vr))
     return True
 
 
@@ -214,26 +235,34 @@ def _path(prefix: str, tag: int) -> str:
     return f"{prefix}({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
+def _short_value(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("latin-1").strip(" \x00")
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)  # type: ignore[union-attr]
+    return str(value or "")
+
+
 def check_dataset(ds: Dataset, identifiers: Identifiers, policy: GuardPolicy = GuardPolicy()) -> list[Finding]:
     """Search every string value at every depth of ``ds`` (and its file meta) for the identifiers."""
     matcher = _text_matcher(identifiers, policy)
-    if matcher.pattern is None:
-        return []
     findings: list[Finding] = []
-    texts: list[tuple[str, str, int]] = []  # (text, path prefix, tag), searched together below
+    texts: list[tuple[str, str, int, str]] = []  # (text, path prefix, tag, VR), searched together below
+    elements: list[tuple[str, int, str]] = []  # (path prefix, tag, short value) for the structure check
 
     def scan(item: Dataset, codecs: list[str], prefix: str, depth: int) -> None:
         codecs = _codecs(item, codecs)
         for key, elem in list(item.items()):
             tag = int(key)
             vr = elem.VR
+            elements.append((prefix, tag, _short_value(elem.value) if tag in _SHORT_VALUES else ""))
             if vr is None or (vr == "UN" and not (tag >> 16) & 1):
                 try:
                     vr = dictionary_VR(tag)
                 except KeyError:
                     vr = "UN"
             if vr == "SQ":
-                if _scan_encoded(elem, codecs, _path(prefix, tag), texts):
+                if _scan_encoded(elem, codecs, _path(prefix, tag), texts, elements):
                     continue
                 if depth >= _MAX_DEPTH:
                     findings.append(Finding("phi-guard:too-deep", _path(prefix, tag)))
@@ -259,13 +288,14 @@ def check_dataset(ds: Dataset, identifiers: Identifiers, policy: GuardPolicy = G
                 text = "\\".join(str(v) for v in value)
             else:
                 text = str(value)
-            texts.append((text, prefix, tag))
+            texts.append((text, prefix, tag, vr.split(" or ")[0]))
 
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
         scan(meta, ["iso8859"], "meta:", 0)
     scan(ds, ["iso8859"], "", 0)
-    return findings + _search_texts(matcher, texts)
+    return (findings + risky_object_findings(elements, policy.allowed_classes)
+            + _free_text_findings(texts, identifiers, policy) + _search_texts(matcher, [t[:3] for t in texts]))
 
 
 def _search_texts(matcher: _Matcher, texts: list[tuple[str, str, int]]) -> list[Finding]:
@@ -284,9 +314,10 @@ def _search_texts(matcher: _Matcher, texts: list[tuple[str, str, int]]) -> list[
 
 
 def check_bytes(data: bytes, identifiers: Identifiers, policy: GuardPolicy = GuardPolicy(),
-                skip: tuple[int, int] | None = None) -> list[Finding]:
-    """Search the raw bytes for the identifiers (``skip``: a byte span not to scan, the pixel data)."""
-    matcher = _bytes_matcher(identifiers, policy)
+                skip: tuple[int, int] | None = None, codecs: tuple[str, ...] = ()) -> list[Finding]:
+    """Search the raw bytes for the identifiers (``skip``: a byte span not to scan, the pixel data;
+    ``codecs``: the object's character sets, whose encodings of the identifiers are searched too)."""
+    matcher = _bytes_matcher(identifiers, policy, codecs)
     if matcher.pattern is None:
         return []
     spans = [(0, len(data))] if skip is None else [(0, skip[0]), (skip[1], len(data))]
@@ -307,12 +338,30 @@ def _pixel_span(ds: Dataset) -> tuple[int, int] | None:
     return None
 
 
-def check_output(data: bytes, identifiers: Identifiers, policy: GuardPolicy = GuardPolicy()) -> list[Finding]:
-    """Re-parse ``data`` as written and run both scans. Unparseable output is itself a finding.
+def _free_text_findings(texts: list[tuple[str, str, int, str]], identifiers: Identifiers,
+                        policy: GuardPolicy) -> list[Finding]:
+    """Retained free text (text, path prefix, tag, VR) holding anything not known to be safe."""
+    findings: list[Finding] = []
+    names = identifiers.person_names | identifiers.name_parts
+    words = policy.words()
+    for text, prefix, tag, vr in texts:
+        if is_free_text(tag, vr, policy.device_uids):
+            problem = free_text_problem(text, words, names)
+            if problem:
+                findings.append(Finding(f"phi-guard:{problem}", _path(prefix, tag)))
+    return findings
 
-    The guard parses with its own reader (:mod:`connector.phi_guard.encoded_items`), not with the
-    library that wrote the file; deflated or big endian files, and items that declare their own
-    character set, are parsed with pydicom instead.
+
+
+
+def check_output(data: bytes, identifiers: Identifiers, policy: GuardPolicy = GuardPolicy()) -> list[Finding]:
+    """Re-parse ``data`` as written and run every check. Unparseable output is itself a finding.
+
+    The checks: the patient's identifiers in every text value and in the raw bytes; retained free
+    text holding anything not known to be safe; object classes and parts (icons, overlays) that can
+    carry identifiers out of sight of any text check. The guard parses with its own reader
+    (:mod:`connector.phi_guard.encoded_items`), not with the library that wrote the file; deflated
+    or big endian files, and items that declare their own character set, are parsed with pydicom.
     """
     try:
         meta, values, span = part10_values(data)
@@ -328,9 +377,14 @@ def check_output(data: bytes, identifiers: Identifiers, policy: GuardPolicy = Gu
                 codecs = convert_encodings([n.strip() for n in names] or ["ISO_IR 6"])
             except Exception:
                 codecs = ["iso8859"]
-    texts = [(_decode(value, codecs) if vr != "UN" else value.decode("latin-1"), prefix, tag)
+    texts = [(_decode(value, codecs) if vr != "UN" else value.decode("latin-1"), prefix, tag, vr)
              for prefix, tag, vr, value in meta + values if vr in _TEXT_VRS]
-    return _search_texts(_text_matcher(identifiers, policy), texts) + check_bytes(data, identifiers, policy, skip=span)
+    structure = risky_object_findings(
+        ((prefix, tag, value.decode("latin-1").strip(" \x00") if tag in _SHORT_VALUES else "")
+         for prefix, tag, _vr, value in values), policy.allowed_classes)
+    return (structure + _free_text_findings(texts, identifiers, policy)
+            + _search_texts(_text_matcher(identifiers, policy), [t[:3] for t in texts])
+            + check_bytes(data, identifiers, policy, skip=span, codecs=tuple(codecs)))
 
 
 def _check_output_with_pydicom(data: bytes, identifiers: Identifiers, policy: GuardPolicy) -> list[Finding]:
@@ -338,6 +392,7 @@ def _check_output_with_pydicom(data: bytes, identifiers: Identifiers, policy: Gu
         ds = dcmread(io.BytesIO(data))
         findings = check_dataset(ds, identifiers, policy)
         span = _pixel_span(ds)
+        codecs = tuple(_codecs(ds, ["iso8859"]))
     except Exception:
         return [Finding("phi-guard:unparseable", "bytes")]
-    return findings + check_bytes(data, identifiers, policy, skip=span)
+    return findings + check_bytes(data, identifiers, policy, skip=span, codecs=codecs)

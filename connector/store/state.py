@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import json
 import sqlite3
 import threading
 import time
@@ -138,12 +139,22 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     db["studies"].create_index(["state", "last_received_at"], if_not_exists=True)
 
 
+def _create_privacy_reports(db: sqlite_utils.Database) -> None:
+    """One row per study: what de-identification removed and replaced (counts and tags, never values)."""
+    db["privacy_reports"].create(
+        {"study_key": str, "report": str, "at": float},
+        pk="study_key",
+        if_not_exists=True,
+    )
+
+
 # Schema steps, each run once, in order, in one transaction. A stage that owns tables adds a
 # (version, "module:function") line; the function takes a sqlite_utils.Database.
 MIGRATIONS: list[tuple[int, Any]] = [
     (1, _create_schema),
     (2, "connector.outbox.schema:create_schema"),
     (3, "connector.followup.schema:create_schema"),
+    (4, "connector.store.state:_create_privacy_reports"),
 ]
 
 
@@ -347,6 +358,16 @@ class StateStore:
                 sql += " AND state=?"
                 args += (only_if,)
             return conn.execute(sql, args).rowcount == 1
+
+    def record_privacy_report(self, key: str, report: dict[str, Any]) -> None:
+        """Keep a study's privacy report (the latest run of its de-identification wins)."""
+        with self.write() as conn:
+            conn.execute("INSERT OR REPLACE INTO privacy_reports (study_key, report, at) VALUES (?, ?, ?)",
+                         (key, json.dumps(report, sort_keys=True), time.time()))
+
+    def privacy_report(self, key: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT report FROM privacy_reports WHERE study_key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     def study(self, key: str) -> dict[str, Any] | None:
         cur = self.conn.execute("SELECT * FROM studies WHERE study_key=?", (key,))

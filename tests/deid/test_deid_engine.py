@@ -190,17 +190,15 @@ def test_ages_over_89_become_090Y(engine: DeidEngine, age: str, expected: str) -
     assert run(engine, ds).PatientAge == expected
 
 
-def test_identifiers_inside_descriptions_are_scrubbed(engine: DeidEngine) -> None:
+def test_descriptions_keep_only_known_words_and_comments_are_removed(engine: DeidEngine) -> None:
     ds = base_dataset()
     ds.ImageComments = "Pt ZEBRAFISH seen by PLATYPUSKY, MRN SYN48151623, call 555-123-4567"
     ds.ProtocolName = "CAC NARWHAL VALLEY HOSPITAL protocol"
     out = run(engine, ds)
-    assert out.StudyDescription.startswith("CARDIAC CT")
-    assert "ZEBRAFISH" not in out.StudyDescription and "SYN48151623" not in out.StudyDescription
-    assert out.SeriesDescription.startswith("CAC 3.0 mm born")
-    assert "1947" not in out.SeriesDescription
-    assert out.ImageComments.startswith("Pt ") and "555" not in out.ImageComments
-    assert "CAC" in out.ProtocolName and "NARWHAL" not in out.ProtocolName
+    assert out.StudyDescription == "CARDIAC CT ***"  # name and ID are not vocabulary words
+    assert out.SeriesDescription == "CAC 3.0 mm ***"  # "born" is not a vocabulary word; nor is the date
+    assert "ImageComments" not in out  # comment fields are removed by the default profile
+    assert out.ProtocolName == "CAC *** protocol"
 
 
 def sr_dataset() -> Dataset:
@@ -239,8 +237,8 @@ def test_sr_text_is_cleaned_under_clean_structured_content(provider) -> None:
 def test_burned_in_annotation_is_quarantined(engine: DeidEngine) -> None:
     sc = base_dataset(modality="OT", sop_class="1.2.840.10008.5.1.4.1.1.7")
     assert engine.process_bytes(encode(sc)).reason == "burned-in-risk:secondary-capture"
-    sc.BurnedInAnnotation = "NO"
-    assert engine.process_bytes(encode(sc)).status == "ok"
+    sc.BurnedInAnnotation = "NO"  # whatever the object says: devices that write NO burn names in too
+    assert engine.process_bytes(encode(sc)).reason == "burned-in-risk:secondary-capture"
     sc.BurnedInAnnotation = "YES"
     assert engine.process_bytes(encode(sc)).reason == "burned-in-annotation"
     us = base_dataset(modality="US", sop_class="1.2.840.10008.5.1.4.1.1.6.1")

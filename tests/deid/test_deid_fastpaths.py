@@ -19,6 +19,7 @@ from connector.deid.rawseq import define_sequence_lengths
 from connector.deid.reading import Unreadable, read_dataset
 from connector.deid.walker import ObjectContext
 from connector.deid.writer import encode_file
+from connector.vocabulary import load_vocabulary
 from tests.deid.conftest import SECRET
 from tests.deid.factory import (
     Planted,
@@ -129,7 +130,7 @@ def test_enhanced_ct_nested_values_are_de_identified() -> None:
 
 def test_lean_writer_writes_what_dcmwrite_writes() -> None:
     fast, _slow = engines()
-    ctx = ObjectContext("SITE01-TEST0000", -30, "SITE01", "iso8859", [], [], [])
+    ctx = ObjectContext("SITE01-TEST0000", -30, "SITE01", "iso8859", load_vocabulary(), [])
     compared = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
