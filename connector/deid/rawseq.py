@@ -211,7 +211,7 @@ class SequenceRewriter:
                 vr = e.vr or "UN"
                 if action == "keep" and vr == "SQ":
                     out = self._sequence_element(buf, e, ctx, codec, clean_scope, depth)
-                elif action == "keep" and kept_private_vr(e.vr, tag, creator):
+                elif action == "keep" and kept_private_vr(e.vr, tag, creator, buf[e.value_start:e.value_end]):
                     out = None
                 elif action == "keep" or (vr == "UN" and action != "empty"):
                     changed = True  # an OB/UN blob is never kept; without a known VR only empty is safe

@@ -43,16 +43,30 @@ def fit(value: str, vr: str) -> str:
     return value[:limit] if limit and len(value) > limit else value
 
 
-def kept_private_vr(vr: str | None, tag: int, creator: str) -> bool:
-    """Whether a private element listed as safe may really be kept: only with a VR that holds text
-    or numbers, read from the element (explicit VR) or from pydicom's private dictionary (implicit
-    VR, or UN). Binary and untyped private values are opaque: nobody can say what they contain."""
-    if vr in (None, "UN"):
-        try:
-            vr = private_dictionary_VR(tag, creator)
-        except KeyError:
-            return False
-    return vr not in BINARY_VRS and vr != "SQ" and vr not in (None, "UN")
+_NUMBER_STRING = re.compile(rb"^[0-9+\-.eE \\]*$")
+_BINARY_NUMBER_SIZE = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8}
+
+
+def kept_private_vr(vr: str | None, tag: int, creator: str, value: bytes | None = None) -> bool:
+    """Whether a private element listed as safe may really be kept.
+
+    With its VR in the data (explicit VR): any VR but the opaque ones (OB, OW, UN, ...) and SQ.
+    Untyped (implicit VR, or UN): only when pydicom's private dictionary says it is a number and the
+    bytes really are one (a DS/IS string of digits, or whole binary numbers); an untyped value
+    could otherwise be any text or blob, and nobody can say what it contains.
+    """
+    if vr not in (None, "UN"):
+        return vr not in BINARY_VRS and vr != "SQ"
+    try:
+        known = private_dictionary_VR(tag, creator)
+    except KeyError:
+        return False
+    if value is None:
+        return False
+    if known in ("DS", "IS"):
+        return bool(_NUMBER_STRING.match(value))
+    size = _BINARY_NUMBER_SIZE.get(known)
+    return size is not None and len(value) % size == 0
 
 
 # ---------------------------------------------------------------------------------------------

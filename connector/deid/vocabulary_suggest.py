@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 
 from connector.deid.values import name_parts
 
-_WORD = re.compile(r"[A-Za-z]+")
+_TOKEN = re.compile(r"[^\W_]+")
 # The descriptions the registry keeps (rules/registry-descriptors.yaml) and the comments a site may
 # decide to keep in its own rule file: where a site's own words show up.
 DESCRIPTIVE_KEYWORDS = (
@@ -79,8 +79,8 @@ def suggest_words(files: Iterable[Path], vocabulary: frozenset[str], min_patient
             value = ds.get(keyword)
             for text in ([str(v) for v in value] if isinstance(value, (list, tuple)) or
                          type(value).__name__ == "MultiValue" else [str(value or "")]):
-                for word in _WORD.findall(text):
-                    if len(word) >= 2:
+                for word in _TOKEN.findall(text):  # letters-only tokens: codes and numbers are shapes
+                    if len(word) >= 2 and word.isascii() and word.isalpha():
                         patients_of[word.upper()].add(patient)
     result.patients = len(all_patients)
     result.words_seen = len(patients_of)

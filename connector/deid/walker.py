@@ -269,11 +269,13 @@ class ElementWalker:
                 del ds[key]
                 ctx.note_removed(int(key))
                 continue
-            raw_vr = getattr(ds.get_item(key), "VR", None)
+            raw = ds.get_item(key)
+            raw_vr = getattr(raw, "VR", None)
             if action == "keep":
                 if raw_vr == "SQ":
                     self._recurse(ds, key, ctx, clean_scope, depth)
-                elif not kept_private_vr(raw_vr, tag, creator):
+                elif not kept_private_vr(raw_vr, tag, creator,
+                                         raw.value if isinstance(raw.value, bytes) else None):
                     del ds[key]  # an OB/UN blob (or a value nobody can type) is never kept, listed or not
                     ctx.note_removed(tag)
                     continue
