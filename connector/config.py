@@ -122,6 +122,15 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class ServiceConfig:
+    stop_timeout: float = _setting(
+        30.0, _check(lambda v: 5 <= v <= 3600, "must be between 5 and 3600 seconds"),
+        doc="SIGTERM stops the daemon within this many seconds (keep below systemd's TimeoutStopSec); "
+            "associations still sending after half of it are aborted and the PACS resends",
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     site: SiteConfig = field(default_factory=SiteConfig)
     dicom: DicomConfig = field(default_factory=DicomConfig)
@@ -136,6 +145,7 @@ class Config:
     cac: CacConfig = field(default_factory=CacConfig)
     followup: FollowupConfig = field(default_factory=FollowupConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     source: str = field(default="embedded defaults", compare=False)
 
     @property

@@ -10,17 +10,33 @@ must never wait on them; separate interpreters also let the receivers use every 
 GIL. The supervisor itself only runs start-up recovery, starts the roles, restarts any that dies
 (with backoff), forwards SIGTERM/SIGINT and collects their logs, so it has little that can fail.
 
-Start: folders -> key check -> start-up recovery -> receivers -> pipeline.
-Stop (SIGTERM/SIGINT): every role gets SIGTERM; receivers stop accepting and let associations in
-progress finish, the pipeline finishes the study in hand; then the supervisor exits 0.
+Start is all or nothing. Everything that can be checked before a role runs is checked first, in
+this order: DICOM TLS files -> DICOM and HTTP ports free -> data folder writable -> site key ->
+state database opens -> start-up recovery. Then the HTTP server binds, the receivers start (and
+must be listening), then the pipeline and the uploader. Any failure stops whatever was started and
+raises :class:`DaemonStartError`: one line saying what failed and how to fix it, with exit code 2
+when the operator must change the configuration, files or permissions, 1 otherwise. SIGTERM during
+start-up stops it the same way.
+
+Stop (SIGTERM/SIGINT) is bounded by ``[service] stop_timeout`` (T): every role gets SIGTERM;
+receivers stop accepting and let associations finish for up to T/2, then abort them (the PACS was
+not told "stored", so it resends); the pipeline leaves the study in hand leased (start-up recovery
+hands it back); the uploader gives its jobs back. A role still running at T-3 s exits by itself,
+and the supervisor SIGKILLs any still alive at T-1.5 s, then exits 0 (shorter margins for T < 15 s:
+:func:`connector.roles.stop_budget`). Nothing acknowledged to the
+PACS or by the registry is lost: both are recorded durably before the acknowledgement.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import logging.handlers
 import os
 import signal
+import socket
+import sqlite3
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,7 +45,7 @@ from typing import Any
 from connector.config import Config
 from connector.ingest.intake import Intake
 from connector.ingest.recovery import RecoveryReport, recover
-from connector.roles import EXIT_BIND_FAILED, ROLE_TARGETS, spawn_context
+from connector.roles import EXIT_BIND_FAILED, ROLE_TARGETS, kill_after, spawn_context
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
 
@@ -37,11 +53,22 @@ log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0  # a role that ran this long gets its backoff reset
-STOP_TIMEOUT = 90.0
+LISTEN_TIMEOUT = 60.0  # receivers must be listening this soon after they are started
+
+EXIT_FAILURE = 1  # as connector.cli.exitcodes: restarting may help (port taken, damaged database)
+EXIT_CONFIG = 2  # the operator must change the configuration, a file or a permission first
 
 
 class DaemonStartError(Exception):
-    """The daemon cannot run (port taken, key problem): say why and exit, do not retry."""
+    """The daemon cannot run. ``str()`` is one line: what failed and how to fix it; ``code`` the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class StartInterrupted(Exception):
+    """SIGTERM or SIGINT arrived while the daemon was starting: it stopped instead."""
 
 
 @dataclass
@@ -54,6 +81,14 @@ class _Role:
     restarts: int = 0
     backoff: float = 1.0
     next_start: float = 0.0
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, value-free reason for an OS or library error (no paths: the caller names the file)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @dataclass
@@ -73,34 +108,147 @@ class Supervisor:
         self._web_provider: Any = None
         self._log_queue: Any = None
         self._listener: logging.handlers.QueueListener | None = None
+        self.stop_seconds: float | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        cfg = self.config
-        self.layout.ensure()
-        check_site_keys(cfg)  # raises LinkageKeyError before anything runs
-        store = StateStore(self.layout.state_db)
+        """Start everything or nothing: on any failure what was started is stopped, then it raises."""
         try:
-            self.recovery = recover(Intake(self.layout, store))
-        finally:
-            store.close()
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        cfg = self.config
+        # checks without side effects first, then the ones that create folders and the first key
+        self._check_tls()
+        self._check_port("DICOM", cfg.dicom.host, cfg.dicom.port, "[dicom] port", "[dicom] host")
+        if cfg.http.enabled and cfg.http.port:
+            self._check_port("HTTP", cfg.http.host, cfg.http.port, "[http] port", "[http] host")
+        self._check_data_dir()
+        self._check_keys()
+        self._interrupted()
+        self._recover()
+        self._interrupted()
         self._log_queue = self._ctx.Queue()
         self._listener = logging.handlers.QueueListener(self._log_queue, *logging.getLogger().handlers,
                                                         respect_handler_level=True)
         self._listener.start()
+        if cfg.http.enabled:
+            self._start_web()
         for i in range(cfg.dicom.receiver_processes):
             self.roles.append(_Role(f"receiver-{i}", "receiver", (cfg, i, self._log_queue)))
-        self.roles.append(_Role("pipeline", "pipeline", (cfg, self._log_queue)))
-        self.roles.append(_Role("push", "push", (cfg, self._log_queue)))
         for role in self.roles:
             self._spawn(role)
         self._await_listening()
-        if cfg.http.enabled:
-            self._start_web()
+        # the pipeline and the uploader only once reception works: a failed start leaves no half-run work
+        self.roles.append(_Role("pipeline", "pipeline", (cfg, self._log_queue)))
+        self.roles.append(_Role("push", "push", (cfg, self._log_queue)))
+        for role in self.roles[-2:]:
+            self._spawn(role)
         log.info("daemon started", extra={"event": "daemon_started", "pid": os.getpid(), "config": cfg.source,
                                           "site": cfg.site.id, "port": cfg.dicom.port,
                                           "receivers": cfg.dicom.receiver_processes})
+
+    def _interrupted(self) -> None:
+        if self._signalled.is_set():
+            raise StartInterrupted()
+
+    # -- start-up checks: each raises DaemonStartError naming the fix ---------------------------
+
+    def _check_data_dir(self) -> None:
+        data_dir = self.config.storage.data_dir
+        try:
+            self.layout.ensure()
+            for folder in (self.layout.state_db.parent, self.layout.partial, self.layout.incoming,
+                           self.layout.outgoing):
+                probe = folder / f".write-test-{os.getpid()}"
+                with open(probe, "wb") as fh:
+                    fh.write(b"\0")
+                    os.fsync(fh.fileno())
+                probe.unlink()
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DaemonStartError(f"data folder {data_dir} is full ({_reason(exc)}): free space on its "
+                                       "disk (the spool, quarantine) and start again") from None
+            raise DaemonStartError(
+                f"data folder {data_dir} is not writable ({_reason(exc)}): give the service user ownership "
+                f"(chown -R site-connector: {data_dir}) or set [storage] data_dir to a writable folder",
+                EXIT_CONFIG) from None
+
+    def _check_keys(self) -> None:
+        from connector.linkage import LinkageError, LinkageKeyError
+
+        try:
+            check_site_keys(self.config)
+        except LinkageKeyError as exc:  # wrong, missing or unsafe key: fixing it needs the operator
+            raise DaemonStartError(f"linkage key problem: {exc} ([keys] dir, [linkage] key_file or "
+                                   "key_source; 'site-connector linkage check' explains more)", EXIT_CONFIG) from None
+        except LinkageError as exc:
+            raise DaemonStartError(f"linkage table problem: {exc} ('site-connector linkage check' explains more)",
+                                   EXIT_FAILURE) from None
+        except OSError as exc:
+            raise DaemonStartError(f"linkage key or table not readable ({_reason(exc)}): check [keys] dir and "
+                                   "[linkage] db_path, and that the service user owns them", EXIT_CONFIG) from None
+
+    def _check_tls(self) -> None:
+        from connector.ingest.scp import tls_context
+
+        try:
+            tls_context(self.config.dicom)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise DaemonStartError(
+                f"DICOM TLS files cannot be loaded ({_reason(exc)}): [dicom] tls_cert_file and tls_key_file must "
+                "be a PEM certificate and its matching private key (tls_ca_file a PEM CA bundle), readable by "
+                "the service user", EXIT_CONFIG) from None
+
+    def _check_port(self, what: str, host: str, port: int, port_key: str, host_key: str) -> None:
+        """Bind the port once, alone (no SO_REUSEPORT), so another listener of any kind is found now."""
+        try:
+            infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise DaemonStartError(f"{host_key} {host!r} is not an address of this server ({_reason(exc)}): set "
+                                   f"{host_key} to one of its addresses, or 0.0.0.0", EXIT_CONFIG) from None
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the real listeners: TIME_WAIT is fine
+            try:
+                sock.bind(address)
+                sock.listen(1)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    who = "storescp, Orthanc" if what == "DICOM" else "a web server"
+                    raise DaemonStartError(
+                        f"{what} port {port} is already in use by another program (another site-connector, "
+                        f"{who}?): stop it, or set {port_key} to a free port "
+                        f"(ss -ltnp 'sport = :{port}' shows who holds it)") from None
+                if exc.errno == errno.EACCES:
+                    raise DaemonStartError(
+                        f"{what} port {port} is privileged: grant CAP_NET_BIND_SERVICE (the systemd unit does) "
+                        f"or set {port_key} above 1023", EXIT_CONFIG) from None
+                raise DaemonStartError(f"cannot listen on {what} {host}:{port} ({_reason(exc)}): check {host_key} "
+                                       f"and {port_key}", EXIT_CONFIG) from None
+
+    def _recover(self) -> None:
+        db = self.layout.state_db
+        try:
+            store = StateStore(db)
+            try:
+                self.recovery = recover(Intake(self.layout, store))
+            finally:
+                store.close()
+        except sqlite3.DatabaseError as exc:
+            raise DaemonStartError(
+                f"state database {db} cannot be used ({_reason(exc)}): if it is damaged, restore it from a "
+                "backup, or move it aside and start again (objects on the spool are registered again and "
+                "re-sent; the registry keeps each instance once)") from None
+        except OSError as exc:
+            raise DaemonStartError(f"start-up recovery failed in {self.config.storage.data_dir} "
+                                   f"({_reason(exc)}): check the disk and the folder's permissions") from None
+
+    # -- roles ---------------------------------------------------------------------------------
 
     def _spawn(self, role: _Role) -> None:
         role.process = self._ctx.Process(target=ROLE_TARGETS[role.kind], args=role.args, name=role.name,
@@ -108,25 +256,28 @@ class Supervisor:
         role.process.start()
         role.started_at = time.monotonic()
 
-    def _await_listening(self, timeout: float = 60.0) -> None:
-        """Wait until the port answers; a receiver that cannot bind stops the daemon."""
-        import socket
-
+    def _await_listening(self, timeout: float = LISTEN_TIMEOUT) -> None:
+        """Wait until the port answers; a receiver that exits meanwhile stops the daemon."""
         deadline = time.monotonic() + timeout
         host = "127.0.0.1" if self.config.dicom.host in ("0.0.0.0", "", "::") else self.config.dicom.host
+        port = self.config.dicom.port
         while time.monotonic() < deadline:
+            self._interrupted()
             for role in self.roles:
-                if role.kind == "receiver" and role.process.exitcode == EXIT_BIND_FAILED:
-                    self.stop()
-                    raise DaemonStartError(f"cannot listen on port {self.config.dicom.port} "
-                                           "(in use, or a privileged port without the capability)")
+                if role.kind != "receiver" or role.process.is_alive():
+                    continue
+                if role.process.exitcode == EXIT_BIND_FAILED:
+                    raise DaemonStartError(f"DICOM port {port} could not be opened by the receiver (taken just "
+                                           f"now by another program?): stop it, or set [dicom] port")
+                raise DaemonStartError(f"the DICOM receiver exited while starting (exit code "
+                                       f"{role.process.exitcode}); its log lines above say why")
             try:
-                with socket.create_connection((host, self.config.dicom.port), timeout=0.5):
+                with socket.create_connection((host, port), timeout=0.5):
                     return
             except OSError:
                 time.sleep(0.1)
-        self.stop()
-        raise DaemonStartError("the DICOM receiver did not start listening in time")
+        raise DaemonStartError(f"the DICOM receiver was not listening on port {port} after {timeout:.0f} s "
+                               "(an overloaded server?); start again")
 
     def supervise_once(self) -> None:
         """Restart any role that died (with backoff); called every half second."""
@@ -151,37 +302,66 @@ class Supervisor:
                                                           "restarts": role.restarts, "pid": role.process.pid})
 
     def stop(self) -> None:
+        """Stop every role and the HTTP server within ``[service] stop_timeout``; safe to call twice."""
         if self._stop.is_set():
             return
         self._stop.set()
-        log.info("daemon stopping", extra={"event": "daemon_stopping"})
-        for role in self.roles:
-            if role.process is not None and role.process.is_alive():
-                role.process.terminate()  # SIGTERM: graceful in every role
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for role in self.roles:
-            if role.process is None:
-                continue
-            role.process.join(max(0.0, deadline - time.monotonic()))
+        began = time.monotonic()
+        kill_at = began + kill_after(self.config)
+        started_anything = bool(self.roles) or self.web is not None or self._listener is not None
+        if started_anything:
+            log.info("daemon stopping", extra={"event": "daemon_stopping"})
+        running = [r for r in self.roles if r.process is not None]
+        for role in running:
+            if role.process.is_alive():
+                role.process.terminate()  # SIGTERM: each role stops by itself before stop_timeout
+        for role in running:
+            role.process.join(max(0.0, kill_at - time.monotonic()))
+        for role in running:
             if role.process.is_alive():
                 log.error("role did not stop in time; killing", extra={"event": "role_killed", "role": role.name})
                 role.process.kill()
-                role.process.join(5)
-        if self.web is not None:
-            self.web.stop()
-        if self._web_store is not None:
-            self._web_store.close()
-        if self._web_provider is not None:
-            self._web_provider.close()
-        log.info("daemon stopped", extra={"event": "daemon_stopped"})
-        if self._listener is not None:
-            self._listener.stop()
+        for role in running:
+            role.process.join(max(0.1, began + self.config.service.stop_timeout - 0.5 - time.monotonic()))
+        for name, close in (("http", lambda: self.web.stop() if self.web is not None else None),
+                            ("web_store", lambda: self._web_store.close() if self._web_store is not None else None),
+                            ("linkage", lambda: self._web_provider.close() if self._web_provider else None)):
+            try:
+                close()
+            except Exception as exc:  # clean-up must not stop the rest of the clean-up
+                log.warning("error while stopping", extra={"event": "stop_error", "part": name,
+                                                           "error": type(exc).__name__})
+        self.stop_seconds = time.monotonic() - began
+        if started_anything:
+            log.info("daemon stopped", extra={"event": "daemon_stopped", "seconds": round(self.stop_seconds, 3)})
+        self._stop_log_listener()
+
+    def _stop_log_listener(self) -> None:
+        """Like QueueListener.stop, but bounded: a role killed mid-write can leave the pipe unreadable."""
+        listener, queue = self._listener, self._log_queue
+        self._listener = None
+        if listener is None:
+            return
+        thread = getattr(listener, "_thread", None)
+        try:
+            listener.enqueue_sentinel()
+        except Exception:
+            pass
+        if thread is not None:
+            thread.join(2.0)
+        listener._thread = None  # type: ignore[attr-defined]
+        if queue is not None:
+            queue.cancel_join_thread()  # never hang at exit on a pipe nobody reads
 
     def run_forever(self) -> None:
-        """Run until SIGTERM or SIGINT."""
+        """Run until SIGTERM or SIGINT (which may also arrive while starting)."""
         signal.signal(signal.SIGTERM, lambda signum, _f: self._on_signal(signum))
         signal.signal(signal.SIGINT, lambda signum, _f: self._on_signal(signum))
-        self.start()
+        try:
+            self.start()
+        except StartInterrupted:
+            log.info("stopped while starting", extra={"event": "start_interrupted"})
+            return
         try:
             while not self._signalled.wait(0.5):
                 self.supervise_once()
@@ -220,8 +400,10 @@ class Supervisor:
         try:
             self.web.start()
         except OSError as exc:
-            self.stop()
-            raise DaemonStartError(f"cannot listen on HTTP port {self.config.http.port}: {exc.strerror}") from None
+            self.web = None
+            port = self.config.http.port
+            raise DaemonStartError(f"cannot listen on HTTP port {port} ({_reason(exc)}): stop the program "
+                                   "holding it, or set [http] port to a free port") from None
         log.info("dashboard and health endpoints listening", extra={"event": "http_listening", "url": self.web.url})
 
     def role_pids(self) -> dict[str, int]:

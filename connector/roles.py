@@ -27,8 +27,25 @@ from connector.logsetup import quiet_libraries
 
 log = logging.getLogger(__name__)
 
-EXIT_BIND_FAILED = 4
-STOP_GRACE_SECONDS = 60.0  # receivers drain associations for up to 30 s  # the receiver could not listen: the supervisor stops instead of retrying
+EXIT_BIND_FAILED = 4  # the receiver could not listen: the supervisor stops instead of retrying
+EXIT_STOP_OVERDUE = 3  # a role still busy this long after SIGTERM exits by itself
+
+
+def stop_budget(config: Config) -> tuple[float, float]:
+    """(seconds a role may spend finishing its work, seconds after SIGTERM at which it exits regardless).
+
+    With the default stop_timeout of 30 s: 15 s to finish (receivers drain associations, the
+    pipeline finishes its study, the uploader its requests), exit at 27 s; the supervisor kills
+    what is left at 28.5 s (:func:`kill_after`).
+    """
+    total = config.service.stop_timeout
+    return total / 2, total - min(3.0, max(1.0, total * 0.2))
+
+
+def kill_after(config: Config) -> float:
+    """Seconds after SIGTERM at which the supervisor SIGKILLs the roles still running."""
+    total = config.service.stop_timeout
+    return total - min(1.5, total * 0.1)
 
 
 class _SafeQueueHandler(logging.handlers.QueueHandler):
@@ -49,6 +66,9 @@ def _die_with_parent() -> None:
     """Linux: if the supervisor dies (killed, crashed), its roles die too, as the service would.
 
     Otherwise orphaned receivers would keep the port while a restarted supervisor runs recovery.
+    The supervisor may have died before the death signal was armed: then this process has been
+    re-parented (to init, or to a subreaper such as a container's init or systemd --user), so the
+    parent is compared with the supervisor's pid, not with 1.
     """
     try:
         import ctypes
@@ -58,8 +78,9 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
-    if os.getppid() == 1:  # the parent is already gone
-        os._exit(1)
+    parent = multiprocessing.parent_process()
+    if os.getppid() == 1 or (parent is not None and parent.pid is not None and os.getppid() != parent.pid):
+        os._exit(1)  # the supervisor is already gone
 
 
 def _child_setup(config: Config, log_queue: Any, role: str) -> threading.Event:
@@ -76,10 +97,15 @@ def _child_setup(config: Config, log_queue: Any, role: str) -> threading.Event:
     log.info("role started", extra={"event": "role_pid", "pid": os.getpid()})
     stop = threading.Event()
 
+    _, exit_after = stop_budget(config)
+
     def on_term(*_: object) -> None:
+        if stop.is_set():
+            return
         stop.set()
-        # a role that cannot finish its clean-up in time must still exit
-        timer = threading.Timer(STOP_GRACE_SECONDS, lambda: os._exit(3))
+        # a role that cannot finish its clean-up in time (a hung request, a long study) must still
+        # exit: its work is leased in the state DB and handed back at the next start
+        timer = threading.Timer(exit_after, lambda: os._exit(EXIT_STOP_OVERDUE))
         timer.daemon = True
         timer.start()
 
@@ -93,6 +119,21 @@ def _wait_for_stop(stop: threading.Event) -> None:
     handler when the main thread next wakes, so an unbounded wait could miss SIGTERM for good."""
     while not stop.wait(0.25):
         pass
+
+
+def _exit_role(log_queue: Any) -> None:
+    """End the role now that its clean-up is done: hand the last log lines over, then exit.
+
+    Without this the interpreter's exit would wait for every non-daemon thread, e.g. an upload
+    thread blocked on a registry that stopped answering, and only the overdue timer would end it.
+    """
+    logging.shutdown()
+    try:
+        log_queue.close()
+        log_queue.join_thread()  # bounded by the overdue timer if the supervisor no longer reads
+    except Exception:
+        pass
+    os._exit(0)
 
 
 class _RoleFilter(logging.Filter):
@@ -134,11 +175,13 @@ def receiver_main(config: Config, index: int, log_queue: Any) -> None:
                                    poll_seconds=config.dropfolder.poll_seconds)
         folder.start()
     _wait_for_stop(stop)
-    scp.stop()
+    drain, _ = stop_budget(config)
+    scp.stop(drain_seconds=drain)
     if folder is not None:
         folder.stop()
     intake.close()
     store.close()
+    _exit_role(log_queue)
 
 
 def pipeline_main(config: Config, log_queue: Any) -> None:
@@ -182,10 +225,16 @@ def pipeline_main(config: Config, log_queue: Any) -> None:
     scheduler.start()
     daily_summary(store)
     _wait_for_stop(stop)
-    scheduler.shutdown(wait=True)
-    worker.stop()
+    finish, _ = stop_budget(config)
+    scheduler.shutdown(wait=False)
+    worker.stop(timeout=finish)
+    if worker.busy:  # a study still in hand stays leased: start-up recovery hands it back
+        log.warning("stopping with a study in hand; it is taken up again at the next start",
+                    extra={"event": "study_left_leased"})
+        _exit_role(log_queue)  # its thread still uses the database: do not close it underneath
     store.close()
     provider.close()
+    _exit_role(log_queue)
 
 
 def daily_summary(store: Any) -> None:
@@ -212,8 +261,10 @@ def push_main(config: Config, log_queue: Any) -> None:
     worker = PushWorker(config, store, layout)
     worker.start()
     _wait_for_stop(stop)
-    worker.stop()
+    finish, _ = stop_budget(config)
+    worker.stop(timeout=finish / 2)  # uploads not finished by then are sent again at the next start
     store.close()
+    _exit_role(log_queue)
 
 
 ROLE_TARGETS = {"receiver": receiver_main, "pipeline": pipeline_main, "push": push_main}

@@ -71,6 +71,11 @@ class StudyWorker:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def busy(self) -> bool:
+        """True while the worker thread still runs (after ``stop`` timed out: a study is in hand)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def wake(self) -> None:
         """Called when studies became stable, so they are taken at once rather than at the next poll."""
         self._wake.set()

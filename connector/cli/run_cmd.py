@@ -27,17 +27,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"site-connector: no configuration file given; using embedded defaults "
               f"(data in {config.storage.data_dir}, AE {config.dicom.ae_title} on port {config.dicom.port})",
               file=sys.stderr)
-    from connector.linkage import LinkageError, LinkageKeyError
-
     daemon = Supervisor(config)
     try:
         daemon.run_forever()
-    except DaemonStartError as exc:
-        raise CommandError(str(exc), exitcodes.FAILURE) from None
-    except LinkageKeyError as exc:  # wrong or unsafe key: fixing it needs the operator
-        raise CommandError(f"linkage key problem: {exc}", exitcodes.USAGE) from None
-    except LinkageError as exc:
-        raise CommandError(f"linkage table problem: {exc}", exitcodes.FAILURE) from None
-    except OSError as exc:  # e.g. the data folder is not writable
-        raise CommandError(f"cannot run: {exc.strerror or type(exc).__name__}", exitcodes.FAILURE) from None
+    except DaemonStartError as exc:  # one line: what failed and how to fix it
+        raise CommandError(f"cannot start: {exc}", exc.code) from None
+    except OSError as exc:  # not foreseen by the start-up checks
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise CommandError(f"cannot run: {exc.strerror or type(exc).__name__}{where}", exitcodes.FAILURE) from None
     return exitcodes.OK

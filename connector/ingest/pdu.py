@@ -85,13 +85,16 @@ class PduStream:
         self.sock.sendall(data)
 
     def close(self) -> None:
-        try:
-            self._reader.close()
-        except OSError:
-            pass
+        # shutdown first: it wakes a thread blocked reading this socket. Closing the buffered reader
+        # first would wait for that thread (the reader's lock), i.e. for the peer or the network
+        # timeout: a stalled sender held up the receiver's stop by up to a minute.
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
+            pass
+        try:
+            self._reader.close()
+        except (OSError, ValueError):
             pass
         self.sock.close()
 

@@ -112,11 +112,15 @@ class _PooledHTTPServer(HTTPServer):
         pass
 
     def server_close(self) -> None:
+        # Also called by TCPServer.__init__ when binding fails (port in use), before the workers exist.
         super().server_close()
-        for _ in self._workers:
+        workers = getattr(self, "_workers", [])
+        for _ in workers:
             self._jobs.put(None)
-        for t in self._workers:
-            t.join(timeout=5)
+        # bounded as a whole: a request stuck on a slow client must not hold up the daemon's stop
+        deadline = time.monotonic() + 2.0
+        for t in workers:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 class WebServer:
