@@ -78,6 +78,10 @@ class ObjectResult:
     # Site-only linkage facts for IdentityProvider.record_study; never logged or pushed.
     original_study_uid: str = field(default="", repr=False)
     accession_number: str = field(default="", repr=False)
+    # For the study-level name check (connector.deid.study): the person-name tokens of this object
+    # (and of the study as known when it was processed), and the tokens of its retained free text.
+    person_names: frozenset[str] = field(default=frozenset(), repr=False)
+    free_text_tokens: frozenset[str] = field(default=frozenset(), repr=False)
 
 
 def _codec(ds: Dataset) -> str | None:
@@ -148,9 +152,10 @@ class DeidEngine:
     def process_dataset(self, ds: Dataset, study_names: frozenset[str] = frozenset()) -> ObjectResult:
         """De-identify ``ds`` in place and encode it; the input dataset is consumed.
 
-        ``study_names``: name tokens of every person-name element of the whole study before
-        de-identification (:func:`connector.phi_guard.study_name_tokens`), which the PHI guard looks
-        for in the output's free text; an object's own person names are always looked for.
+        ``study_names``: name tokens of the person-name elements of the study known so far (all of
+        them: :func:`connector.phi_guard.study_name_tokens`; or those of the objects already
+        processed, with :class:`connector.deid.study.StudyNameCheck` checking the rest at the end).
+        The cleaner and the PHI guard refuse them in free text, as the object's own person names.
         """
         try:
             identifiers = phi_guard.collect_identifiers(ds, study_names)
@@ -158,7 +163,8 @@ class DeidEngine:
         except Exception as exc:
             return ObjectResult("quarantine", "unreadable", {"error": type(exc).__name__})
         if verdict.action != "accept":
-            return ObjectResult(verdict.action, verdict.reason, {"filter": verdict.filter_id})
+            return ObjectResult(verdict.action, verdict.reason, {"filter": verdict.filter_id},
+                                person_names=identifiers.person_names)
         try:
             identity, study_date, study_uid, accession = self._identity(ds)
             deny = self._deny_tokens(ds)
@@ -195,12 +201,14 @@ class DeidEngine:
             log.warning("encoding failed", extra={"event": "deid_encode_failed", "error": type(exc).__name__})
             return ObjectResult("quarantine", "encode-error", {"error": type(exc).__name__})
         report = ctx.report()
-        findings = phi_guard.check_output(data, identifiers, self.guard_policy)
+        seen: set[str] = set()
+        findings = phi_guard.check_output(data, identifiers, self.guard_policy, seen)
         if findings:
             log.warning("PHI guard stopped an object", extra={"event": "phi_guard_hit",
                                                                "codes": sorted({f.code for f in findings})})
             return ObjectResult("quarantine", findings[0].code,
-                                {"findings": [f.as_dict() for f in findings[:50]], "privacy": report})
+                                {"findings": [f.as_dict() for f in findings[:50]], "privacy": report},
+                                person_names=identifiers.person_names)
         return ObjectResult(
             "ok",
             details={"privacy": report},
@@ -213,6 +221,8 @@ class DeidEngine:
             pseudonym=subject.pseudonym,
             original_study_uid=study_uid,
             accession_number=accession,
+            person_names=identifiers.person_names,
+            free_text_tokens=frozenset(seen),
         )
 
     # -- identity ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 from connector import phi_guard
 from connector.deid.engine import DeidEngine, ObjectResult
 from connector.deid.provider import IdentityProvider
-from connector.store.durable import write_file_durably
+from connector.store.durable import fsync_dir, write_file_durably
 from connector.store.quarantine import quarantine
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,30 @@ class StudyOutcome:
         }
 
 
+class StudyNameCheck:
+    """Person names of a study, learned from its objects as they go by, so no object needs reading
+    twice. An object is checked against the names known when it was processed; at the end,
+    :meth:`late_hits` names the written objects whose retained free text holds a name learned only
+    from a later object (a physician named in the third object's header, say)."""
+
+    def __init__(self) -> None:
+        self._names: set[str] = set()
+        self._written: list[tuple[object, frozenset[str]]] = []
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(self._names)
+
+    def learn(self, result: ObjectResult, key: object = None) -> None:
+        self._names |= result.person_names
+        if result.status == "ok":
+            self._written.append((key, result.free_text_tokens))
+
+    def late_hits(self) -> list[object]:
+        names = frozenset(self._names)
+        return [key for key, tokens in self._written if phi_guard.late_name_hits(tokens, names)]
+
+
 class StudyRecorder:
     """Tells the identity provider once per (pseudonym, original study) which study it became."""
 
@@ -134,22 +158,35 @@ def deidentify_study(paths: Iterable[Path], out_dir: Path, quarantine_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     outcome = StudyOutcome()
     recorder = StudyRecorder(engine.provider)
-    paths = [Path(p) for p in paths]
-    study_names = phi_guard.study_name_tokens(paths)  # every person name of the study, for the guard
-    for source in paths:
-        result = engine.process_path(source, study_names)
+    names = StudyNameCheck()
+    for source in map(Path, paths):
+        result = engine.process_path(source, names.names)
         outcome.privacy.add(result.details)
         if result.status == "ok":
             assert result.data is not None
             target = out_dir / output_name(result)
             write_file_durably(target, result.data, sync=engine.fsync)
             recorder.record(result)
-            outcome.written.append(WrittenObject(source, target, result.sop_instance_uid, result.series_instance_uid,
-                                                 result.study_instance_uid, result.sop_class_uid, result.modality,
-                                                 result.pseudonym))
-        elif result.status == "skip":
-            outcome.skipped.append(SkippedObject(source, result.reason))
+            written = WrittenObject(source, target, result.sop_instance_uid, result.series_instance_uid,
+                                    result.study_instance_uid, result.sop_class_uid, result.modality,
+                                    result.pseudonym)
+            outcome.written.append(written)
+            names.learn(result, written)
         else:
-            outcome.quarantined.append(quarantine_result(quarantine_dir, source, result))
+            names.learn(result)
+            if result.status == "skip":
+                outcome.skipped.append(SkippedObject(source, result.reason))
+            else:
+                outcome.quarantined.append(quarantine_result(quarantine_dir, source, result))
+    late_hits = names.late_hits()
+    for late in late_hits:  # free text holding a name met only in a later object: not sent
+        assert isinstance(late, WrittenObject)
+        late.path.unlink(missing_ok=True)
+        outcome.written.remove(late)
+        entry = quarantine(quarantine_dir, QUARANTINE_STAGE, "phi-guard:name",
+                           source_path=late.source, details={"where": "free text", "found": "after the study"})
+        outcome.quarantined.append(QuarantinedObject(late.source, "phi-guard:name", entry.id))
+    if late_hits and engine.fsync:
+        fsync_dir(out_dir)
     log.info("study de-identified", extra={"event": "deid_study", **outcome.summary()})
     return outcome

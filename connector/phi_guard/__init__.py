@@ -9,6 +9,7 @@ text, icons, overlays) that no text check can see into. Findings carry reason co
 matched value, so they can be logged and written into quarantine records.
 """
 
+from connector.phi_guard.freetext import late_name_hits
 from connector.phi_guard.identifiers import Identifiers, collect_identifiers, study_name_tokens
 from connector.phi_guard.scanner import (
     Finding,
@@ -26,5 +27,6 @@ __all__ = [
     "check_dataset",
     "check_output",
     "collect_identifiers",
+    "late_name_hits",
     "study_name_tokens",
 ]

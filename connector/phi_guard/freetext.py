@@ -14,6 +14,7 @@ the word list (:mod:`connector.vocabulary`). A value fails when it holds
 
 from __future__ import annotations
 
+import functools
 import re
 
 from pydicom.datadict import keyword_for_tag
@@ -47,6 +48,7 @@ _DEVICE = re.compile(r"Device|Detector|Station|Manufacturer|Lens|Camera|Equipmen
                      r"Transducer|Cassette|Plate|Software|Serial|Tube|Collimator|Grid|Source")
 
 
+@functools.lru_cache(maxsize=4096)
 def is_free_text(tag: int, vr: str, device_text: bool = True) -> bool:
     """Whether a standard element holds a description a person typed. ``device_text`` False: the
     profile retains device identity on purpose (PS3.15 option), so device labels are not checked."""
@@ -66,6 +68,16 @@ def _token_ok(token: str, vocabulary: frozenset[str]) -> bool:
     if token.isdigit():
         return len(token) <= 3
     return len(token) <= 8 and _CODE.fullmatch(token) is not None
+
+
+def free_text_tokens(text: str) -> set[str]:
+    """The upper-cased tokens of a value, as the check reads them."""
+    return set(_TOKENS.findall(text.upper()))
+
+
+def late_name_hits(seen_tokens: frozenset[str], names: frozenset[str]) -> bool:
+    """Whether free text checked before all of a study's person names were known holds one of them."""
+    return not seen_tokens.isdisjoint(names)
 
 
 def free_text_problem(text: str, vocabulary: frozenset[str], names: frozenset[str]) -> str | None:

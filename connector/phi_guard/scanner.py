@@ -23,7 +23,7 @@ from connector.phi_guard.encoded_items import (
     encoded_values,
     part10_values,
 )
-from connector.phi_guard.freetext import free_text_problem, is_free_text
+from connector.phi_guard.freetext import free_text_problem, free_text_tokens, is_free_text
 from connector.phi_guard.identifiers import Identifiers
 from connector.phi_guard.risky_objects import risky_object_findings
 from connector.phi_guard.scanner_types import Finding
@@ -243,7 +243,8 @@ def _short_value(value: object) -> str:
     return str(value or "")
 
 
-def check_dataset(ds: Dataset, identifiers: Identifiers, policy: GuardPolicy = GuardPolicy()) -> list[Finding]:
+def check_dataset(ds: Dataset, identifiers: Identifiers, policy: GuardPolicy = GuardPolicy(),
+                  seen_tokens: set[str] | None = None) -> list[Finding]:
     """Search every string value at every depth of ``ds`` (and its file meta) for the identifiers."""
     matcher = _text_matcher(identifiers, policy)
     findings: list[Finding] = []
@@ -295,7 +296,8 @@ def check_dataset(ds: Dataset, identifiers: Identifiers, policy: GuardPolicy = G
         scan(meta, ["iso8859"], "meta:", 0)
     scan(ds, ["iso8859"], "", 0)
     return (findings + risky_object_findings(elements, policy.allowed_classes)
-            + _free_text_findings(texts, identifiers, policy) + _search_texts(matcher, [t[:3] for t in texts]))
+            + _free_text_findings(texts, identifiers, policy, seen_tokens)
+            + _search_texts(matcher, [t[:3] for t in texts]))
 
 
 def _search_texts(matcher: _Matcher, texts: list[tuple[str, str, int]]) -> list[Finding]:
@@ -339,13 +341,15 @@ def _pixel_span(ds: Dataset) -> tuple[int, int] | None:
 
 
 def _free_text_findings(texts: list[tuple[str, str, int, str]], identifiers: Identifiers,
-                        policy: GuardPolicy) -> list[Finding]:
+                        policy: GuardPolicy, seen_tokens: set[str] | None) -> list[Finding]:
     """Retained free text (text, path prefix, tag, VR) holding anything not known to be safe."""
     findings: list[Finding] = []
     names = identifiers.person_names | identifiers.name_parts
     words = policy.words()
     for text, prefix, tag, vr in texts:
         if is_free_text(tag, vr, policy.device_uids):
+            if seen_tokens is not None:
+                seen_tokens.update(free_text_tokens(text))
             problem = free_text_problem(text, words, names)
             if problem:
                 findings.append(Finding(f"phi-guard:{problem}", _path(prefix, tag)))
@@ -354,8 +358,13 @@ def _free_text_findings(texts: list[tuple[str, str, int, str]], identifiers: Ide
 
 
 
-def check_output(data: bytes, identifiers: Identifiers, policy: GuardPolicy = GuardPolicy()) -> list[Finding]:
+def check_output(data: bytes, identifiers: Identifiers, policy: GuardPolicy = GuardPolicy(),
+                 seen_tokens: set[str] | None = None) -> list[Finding]:
     """Re-parse ``data`` as written and run every check. Unparseable output is itself a finding.
+
+    ``seen_tokens``, when given, receives every token of the retained free text (upper-cased), so
+    a study can check them later against person names it learns from its later objects
+    (:func:`late_name_hits`).
 
     The checks: the patient's identifiers in every text value and in the raw bytes; retained free
     text holding anything not known to be safe; object classes and parts (icons, overlays) that can
@@ -366,12 +375,12 @@ def check_output(data: bytes, identifiers: Identifiers, policy: GuardPolicy = Gu
     try:
         meta, values, span = part10_values(data)
     except EncodedWalkError:
-        return _check_output_with_pydicom(data, identifiers, policy)
+        return _check_output_with_pydicom(data, identifiers, policy, seen_tokens)
     codecs = ["iso8859"]
     for prefix, tag, _vr, value in values:
         if tag == 0x00080005:
             if prefix:
-                return _check_output_with_pydicom(data, identifiers, policy)
+                return _check_output_with_pydicom(data, identifiers, policy, seen_tokens)
             names = value.decode("ascii", "replace").strip(" \x00").split("\\")
             try:
                 codecs = convert_encodings([n.strip() for n in names] or ["ISO_IR 6"])
@@ -382,15 +391,16 @@ def check_output(data: bytes, identifiers: Identifiers, policy: GuardPolicy = Gu
     structure = risky_object_findings(
         ((prefix, tag, value.decode("latin-1").strip(" \x00") if tag in _SHORT_VALUES else "")
          for prefix, tag, _vr, value in values), policy.allowed_classes)
-    return (structure + _free_text_findings(texts, identifiers, policy)
+    return (structure + _free_text_findings(texts, identifiers, policy, seen_tokens)
             + _search_texts(_text_matcher(identifiers, policy), [t[:3] for t in texts])
             + check_bytes(data, identifiers, policy, skip=span, codecs=tuple(codecs)))
 
 
-def _check_output_with_pydicom(data: bytes, identifiers: Identifiers, policy: GuardPolicy) -> list[Finding]:
+def _check_output_with_pydicom(data: bytes, identifiers: Identifiers, policy: GuardPolicy,
+                               seen_tokens: set[str] | None) -> list[Finding]:
     try:
         ds = dcmread(io.BytesIO(data))
-        findings = check_dataset(ds, identifiers, policy)
+        findings = check_dataset(ds, identifiers, policy, seen_tokens)
         span = _pixel_span(ds)
         codecs = tuple(_codecs(ds, ["iso8859"]))
     except Exception:

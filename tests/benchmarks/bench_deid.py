@@ -15,7 +15,7 @@ Each tool reads every file and writes one output file per input, in one process:
 
 * ``floor``: pydicom read + write, no change (the least any pydicom-based tool can do);
 * ``site-connector``: ``DeidEngine.process_path`` with the shipped registry default (rules, PHI
-  guard re-parse and scan included, and the study's person names read first as the daemon does)
+  guard re-parse and scan included, and the study's person-name check as the daemon does it)
   and a plain write (no fsync, like the others);
 * ``dicognito``: ``Anonymizer().anonymize(ds)`` between read and write (its CLI's loop);
 * ``deid``: ``deid.dicom.replace_identifiers`` with its default recipe over the file list.
@@ -48,9 +48,9 @@ sys.path.insert(0, str(ROOT))
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from connector import phi_guard
 from connector.deid.engine import DeidEngine
 from connector.deid.provider import EphemeralIdentityProvider
+from connector.deid.study import StudyNameCheck
 from tests.deid.factory import enhanced_ct, undefined_lengths
 
 
@@ -90,17 +90,16 @@ def make_ours() -> Callable[[list[Path], Path], int]:
 
     def ours(files: list[Path], out: Path) -> int:
         done = 0
-        # As the daemon does per study: every person name of the study first, for the guard's
-        # free-text check (a second read of each file's header, counted here).
-        study_names = phi_guard.study_name_tokens(files)
+        names = StudyNameCheck()  # as the daemon does per study: person names learned on the way
         for f in files:
-            result = engine.process_path(f, study_names)
+            result = engine.process_path(f, names.names)
+            names.learn(result, f)
             if result.status == "ok":
                 # Named like the input, as the other tools do: the CT_small copies share one SOP
                 # Instance UID, and rewriting one file 500 times measures the file system instead.
                 (out / f.name).write_bytes(result.data or b"")
                 done += 1
-        return done
+        return done - len(names.late_hits())
 
     return ours
 

@@ -11,7 +11,7 @@ from connector.config import load_config
 from connector.deid.engine import DeidEngine
 from connector.deid.study import deidentify_study
 from connector.synthetic import SyntheticStudy, write_pet_ct_study
-from tests.deid.factory import base_dataset, encode, leaks
+from tests.deid.factory import StudyUids, base_dataset, encode, leaks
 
 
 def test_study_to_outgoing_and_quarantine(tmp_path: Path, engine: DeidEngine, provider) -> None:
@@ -78,3 +78,28 @@ def test_engine_from_config_uses_configured_rules(tmp_path: Path, provider) -> N
     assert result.status == "ok"
     default = DeidEngine.from_config(load_config(None, environ={}), provider)
     assert default.profile.files[-1].name == "registry-default"
+
+
+def test_a_name_met_only_in_a_later_object_still_stops_earlier_free_text(tmp_path: Path, engine: DeidEngine) -> None:
+    """Names are learned as the study's objects go by (no object is read twice); an object whose kept
+    description holds a name that only a later object's header reveals is quarantined at the end."""
+    uids = StudyUids()
+    first = base_dataset(uids=uids, instance=1)
+    first.SeriesDescription = "CTAC HEART 3mm"  # HEART is a vocabulary word ... and, as it turns out, a name
+    first.OperatorsName = "TECHNICIAN^ANNA"
+    second = base_dataset(uids=uids, instance=2)
+    second.SeriesDescription = "CTAC HEART 3mm"
+    second.PerformingPhysicianName = "HEART^OTTOLINE"
+    third = base_dataset(uids=uids, instance=3)
+    third.SeriesDescription = "CTAC 3mm"
+    files = []
+    for i, ds in enumerate((first, second, third)):
+        files.append(tmp_path / "in" / f"{i}.dcm")
+        files[-1].parent.mkdir(exist_ok=True)
+        files[-1].write_bytes(encode(ds))
+    outcome = deidentify_study(files, tmp_path / "out", tmp_path / "q", engine)
+    assert [q.reason for q in outcome.quarantined] == ["phi-guard:name"]
+    assert outcome.quarantined[0].source == files[0]
+    assert sorted(w.source for w in outcome.written) == files[1:]
+    assert dcmread(outcome.written[0].path).SeriesDescription == "CTAC *** 3mm"  # the cleaner knew by then
+    assert len(list((tmp_path / "out").iterdir())) == 2  # the first object's output is gone
