@@ -36,7 +36,8 @@ ACTION_TEXT = {
     "empty": "the element is kept with an empty value (sequences: no items)",
     "dummy": "the value is replaced by a dummy of the same VR (UIDs are remapped; sequences emptied)",
     "keep": "the value is kept as is (sequence items still go through the rules)",
-    "clean": "dates shifted, UIDs remapped, free text scrubbed of identifiers, names emptied, binary removed",
+    "clean": "dates shifted, UIDs remapped, free text kept only in known words (allow-list), names emptied, "
+             "binary removed",
     "remap_uid": "each UID becomes 2.25.<HMAC of the site secret and the UID> (sequences: items processed)",
     "shift_date": "DA/DT shifted by the patient's whole-day offset; TM unchanged",
     "pseudonym": "the value becomes the patient's pseudonym from the linkage table",

@@ -38,7 +38,8 @@ _SHAPES = {
     "phone": re.compile(r"\d(?:[\s().+-]*\d){6}"),
     "email": re.compile(r"@"),
     "url": re.compile(r"://|WWW\.|\.(?:COM|ORG|NET|EDU|GOV|NHS|UK|DE|FR|NL|IO)(?![A-Z])"),
-    "postcode": re.compile(r"(?<![A-Z0-9])[A-Z]{1,2}\d[A-Z\d]?\s*\d[A-Z]{2}(?![A-Z])|(?<![A-Z0-9])[A-Z]\d[A-Z]\s?\d[A-Z]\d"),
+    "postcode": re.compile(r"(?<![A-Z0-9])[A-Z]{1,2}\d[A-Z\d]?\s*\d[A-Z]{2}(?![A-Z])"  # UK
+                           r"|(?<![A-Z0-9])[A-Z]\d[A-Z]\s?\d[A-Z]\d"),  # Canada
 }
 _TOKENS = re.compile(r"[^\W_]+")
 _CODE = re.compile(r"(?:[A-Z]{1,4})?(?:\d{1,3}[A-Z]{1,4}){1,2}(?:\d{1,3})?|[A-Z]{1,4}\d{1,3}")

@@ -61,7 +61,8 @@ _ALNUM = "alnum"
 _DIGIT = "digit"
 _UID = "uid"
 _NONE = "none"
-_BOUNDARY = {"name_cjk": _NONE, "name": _LETTER, "patient_id": _ALNUM, "issuer": _ALNUM, "accession": _ALNUM, "birth_date": _DIGIT,
+_BOUNDARY = {"name_cjk": _NONE,
+             "name": _LETTER, "patient_id": _ALNUM, "issuer": _ALNUM, "accession": _ALNUM, "birth_date": _DIGIT,
              "uid": _UID, "institution": _ALNUM}
 
 
