@@ -202,7 +202,9 @@ def pipeline_main(config: Config, log_queue: Any) -> None:
     steps = [("registry", registry_step(config, store, layout, provider))]
     if config.cac.enabled:
         steps.append(("cac", cac_step(config, store, engine)))
-    worker = StudyWorker(store, layout, engine, steps)
+    # a study that met a full disk is retried after the quiet period (5 s to 5 min)
+    worker = StudyWorker(store, layout, engine, steps,
+                         retry_seconds=min(300.0, max(5.0, config.assemble.stable_seconds)))
     worker.start()
     assembler = StudyAssembler(store, config.assemble.stable_seconds)
 

@@ -15,7 +15,9 @@ worker later reads.
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +34,14 @@ from connector.store.state import StateStore
 log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 30 * 60
+RETRY_SECONDS = 60.0  # a study that met a full disk is taken again after this long
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure that says nothing about the study: the disk (or the database's disk) is full."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc)
 
 
 @dataclass
@@ -50,8 +60,11 @@ Step = Callable[[StudyContext], None]
 
 class StudyWorker:
     def __init__(self, store: StateStore, layout: SiteLayout, engine: DeidEngine,
-                 steps: list[tuple[str, Step]] | None = None, *, name: str = "study-worker") -> None:
+                 steps: list[tuple[str, Step]] | None = None, *, name: str = "study-worker",
+                 retry_seconds: float = RETRY_SECONDS) -> None:
         self.store = store
+        self.retry_seconds = retry_seconds
+        self._unrecorded_retries: dict[str, float] = {}  # study -> monotonic time to hand it back
         self.layout = layout
         self.engine = engine
         self.steps = steps or []
@@ -93,6 +106,8 @@ class StudyWorker:
 
     def run_once(self) -> bool:
         """Process one leased study; False when none was waiting."""
+        if self._unrecorded_retries:
+            self._hand_back_due()
         key = self.store.lease_study(self.name, LEASE_SECONDS)
         if key is None:
             return False
@@ -103,6 +118,8 @@ class StudyWorker:
         try:
             outcome = deidentify_study(originals, out_dir, self.layout.quarantine, self.engine)
         except Exception as exc:
+            if is_transient(exc):
+                return self._defer(key, "deid", exc)
             log.error("de-identification failed for study; marked failed",
                       extra={"event": "deid_failed", "study": key, "error": type(exc).__name__})
             self.store.set_study_state(key, "failed")
@@ -116,6 +133,8 @@ class StudyWorker:
             try:
                 step(context)
             except Exception as exc:
+                if is_transient(exc):
+                    return self._defer(key, step_name, exc)
                 log.error("study step failed", extra={"event": "step_failed", "step": step_name, "study": key,
                                                       "error": type(exc).__name__})
                 state = "failed"
@@ -126,6 +145,34 @@ class StudyWorker:
         log.info("study processed", extra={"event": "study_processed", "study": key, "state": state,
                                            "seconds": round(time.monotonic() - started, 3), **outcome.summary()})
         return True
+
+    def _defer(self, key: str, stage: str, exc: BaseException) -> bool:
+        """A full disk is not the study's fault: take it again later instead of marking it failed.
+
+        Re-processing is safe: de-identification gives the same bytes and UIDs, queuing is idempotent.
+        If even this cannot be recorded, the study's lease runs out and it is taken again then.
+        """
+        log.error("disk full while processing a study; it is taken again later",
+                  extra={"event": "study_deferred", "study": key, "stage": stage, "error": type(exc).__name__,
+                         "retry_in_s": self.retry_seconds})
+        try:
+            self.store.defer_study(key, self.retry_seconds)
+        except Exception as inner:  # the database's disk is full too: remember it here instead
+            log.error("could not record the deferral; retried from memory",
+                      extra={"event": "study_defer_failed", "study": key, "error": type(inner).__name__})
+            self._unrecorded_retries[key] = time.monotonic() + self.retry_seconds
+        return True
+
+    def _hand_back_due(self) -> None:
+        now = time.monotonic()
+        for key, due in list(self._unrecorded_retries.items()):
+            if due <= now:
+                try:
+                    self.store.defer_study(key, 0.0)  # its lease ends now: lease_study takes it again
+                except Exception:
+                    self._unrecorded_retries[key] = now + self.retry_seconds
+                else:
+                    del self._unrecorded_retries[key]
 
 
 # -- steps after de-identification -------------------------------------------------------------

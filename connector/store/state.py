@@ -331,6 +331,13 @@ class StateStore:
             )
         return keys
 
+    def defer_study(self, key: str, seconds: float) -> None:
+        """Leave a study in processing, to be taken again in ``seconds`` (a transient failure, e.g. disk full)."""
+        now = time.time()
+        with self.write() as conn:
+            conn.execute("UPDATE studies SET lease_until=?, updated_at=? WHERE study_key=? AND state=?",
+                         (now + seconds, now, key, PROCESSING))
+
     def lease_study(self, owner: str, lease_seconds: float, now: float | None = None) -> str | None:
         """Take the oldest stable study for processing; the lease expires if the worker dies."""
         now = time.time() if now is None else now

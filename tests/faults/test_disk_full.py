@@ -15,8 +15,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from connector.synthetic import SyntheticStudy, ct_slices, write_series
-from tests.faults.support import TEST_STOP_TIMEOUT, acknowledged_files, status, stop_timed, storescu_popen
+from connector.synthetic import SyntheticStudy, ct_slices, write_pet_ct_study, write_series
+from tests.faults.support import (TEST_STOP_TIMEOUT, acknowledged_files, status, stop_timed, storescu,
+                                  storescu_popen, wait_for)
+from tests.support.net import free_port
 from tests.support.daemon import ConnectorProcess
 from tests.support.dicomfiles import dataset_digest, stored_by_sop
 
@@ -79,6 +81,36 @@ def test_full_disk_answers_a700_counts_nothing_half_written_and_recovers(tmp_pat
         assert all(dataset_digest(p) == digest_of[uid] for uid, p in stored.items())
         assert status(daemon)["instances_received"] == len(files)
         print(f"DISK_FULL acked_while_full={len(acked)} refused_a700={len(refused)} after_free={len(files)}")
+    finally:
+        stop_code, _ = stop_timed(daemon)
+    assert stop_code == 0
+
+
+def fill(disk: Path, leave: int) -> Path:
+    st = os.statvfs(disk)
+    filler = disk / "filler"
+    with open(filler, "wb") as fh:
+        fh.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return filler
+
+
+def test_full_disk_while_processing_defers_the_study_instead_of_failing_it(tmp_path: Path, small_disk: Path) -> None:
+    """Found by this suite: de-identification meeting ENOSPC marked the study 'failed' for good, so a
+    disk that filled for a moment kept that study from the registry until someone intervened."""
+    _, files = write_pet_ct_study(tmp_path / "pacs", SyntheticStudy(), ct_count=12, pet_count=3, ct_rows=128)
+    daemon = ConnectorProcess(tmp_path / "site", storage__data_dir=str(small_disk), storage__min_free_bytes=0,
+                              assemble__stable_seconds=2, cac__enabled=False,
+                              registry__url=f"http://127.0.0.1:{free_port()}",
+                              service__stop_timeout=TEST_STOP_TIMEOUT).start()
+    try:
+        assert storescu(daemon.port, files).returncode == 0
+        filler = fill(small_disk, leave=64_000)  # room for the database, not for the de-identified study
+        logs = daemon.wait_for_log('"study_deferred"', timeout=30)
+        assert '"study_deferred"' in logs and '"deid_failed"' not in logs
+        assert status(daemon)["studies"]["failed"] == 0
+        filler.unlink()
+        wait_for(lambda: status(daemon)["studies"]["queued"] == 1, timeout=60, interval=0.5,
+                 what="the study processed once space was freed")
     finally:
         stop_code, _ = stop_timed(daemon)
     assert stop_code == 0
