@@ -5,12 +5,15 @@ A file is taken only once its size and modification time have not changed for
 a periodic rescan catches anything it missed (network file systems often send no events) and
 files that were there before the daemon started. The source file is deleted only after the
 instance is committed; unreadable files are moved to quarantine with a reason. Hidden files and
-names ending in ``.part``/``.tmp`` are treated as still being written.
+names ending in ``.part``/``.tmp`` are treated as still being written. Symbolic links are never
+followed nor deleted (one could point at any file the service can read, or make it delete one
+outside the folder): they are left where they are, with one warning each.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -54,6 +57,28 @@ class DropFolderWatcher:
         self._thread: threading.Thread | None = None
         self.ingested = 0
         self.quarantined = 0
+        self._links_seen: set[Path] = set()
+
+    def _is_plain_file_inside(self, path: Path) -> bool:
+        """A regular file reached without any symbolic link, inside the folder (lstat, no following)."""
+        try:
+            rel = path.relative_to(self.folder)
+        except ValueError:
+            return False
+        current = self.folder
+        for part in rel.parts:
+            current = current / part
+            try:
+                st = os.lstat(current)
+            except OSError:
+                return False
+            if (st.st_mode & 0o170000) == 0o120000:  # S_IFLNK
+                if path not in self._links_seen:
+                    self._links_seen.add(path)
+                    log.warning("drop folder: symbolic link ignored (never followed nor deleted)",
+                                extra={"event": "dropfolder_symlink_ignored"})
+                return False
+        return (st.st_mode & 0o170000) == 0o100000  # S_IFREG
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -92,7 +117,7 @@ class DropFolderWatcher:
 
     def _rescan(self) -> None:
         for path in self.folder.rglob("*"):
-            if path.is_file() and not _ignored(path):
+            if not _ignored(path) and self._is_plain_file_inside(path):
                 with self._lock:
                     self._seen.setdefault(path, (-1, -1, 0.0))
 
@@ -115,6 +140,10 @@ class DropFolderWatcher:
         for path in ready:
             if self._stop.is_set() and handled:
                 break
+            if not self._is_plain_file_inside(path):  # replaced by a link (or a folder) meanwhile
+                with self._lock:
+                    self._seen.pop(path, None)
+                continue
             if self._ingest(path):
                 handled += 1
                 with self._lock:
