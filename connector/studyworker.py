@@ -141,6 +141,8 @@ class StudyWorker:
                 break
             state = str(context.notes.get("state", state))
         self.store.set_study_state(key, state, only_if="processing")
+        if state == "queued":  # the uploader may have delivered everything already
+            self.store.promote_pushed()
         self.processed += 1
         log.info("study processed", extra={"event": "study_processed", "study": key, "state": state,
                                            "seconds": round(time.monotonic() - started, 3), **outcome.summary()})
@@ -217,6 +219,7 @@ def registry_step(config: Config, store: StateStore, layout: SiteLayout, provide
                         files=[w.path for w in written], layout=layout,
                         max_instances=config.registry.batch_max_instances,
                         max_bytes=config.registry.batch_max_bytes)
+        store.record_study_outputs(ctx.study_key, ctx.outcome.study_uids)
         ctx.notes["state"] = "queued"
 
     return step

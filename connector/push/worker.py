@@ -203,6 +203,8 @@ class PushWorker:
                  "instances": len(outcome.acked), "seconds": round(seconds, 3)}
         if outcome.action == "done":
             ob.complete(job.id, owner, outcome.status, acked=[i.id for i in outcome.acked])
+            if job.kind in ("manifest", "result", "stow"):  # maybe a study's last job
+                self.store.promote_pushed()
             self._destination_up()
             self.sent_jobs += 1
             self.sent_bytes += outcome.bytes_sent

@@ -148,6 +148,14 @@ def _create_privacy_reports(db: sqlite_utils.Database) -> None:
     )
 
 
+def _create_study_outputs(db: sqlite_utils.Database) -> None:
+    """Which de-identified Study Instance UIDs each study became: the outbox groups its registry jobs
+    by that UID, so this is how a study learns that everything it produced was delivered."""
+    db["study_outputs"].create({"study_key": str, "study_uid": str}, pk=("study_key", "study_uid"),
+                               if_not_exists=True)
+    db["study_outputs"].create_index(["study_uid"], if_not_exists=True)
+
+
 # Schema steps, each run once, in order, in one transaction. A stage that owns tables adds a
 # (version, "module:function") line; the function takes a sqlite_utils.Database.
 MIGRATIONS: list[tuple[int, Any]] = [
@@ -155,6 +163,7 @@ MIGRATIONS: list[tuple[int, Any]] = [
     (2, "connector.outbox.schema:create_schema"),
     (3, "connector.followup.schema:create_schema"),
     (4, "connector.store.state:_create_privacy_reports"),
+    (5, "connector.store.state:_create_study_outputs"),
 ]
 
 
@@ -375,6 +384,49 @@ class StateStore:
     def privacy_report(self, key: str) -> dict[str, Any] | None:
         row = self.conn.execute("SELECT report FROM privacy_reports WHERE study_key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
+
+    def record_study_outputs(self, key: str, study_uids: list[str]) -> None:
+        """The de-identified study UIDs ``key`` was queued under (replaces an earlier run's)."""
+        with self.write() as conn:
+            conn.execute("DELETE FROM study_outputs WHERE study_key=?", (key,))
+            conn.executemany("INSERT INTO study_outputs (study_key, study_uid) VALUES (?, ?)",
+                             [(key, uid) for uid in sorted(set(study_uids))])
+
+    def promote_pushed(self) -> list[str]:
+        """Move every queued study whose registry jobs are all acknowledged to ``pushed``.
+
+        A study is delivered when, for each de-identified study UID it became, no job of that UID's
+        group (STOW batches, manifest, CAC results) is left undone and its manifest is done (the
+        manifest waits for the subject and every batch).
+        """
+        with self.write() as conn:
+            rows = conn.execute(
+                """
+                SELECT s.study_key FROM studies s
+                WHERE s.state = 'queued'
+                  AND EXISTS (SELECT 1 FROM study_outputs o WHERE o.study_key = s.study_key)
+                  AND NOT EXISTS (
+                    SELECT 1 FROM study_outputs o WHERE o.study_key = s.study_key AND (
+                      EXISTS (SELECT 1 FROM outbox_jobs j WHERE j.grp = o.study_uid AND j.state != 'done')
+                      OR NOT EXISTS (SELECT 1 FROM outbox_jobs j
+                                     WHERE j.grp = o.study_uid AND j.kind = 'manifest' AND j.state = 'done')))
+                """).fetchall()
+            keys = [r[0] for r in rows]
+            now = time.time()
+            conn.executemany("UPDATE studies SET state='pushed', updated_at=? WHERE study_key=? AND state='queued'",
+                             [(now, k) for k in keys])
+        return keys
+
+    def delivery(self, key: str) -> dict[str, dict[str, int]]:
+        """A study's registry jobs by kind and state, e.g. ``{"stow": {"done": 2, "pending": 1}}``."""
+        rows = self.conn.execute(
+            """SELECT j.kind, j.state, COUNT(*) FROM outbox_jobs j
+               JOIN study_outputs o ON j.grp = o.study_uid WHERE o.study_key = ? GROUP BY j.kind, j.state""",
+            (key,)).fetchall()
+        out: dict[str, dict[str, int]] = {}
+        for kind, state, count in rows:
+            out.setdefault(kind, {})[state] = count
+        return out
 
     def study(self, key: str) -> dict[str, Any] | None:
         cur = self.conn.execute("SELECT * FROM studies WHERE study_key=?", (key,))

@@ -64,6 +64,11 @@ def test_a_study_travels_from_c_store_to_the_dev_registry(tmp_path: Path) -> Non
             wait_for(lambda: registry_has(registry, len(files)), timeout=120)
             status = json.loads(daemon.cli("status", "--json", check=True).stdout)
             wait_for(lambda: not list(daemon.spool.glob("outgoing/*/*.dcm")), timeout=30)  # removed once acked
+            # the study's lifecycle ends when every job it produced is acknowledged (issue 14)
+            wait_for(lambda: json.loads(daemon.cli("status", "--json", check=True).stdout)["studies"]
+                     .get("pushed") == 1, timeout=30)
+            final = json.loads(daemon.cli("status", "--json", check=True).stdout)
+            assert final["studies"].get("queued", 0) == 0
         reg = registry.store
         [held] = reg.studies()
         pseudonym = held["patient_id"]
