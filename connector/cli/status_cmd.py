@@ -26,6 +26,7 @@ def collect(layout: SiteLayout) -> dict[str, Any]:
     try:
         out = store.counts()
         out.update(outbox_counts(store))
+        out["waiting_for_registry"] = store.waiting_for_registry()
     finally:
         store.close()
     out["quarantined"] = count_quarantine(layout.quarantine)
@@ -48,4 +49,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"outbox pending:     {status['outbox_pending']} (oldest {status['oldest_pending_age_s']:.0f} s)")
     print(f"pushed:             {status['pushed']} jobs")
     print(f"failed:             {status['failed']} jobs (see quarantine/push)")
+    for study in status["waiting_for_registry"]:
+        waiting = ", ".join(f"{kind} {'/'.join(f'{n} {st}' for st, n in states.items())}"
+                            for kind, states in study["waiting"].items()) or "the manifest"
+        error = f" (last error: {study['last_error']})" if study["last_error"] else ""
+        print(f"  study {study['study']} waits for {waiting}{error}")
     return exitcodes.OK

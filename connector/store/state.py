@@ -428,6 +428,23 @@ class StateStore:
             out.setdefault(kind, {})[state] = count
         return out
 
+    def waiting_for_registry(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Queued studies not yet delivered, oldest first: what each still waits for and the last
+        error the registry gave (study keys and job kinds only, nothing identifying)."""
+        keys = [r[0] for r in self.conn.execute(
+            "SELECT study_key FROM studies WHERE state='queued' ORDER BY updated_at LIMIT ?", (int(limit),))]
+        out = []
+        for key in keys:
+            delivery = self.delivery(key)
+            waiting = {kind: {st: n for st, n in states.items() if st != "done"} for kind, states in delivery.items()}
+            row = self.conn.execute(
+                """SELECT j.last_error FROM outbox_jobs j JOIN study_outputs o ON j.grp = o.study_uid
+                   WHERE o.study_key = ? AND j.state != 'done' AND j.last_error IS NOT NULL
+                   ORDER BY j.updated_at DESC LIMIT 1""", (key,)).fetchone()
+            out.append({"study": key, "waiting": {k: v for k, v in waiting.items() if v},
+                        "last_error": row[0] if row else None})
+        return out
+
     def study(self, key: str) -> dict[str, Any] | None:
         cur = self.conn.execute("SELECT * FROM studies WHERE study_key=?", (key,))
         row = cur.fetchone()

@@ -44,6 +44,8 @@ def test_pushed_only_when_every_job_is_done(tmp_path: Path) -> None:
     assert store.promote_pushed() == []
     assert store.study("study-a")["state"] == "queued"
     assert store.delivery("study-a") == {"stow": {"done": 2}, "manifest": {"done": 1}, "result": {"failed": 1}}
+    assert store.waiting_for_registry() == [{"study": "study-a", "waiting": {"result": {"failed": 1}},
+                                             "last_error": "rejected"}]
     outbox.retry_failed()
     _finish(outbox)
     assert store.promote_pushed() == ["study-a"]
