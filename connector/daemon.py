@@ -124,6 +124,7 @@ class Supervisor:
         cfg = self.config
         # checks without side effects first, then the ones that create folders and the first key
         self._check_tls()
+        self._check_deid()
         self._check_port("DICOM", cfg.dicom.host, cfg.dicom.port, "[dicom] port", "[dicom] host")
         if cfg.http.enabled and cfg.http.port:
             self._check_port("HTTP", cfg.http.host, cfg.http.port, "[http] port", "[http] host")
@@ -192,6 +193,25 @@ class Supervisor:
         except OSError as exc:
             raise DaemonStartError(f"linkage key or table not readable ({_reason(exc)}): check [keys] dir and "
                                    "[linkage] db_path, and that the service user owns them", EXIT_CONFIG) from None
+
+    def _check_deid(self) -> None:
+        """Rule files and the free-text vocabulary load, so a typo stops the start, not each study."""
+        from connector.deid.profile import load_profile
+        from connector.deid.rulefile import RuleFileError
+        from connector.deid.settings import rule_paths, vocabulary_files
+        from connector.vocabulary import VocabularyError, load_vocabulary
+
+        try:
+            load_profile(rule_paths(self.config))
+        except RuleFileError as exc:
+            first = exc.problems[0] if exc.problems else "unreadable"
+            raise DaemonStartError(f"de-identification rules have errors: {first} ('site-connector rules check "
+                                   "FILE' lists them all; [deid] rules)", EXIT_CONFIG) from None
+        try:
+            load_vocabulary(self.config.deid.extra_vocabulary, vocabulary_files(self.config))
+        except VocabularyError as exc:
+            raise DaemonStartError(f"free-text vocabulary: {exc} ([deid] extra_vocabulary, vocabulary_files)",
+                                   EXIT_CONFIG) from None
 
     def _check_tls(self) -> None:
         from connector.ingest.scp import tls_context

@@ -13,6 +13,7 @@ from connector.deid.engine import DeidEngine
 from connector.deid.profile import shipped_rules_dir
 from tests.deid.factory import Planted, StudyUids, base_dataset, encode
 from tests.deid.test_deid_cli import cli
+from tests.support.net import free_port
 
 
 def test_site_words_are_kept_once_configured(tmp_path: Path, provider) -> None:
@@ -93,3 +94,25 @@ def test_private_blobs_are_never_kept_even_when_listed_as_safe(provider) -> None
         assert out[0x00191023].value in ("39.37", b"39.37 ")
         assert 0x00191024 not in out and 0x00191027 not in out
         assert b"ZEBRAFISH" not in result.data
+
+
+def test_the_daemon_refuses_to_start_with_a_bad_vocabulary_file_or_rule_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "words.txt").write_text("GOOD\nMRN 12345678\n")
+    config = tmp_path / "connector.toml"
+    head = f'[storage]\ndata_dir = "data"\n[dicom]\nport = {free_port()}\n[http]\nenabled = false\n'
+    config.write_text(head + '[deid]\nvocabulary_files = ["words.txt"]\n')
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "connector", "-c", str(config), "run"], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "words.txt:2" in run.stderr and "vocabulary" in run.stderr
+    assert time.monotonic() - started < 30
+    (tmp_path / "site.yaml").write_text("format: 1\nrules:\n  - {keyword: NoSuchKeyword, action: remove}\n")
+    config.write_text(head + '[deid]\nrules = ["registry-default.yaml", "site.yaml"]\n')
+    run = subprocess.run([sys.executable, "-m", "connector", "-c", str(config), "run"], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 2 and "de-identification rules have errors" in run.stderr, run.stderr[-2000:]
