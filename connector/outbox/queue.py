@@ -299,11 +299,13 @@ class Outbox:
     def prune(self, done_before: float) -> int:
         """Forget jobs acknowledged before ``done_before`` (and their items) whose copies are gone.
 
-        Jobs that others wait for are kept until those are done too. Returns how many were removed.
+        Jobs that others wait for are kept until those are done too. Manifests are kept: they are the
+        record of what each study sent, which reconciliation compares with the registry (a few KB
+        per study). Returns how many were removed.
         """
         with self.store.write() as conn:
             ids = [r[0] for r in conn.execute(
-                "SELECT j.id FROM outbox_jobs j WHERE j.state=? AND j.done_at<? "
+                "SELECT j.id FROM outbox_jobs j WHERE j.state=? AND j.done_at<? AND j.kind!='manifest' "
                 "AND NOT EXISTS (SELECT 1 FROM outbox_items i WHERE i.job_id=j.id AND i.removed_at IS NULL) "
                 "AND NOT EXISTS (SELECT 1 FROM outbox_deps d JOIN outbox_jobs w ON w.id=d.job_id "
                 "                WHERE d.needs_id=j.id AND w.state!=?)",

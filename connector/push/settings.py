@@ -119,6 +119,10 @@ class RegistryConfig:
                                    doc="a job held this long by a worker that stopped renewing it is taken again")
     poll_seconds: float = setting(1.0, check(lambda v: v > 0, "must be positive"),
                                   doc="how often the outbox is looked at when idle")
+    reconcile_interval_minutes: float = setting(60.0, check(lambda v: v >= 0, "must be zero or more"),
+                                                doc="ask the registry this often what it holds for each pushed "
+                                                    "study and re-send what is missing; 0 = off (the "
+                                                    "reconcile command still works)")
 
     # -- derived values ------------------------------------------------------------------------
 

@@ -202,6 +202,17 @@ class RegistryStore:
         return self.query("SELECT * FROM instances WHERE study_instance_uid=? AND series_instance_uid=? "
                           "ORDER BY instance_number", (study_uid, series_uid))
 
+    def delete_instance(self, sop_uid: str) -> bool:
+        """Dev only (tests of reconciliation): forget one held instance, its file and index row, as a
+        registry that lost it would. True when it was held."""
+        row = self.instance(sop_uid)
+        if row is None:
+            return False
+        with self.write() as conn:
+            conn.execute("DELETE FROM instances WHERE sop_instance_uid=?", (sop_uid,))
+        self.instance_file(row).unlink(missing_ok=True)
+        return True
+
     # -- JSON records --------------------------------------------------------------------------
 
     def put_subject(self, pseudonym: str, body: dict[str, Any]) -> bool:

@@ -34,7 +34,9 @@ from connector.store.wal_mode import enable_wal
 RECEIVING = "receiving"
 STABLE = "stable"
 PROCESSING = "processing"  # leased by a worker (de-identification, inference)
-STUDY_STATES = (RECEIVING, STABLE, PROCESSING, "deidentified", "quarantined", "queued", "pushed", "failed")
+# "verified": the registry was asked what it holds and it matched what was sent (studies.verified_at).
+STUDY_STATES = (RECEIVING, STABLE, PROCESSING, "deidentified", "quarantined", "queued", "pushed", "verified",
+                "failed")
 
 SCHEMA_VERSION = 1
 
@@ -156,6 +158,12 @@ def _create_study_outputs(db: sqlite_utils.Database) -> None:
     db["study_outputs"].create_index(["study_uid"], if_not_exists=True)
 
 
+def _add_verified_at(db: sqlite_utils.Database) -> None:
+    """When reconciliation last found the registry holding everything a study sent (NULL = not since
+    it was last queued)."""
+    db.execute("ALTER TABLE studies ADD COLUMN verified_at REAL")
+
+
 # Schema steps, each run once, in order, in one transaction. A stage that owns tables adds a
 # (version, "module:function") line; the function takes a sqlite_utils.Database.
 MIGRATIONS: list[tuple[int, Any]] = [
@@ -164,6 +172,7 @@ MIGRATIONS: list[tuple[int, Any]] = [
     (3, "connector.followup.schema:create_schema"),
     (4, "connector.store.state:_create_privacy_reports"),
     (5, "connector.store.state:_create_study_outputs"),
+    (6, "connector.store.state:_add_verified_at"),
 ]
 
 
