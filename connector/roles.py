@@ -224,6 +224,12 @@ def pipeline_main(config: Config, log_queue: Any) -> None:
                           seconds=config.followup.poll_seconds, id="followup-inbox", max_instances=1, coalesce=True)
     scheduler.add_job(lambda: daily_summary(store), "interval", hours=24, id="daily-summary",
                       max_instances=1, coalesce=True)
+    if config.registry.reconcile_interval_minutes > 0:  # ask the registry what it holds; re-send what it lacks
+        from connector.push.reconcile import scheduled_job
+
+        scheduler.add_job(scheduled_job(config, layout, provider), "interval",
+                          minutes=config.registry.reconcile_interval_minutes, id="registry-reconcile",
+                          max_instances=1, coalesce=True)
     scheduler.start()
     daily_summary(store)
     _wait_for_stop(stop)

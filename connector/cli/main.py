@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "connector.cli.registry_cmd",
     "connector.cli.web_cmd",
     "connector.cli.followup_cmd",
+    "connector.cli.reconcile_cmd",
 ]
 
 

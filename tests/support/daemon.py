@@ -133,7 +133,7 @@ def _configured_port(config: Path) -> int:
     return int(tomllib.loads(config.read_text())["dicom"]["port"])
 
 
-STUDY_STATE_ORDER = ("receiving", "stable", "processing", "deidentified", "queued", "pushed")
+STUDY_STATE_ORDER = ("receiving", "stable", "processing", "deidentified", "queued", "pushed", "verified")
 
 
 def wait_for_study_state(daemon: ConnectorProcess, state: str, timeout: float = 60.0) -> dict[str, Any]:

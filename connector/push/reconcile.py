@@ -1,0 +1,486 @@
+"""Reconciliation: ask the registry what it holds for each delivered study, and mend what it lacks.
+
+    for each study in state "pushed" (and, on request, "verified" ones again):
+      what the site sent   = the manifest payload of each de-identified study UID it became
+                             (SOP Instance UIDs and series, kept in the outbox)
+      what the registry has = QIDO-RS instance list of each of those series, and the stored
+                             manifest (GET /api/v1/studies/{uid}/manifest) when the destination
+                             has the JSON API (a plain DICOMweb peer such as Orthanc has not: QIDO only)
+      match    -> state "verified", studies.verified_at = now
+      mismatch -> the missing instances are de-identified again from the originals on the spool
+                  (outgoing copies are deleted once acknowledged), written to outgoing and queued
+                  as a fresh STOW-RS job (a new key: the outbox would otherwise take it for the one
+                  already done); a manifest the registry lacks or holds differently is queued again.
+                  The study goes back to "queued", then "pushed" once those are acknowledged, and
+                  "verified" at the next reconciliation.
+
+Why regenerate rather than keep every outgoing copy: the de-identification is deterministic (same
+originals, same rules and site secret give the same bytes and UIDs), so the spool already holds
+everything needed, and the outgoing folder stays small. The study is processed again in the same
+order as the first time, so the names the PHI guard learns from earlier objects are the same.
+
+What is reported: counts and study keys (a hash), never UIDs, pseudonyms or names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import httpx
+
+from connector.outbox import Outbox
+from connector.push.client import RegistryClient
+from connector.push.queueing import DESTINATION, make_batches, read_outgoing
+from connector.store.durable import write_file_durably
+from connector.store.state import StateStore
+
+if TYPE_CHECKING:
+    from connector.config import Config
+    from connector.deid.engine import DeidEngine
+    from connector.store.layout import SiteLayout
+
+log = logging.getLogger(__name__)
+
+SOP_INSTANCE_UID = "00080018"
+WORKERS = 8  # registry requests in flight at once while reconciling
+
+
+class RegistryUnreachable(Exception):
+    """No connection to the registry (message names the error class only)."""
+
+
+class ReconcileError(Exception):
+    """The registry answered a reconciliation query with an error (status code only)."""
+
+
+# -- what was sent, what is held, and the comparison ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What the site sent for one de-identified study UID: from the manifest payload it queued."""
+
+    study_uid: str
+    series: dict[str, int]  # series UID -> instances sent
+    sop_uids: frozenset[str]
+    manifest: dict[str, Any]
+
+    @classmethod
+    def from_manifest(cls, payload: dict[str, Any]) -> Sent:
+        series = {str(s["series_instance_uid"]): int(s.get("instances", 0)) for s in payload.get("series") or []}
+        return cls(str(payload["study_instance_uid"]), series,
+                   frozenset(str(u) for u in payload.get("sop_instance_uids") or []), payload)
+
+
+@dataclass
+class Held:
+    """What the registry answered for one de-identified study UID."""
+
+    series: dict[str, set[str]] = field(default_factory=dict)  # series UID -> SOP Instance UIDs (QIDO-RS)
+    manifest: dict[str, Any] | None = None  # the manifest body it stores; None = none held
+    api: bool = False  # False: a plain DICOMweb peer, the manifest is not checked
+
+
+@dataclass(frozen=True)
+class Comparison:
+    missing: frozenset[str]  # sent, not held
+    series_short: int  # series holding fewer instances than were sent
+    unexpected: int  # held in the sent series, not in what was sent (counted only)
+    manifest: str  # "ok", "missing", "different" or "unchecked"
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and self.manifest in ("ok", "unchecked")
+
+
+def compare(sent: Sent, held: Held) -> Comparison:
+    """The registry's view of one study against what the site sent."""
+    held_uids: set[str] = set().union(*held.series.values()) if held.series else set()
+    missing = sent.sop_uids - held_uids
+    short = sum(1 for uid, n in sent.series.items() if len(held.series.get(uid, ())) < n)
+    unexpected = len(held_uids - sent.sop_uids)
+    if not held.api:
+        manifest = "unchecked"
+    elif held.manifest is None:
+        manifest = "missing"
+    elif ({str(u) for u in held.manifest.get("sop_instance_uids") or []} != set(sent.sop_uids)
+          or held.manifest.get("study_instance_uid") != sent.study_uid):
+        manifest = "different"
+    else:
+        manifest = "ok"
+    return Comparison(frozenset(missing), short, unexpected, manifest)
+
+
+# -- the registry side ---------------------------------------------------------------------------
+
+
+class RegistryReader:
+    """The reads reconciliation needs: QIDO-RS instance lists and the JSON API's stored manifest."""
+
+    def __init__(self, config: Config, client: RegistryClient | None = None) -> None:
+        self.cfg = config.registry
+        self._own = client is None
+        self.client = client or RegistryClient(self.cfg, connections=WORKERS)
+
+    def close(self) -> None:
+        if self._own:
+            self.client.close()
+
+    def _get(self, url: str, accept: str) -> httpx.Response:
+        try:
+            resp = self.client.http.get(url, headers={**self.client.auth_headers(), "Accept": accept})
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise RegistryUnreachable(f"network:{type(exc).__name__}") from None
+        except httpx.TransportError as exc:
+            raise ReconcileError(f"network:{type(exc).__name__}") from None
+        if resp.status_code in (401, 403):
+            self.client.reload_token()
+            raise ReconcileError(f"http-{resp.status_code}: the registry refused the credentials")
+        return resp
+
+    def has_api(self) -> bool:
+        """Whether the destination has the registry's JSON API (``GET /api/v1/stats``); a plain
+        DICOMweb server answers 404."""
+        resp = self._get(f"{self.cfg.resolved_api_url}/api/v1/stats", "application/json")
+        if resp.status_code == 200:
+            return True
+        if resp.status_code in (404, 405, 501):
+            return False
+        raise ReconcileError(f"http-{resp.status_code}")
+
+    def instances(self, study_uid: str, series_uid: str) -> set[str]:
+        url = (f"{self.cfg.resolved_dicomweb_url}/studies/{quote(study_uid, safe='')}/series/"
+               f"{quote(series_uid, safe='')}/instances")
+        resp = self._get(url, "application/dicom+json")
+        if resp.status_code in (204, 404):  # nothing held (servers differ in how they say it)
+            return set()
+        if resp.status_code != 200:
+            raise ReconcileError(f"http-{resp.status_code}")
+        try:
+            doc = resp.json() if resp.content else []
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ReconcileError("qido-not-json") from None
+        out: set[str] = set()
+        for item in doc if isinstance(doc, list) else []:
+            values = ((item or {}).get(SOP_INSTANCE_UID) or {}).get("Value") or []
+            if values and isinstance(values[0], str):
+                out.add(values[0])
+        return out
+
+    def manifest(self, study_uid: str) -> dict[str, Any] | None:
+        resp = self._get(f"{self.cfg.resolved_api_url}/api/v1/studies/{quote(study_uid, safe='')}/manifest",
+                         "application/json")
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise ReconcileError(f"http-{resp.status_code}")
+        doc = resp.json()
+        body = doc.get("manifest") if isinstance(doc, dict) else None
+        return body if isinstance(body, dict) else None
+
+    def held(self, sent: Sent, api: bool) -> Held:
+        held = Held(api=api)
+        for series_uid in sent.series:
+            held.series[series_uid] = self.instances(sent.study_uid, series_uid)
+        if api:
+            held.manifest = self.manifest(sent.study_uid)
+        return held
+
+
+# -- results -------------------------------------------------------------------------------------
+
+
+@dataclass
+class StudyResult:
+    """One study's reconciliation, safe to log and print (study key and counts only)."""
+
+    study: str
+    outcome: str  # "verified", "requeued", "unresolved" (a mismatch that could not be mended) or "error"
+    missing: int = 0
+    requeued: int = 0  # instances queued again
+    manifests_requeued: int = 0
+    series_short: int = 0
+    unexpected: int = 0
+    manifest: str = "unchecked"
+    error: str = ""
+
+
+@dataclass
+class Report:
+    results: list[StudyResult] = field(default_factory=list)
+    api: bool = False
+    seconds: float = 0.0
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for r in self.results if r.outcome == outcome)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.outcome in ("verified", "requeued") for r in self.results)
+
+    def summary(self) -> dict[str, Any]:
+        return {"checked": len(self.results), "verified": self.count("verified"), "requeued": self.count("requeued"),
+                "unresolved": self.count("unresolved"), "errors": self.count("error"),
+                "instances_missing": sum(r.missing for r in self.results),
+                "instances_requeued": sum(r.requeued for r in self.results),
+                "manifests_requeued": sum(r.manifests_requeued for r in self.results),
+                "manifest_checked": self.api, "seconds": round(self.seconds, 3)}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.summary(), "studies": [asdict(r) for r in self.results if r.outcome != "verified"]}
+
+
+# -- the reconciler ------------------------------------------------------------------------------
+
+
+def _digest(values: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(values)).encode()).hexdigest()
+
+
+class Reconciler:
+    """``Reconciler(config, store, layout, engine_factory=...).run()``.
+
+    ``engine_factory`` gives the de-identification engine used to regenerate missing instances; it
+    is called only when something must be re-sent (it opens the linkage table).
+    """
+
+    def __init__(self, config: Config, store: StateStore, layout: SiteLayout, *,
+                 engine_factory: Callable[[], DeidEngine] | None = None, reader: RegistryReader | None = None,
+                 destination: str = DESTINATION, workers: int = WORKERS) -> None:
+        self.config = config
+        self.store = store
+        self.layout = layout
+        self.engine_factory = engine_factory
+        self._engine: DeidEngine | None = None
+        self.reader = reader
+        self.destination = destination
+        self.workers = workers
+        self.outbox = Outbox(store)
+
+    # -- what to check ---------------------------------------------------------------------------
+
+    def targets(self, *, include_verified: bool = False, study_keys: Iterable[str] | None = None) -> list[str]:
+        states = ("pushed", "verified") if include_verified or study_keys is not None else ("pushed",)
+        marks = ",".join("?" * len(states))
+        rows = self.store.conn.execute(f"SELECT study_key FROM studies WHERE state IN ({marks}) ORDER BY study_key",
+                                       states).fetchall()
+        keys = [r[0] for r in rows]
+        if study_keys is not None:
+            wanted = set(study_keys)
+            keys = [k for k in keys if k in wanted]
+        return keys
+
+    def sent(self, keys: list[str]) -> dict[str, list[Sent] | None]:
+        """study key -> what each of its de-identified study UIDs sent (None: not known any more)."""
+        conn = self.store.conn
+        outputs: dict[str, list[str]] = {}
+        for key, uid in conn.execute("SELECT study_key, study_uid FROM study_outputs"):
+            outputs.setdefault(key, []).append(uid)
+        manifests: dict[str, str] = {}
+        for grp, payload in conn.execute(
+                "SELECT grp, payload FROM outbox_jobs WHERE kind='manifest' AND state='done' AND destination=? "
+                "ORDER BY done_at, id", (self.destination,)):
+            manifests[grp] = payload  # the latest acknowledged manifest of each study UID wins
+        out: dict[str, list[Sent] | None] = {}
+        for key in keys:
+            uids = outputs.get(key) or []
+            if not uids or any(u not in manifests for u in uids):
+                out[key] = None
+            else:
+                out[key] = [Sent.from_manifest(json.loads(manifests[u])) for u in sorted(uids)]
+        return out
+
+    # -- the run ---------------------------------------------------------------------------------
+
+    def run(self, *, include_verified: bool = False, study_keys: Iterable[str] | None = None) -> Report:
+        """Check the studies; raises :class:`RegistryUnreachable` when the registry cannot be reached
+        (then nothing was changed)."""
+        started = time.monotonic()
+        report = Report()
+        keys = self.targets(include_verified=include_verified, study_keys=study_keys)
+        if not keys:
+            report.seconds = time.monotonic() - started
+            return report
+        sent = self.sent(keys)
+        reader = self.reader or RegistryReader(self.config)
+        try:
+            report.api = reader.has_api()
+            checked: dict[str, list[tuple[Sent, Comparison]]] = {}
+
+            def check(key: str) -> tuple[str, list[tuple[Sent, Comparison]] | StudyResult]:
+                records = sent[key]
+                if records is None:
+                    return key, StudyResult(key, "unresolved", error="what was sent is no longer recorded")
+                try:
+                    return key, [(s, compare(s, reader.held(s, report.api))) for s in records]
+                except ReconcileError as exc:
+                    return key, StudyResult(key, "error", error=str(exc))
+
+            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="reconcile") as pool:
+                for key, outcome in pool.map(check, keys):  # RegistryUnreachable propagates from here
+                    if isinstance(outcome, StudyResult):
+                        report.results.append(outcome)
+                    else:
+                        checked[key] = outcome
+        finally:
+            if self.reader is None:
+                reader.close()
+        matching = [k for k, comps in checked.items() if all(c.ok for _, c in comps)]
+        self._mark_verified(matching)
+        for key, comps in checked.items():
+            unexpected = sum(c.unexpected for _, c in comps)
+            manifest = _worst(c.manifest for _, c in comps)
+            if key in matching:
+                report.results.append(StudyResult(key, "verified", unexpected=unexpected, manifest=manifest))
+                continue
+            result = StudyResult(key, "unresolved", missing=sum(len(c.missing) for _, c in comps),
+                                 series_short=sum(c.series_short for _, c in comps), unexpected=unexpected,
+                                 manifest=manifest)
+            try:
+                self._mend(key, comps, result)
+            except Exception as exc:  # one study's trouble must not stop the others
+                result.outcome, result.error = "error", f"resend-failed:{type(exc).__name__}"
+            report.results.append(result)
+            log.warning("registry lacks part of a study", extra={
+                "event": "reconcile_mismatch", "study": key, "outcome": result.outcome, "missing": result.missing,
+                "requeued": result.requeued, "manifests_requeued": result.manifests_requeued,
+                "manifest": manifest, "error": result.error})
+        report.results.sort(key=lambda r: r.study)
+        report.seconds = time.monotonic() - started
+        log.info("reconciliation done", extra={"event": "reconcile_done", **report.summary()})
+        return report
+
+    def _mark_verified(self, keys: list[str]) -> None:
+        now = time.time()
+        with self.store.write() as conn:
+            conn.executemany("UPDATE studies SET state='verified', verified_at=?, updated_at=? "
+                             "WHERE study_key=? AND state IN ('pushed', 'verified')", [(now, now, k) for k in keys])
+
+    # -- mending ---------------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> DeidEngine:
+        if self._engine is None:
+            if self.engine_factory is None:
+                raise RuntimeError("no de-identification engine to regenerate instances with")
+            self._engine = self.engine_factory()
+        return self._engine
+
+    def _mend(self, key: str, comps: list[tuple[Sent, Comparison]], result: StudyResult) -> None:
+        """Re-queue exactly what the registry lacks; sets ``result.outcome`` and its counts."""
+        missing = {uid: sent.study_uid for sent, comp in comps for uid in comp.missing}
+        files: dict[str, Path] = {}
+        out_dir = self.layout.outgoing / f"{key}.resend-{time.strftime('%Y%m%dT%H%M%S')}"
+        if missing:
+            files = self.regenerate(key, set(missing), out_dir)
+        cfg = self.config.registry
+        stamp = f"{time.time():.6f}"
+        queued_instances = queued_manifests = 0
+        with self.outbox.transaction():
+            conn = self.store.conn  # this thread's connection: the transaction's
+            row = conn.execute("SELECT state FROM studies WHERE study_key=?", (key,)).fetchone()
+            if row is None or row[0] not in ("pushed", "verified"):
+                result.outcome, result.error = "unresolved", "study changed state meanwhile"
+                return
+            for sent, comp in comps:
+                instances = [read_outgoing(files[u], self.layout) for u in sorted(comp.missing) if u in files]
+                job_ids: list[int] = []
+                for batch in make_batches(instances, cfg.batch_max_instances, cfg.batch_max_bytes):
+                    refs = [i.sop_instance_uid for i in batch]
+                    job_key = f"{sent.study_uid}#resend-{_digest(refs)[:16]}-{stamp}"
+                    self.outbox.enqueue("stow", job_key, self.destination,
+                                        {"study_instance_uid": sent.study_uid, "instances": len(batch),
+                                         "resend": True},
+                                        files=[i.relpath for i in batch], refs=refs, sizes=[i.size for i in batch],
+                                        group=sent.study_uid)
+                    job_id = self.outbox.job_id("stow", job_key, self.destination)
+                    assert job_id is not None
+                    job_ids.append(job_id)
+                    queued_instances += len(batch)
+                if comp.manifest in ("missing", "different"):
+                    job_key = f"{sent.study_uid}#{_digest([json.dumps(sent.manifest, sort_keys=True)])[:16]}-{stamp}"
+                    self.outbox.enqueue("manifest", job_key, self.destination, sent.manifest, after=job_ids,
+                                        group=sent.study_uid)
+                    queued_manifests += 1
+            if queued_instances or queued_manifests:
+                conn.execute("UPDATE studies SET state='queued', verified_at=NULL, updated_at=? WHERE study_key=?",
+                             (time.time(), key))
+            else:  # known incomplete and nothing to send: not verified any more
+                conn.execute("UPDATE studies SET state='pushed', verified_at=NULL, updated_at=? WHERE study_key=?",
+                             (time.time(), key))
+        result.requeued, result.manifests_requeued = queued_instances, queued_manifests
+        if queued_instances < len(missing):
+            result.outcome = "unresolved"
+            result.error = f"{len(missing) - queued_instances} missing instance(s) have no original left to send"
+        else:
+            result.outcome = "requeued"
+
+    def regenerate(self, key: str, wanted: set[str], out_dir: Path) -> dict[str, Path]:
+        """De-identify the study's originals again, in the order the study worker used, and write the
+        outputs whose de-identified SOP Instance UID is ``wanted``; returns UID -> written file."""
+        from connector.deid.study import StudyNameCheck, output_name
+
+        rows = self.store.study_instances(key)  # the study worker's order (series, path)
+        engine = self.engine
+        if not wanted & {engine.uid(str(r["sop_instance_uid"])) for r in rows}:
+            return {}  # none of the originals is on the spool any more
+        names = StudyNameCheck()
+        written: dict[str, Path] = {}
+        for row in rows:
+            source = self.layout.spool / row["path"]
+            if not source.is_file():
+                continue
+            result = engine.process_path(source, names.names)
+            if result.status != "ok":
+                names.learn(result)
+                continue
+            names.learn(result, result.sop_instance_uid)
+            if result.sop_instance_uid in wanted and result.data is not None:
+                out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                target = out_dir / output_name(result)
+                write_file_durably(target, result.data, sync=engine.fsync)
+                written[result.sop_instance_uid] = target
+        for late in names.late_hits():  # the PHI guard's end-of-study check, as in the first run
+            path = written.pop(str(late), None)
+            if path is not None:
+                path.unlink(missing_ok=True)
+        return written
+
+
+def _worst(values: Iterable[str]) -> str:
+    order = ("different", "missing", "ok", "unchecked")
+    vals = list(values)
+    return min(vals, key=order.index) if vals else "unchecked"
+
+
+def scheduled_job(config: Config, layout: SiteLayout, provider: Any) -> Callable[[], None]:
+    """The daemon's periodic reconciliation (``[registry] reconcile_interval_minutes``)."""
+    from connector.deid.engine import DeidEngine
+
+    store = StateStore(layout.state_db)
+    engine: list[DeidEngine] = []
+
+    def factory() -> DeidEngine:
+        if not engine:
+            engine.append(DeidEngine.from_config(config, provider))
+        return engine[0]
+
+    def job() -> None:
+        try:
+            Reconciler(config, store, layout, engine_factory=factory).run()
+        except RegistryUnreachable as exc:
+            log.warning("registry unreachable; reconciliation skipped until the next run",
+                        extra={"event": "reconcile_unreachable", "error": str(exc)})
+        except Exception as exc:
+            log.error("reconciliation failed", extra={"event": "reconcile_error", "error": type(exc).__name__})
+
+    return job

@@ -1,0 +1,183 @@
+"""Reconciliation's comparison (unit) and its outcomes against a live dev registry (in process)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from connector.deid.engine import DeidEngine
+from connector.push.reconcile import (
+    Held,
+    Reconciler,
+    RegistryUnreachable,
+    Report,
+    Sent,
+    StudyResult,
+    compare,
+)
+from connector.registry import RegistryServer
+from connector.store.state import STUDY_STATES
+from tests.push.conftest import Site, push_all, queue_site_study
+from tests.support.net import free_port
+
+
+def _sent() -> Sent:
+    return Sent.from_manifest({"study_instance_uid": "2.25.1", "instance_count": 3,
+                               "sop_instance_uids": ["2.25.11", "2.25.12", "2.25.13"],
+                               "series": [{"series_instance_uid": "2.25.100", "modality": "CT", "instances": 2},
+                                          {"series_instance_uid": "2.25.200", "modality": "PT", "instances": 1}]})
+
+
+def _manifest(uids: list[str], study: str = "2.25.1") -> dict:
+    return {"study_instance_uid": study, "sop_instance_uids": uids}
+
+
+def test_everything_held_matches() -> None:
+    sent = _sent()
+    held = Held({"2.25.100": {"2.25.11", "2.25.12"}, "2.25.200": {"2.25.13"}}, _manifest(sorted(sent.sop_uids)), True)
+    c = compare(sent, held)
+    assert c.ok and c.missing == frozenset() and (c.series_short, c.unexpected, c.manifest) == (0, 0, "ok")
+
+
+def test_a_missing_instance_is_named_and_its_series_counted_short() -> None:
+    held = Held({"2.25.100": {"2.25.11"}, "2.25.200": {"2.25.13"}}, _manifest(["2.25.11", "2.25.12", "2.25.13"]), True)
+    c = compare(_sent(), held)
+    assert not c.ok and c.missing == {"2.25.12"} and c.series_short == 1 and c.manifest == "ok"
+
+
+def test_an_instance_held_under_another_series_still_counts_as_held() -> None:
+    held = Held({"2.25.100": {"2.25.11", "2.25.12", "2.25.13"}, "2.25.200": set()}, None, False)
+    c = compare(_sent(), held)
+    assert c.missing == frozenset() and c.series_short == 1 and c.ok  # held is held; the count is reported
+
+
+def test_extra_instances_are_counted_not_a_mismatch() -> None:
+    held = Held({"2.25.100": {"2.25.11", "2.25.12", "2.25.99"}, "2.25.200": {"2.25.13"}}, None, False)
+    c = compare(_sent(), held)
+    assert c.ok and c.unexpected == 1 and c.manifest == "unchecked"
+
+
+@pytest.mark.parametrize(("manifest", "expected"), [
+    (None, "missing"),
+    (_manifest(["2.25.11", "2.25.12"]), "different"),
+    (_manifest(["2.25.11", "2.25.12", "2.25.13"], study="2.25.9"), "different"),
+])
+def test_a_missing_or_different_manifest_is_a_mismatch(manifest, expected) -> None:
+    held = Held({"2.25.100": {"2.25.11", "2.25.12"}, "2.25.200": {"2.25.13"}}, manifest, True)
+    c = compare(_sent(), held)
+    assert c.manifest == expected and not c.ok and c.missing == frozenset()
+
+
+def test_without_the_json_api_only_instances_are_compared() -> None:
+    held = Held({"2.25.100": {"2.25.11", "2.25.12"}, "2.25.200": {"2.25.13"}}, None, api=False)
+    assert compare(_sent(), held).ok
+
+
+def test_nothing_held_at_all() -> None:
+    c = compare(_sent(), Held({}, None, True))
+    assert c.missing == _sent().sop_uids and c.series_short == 2 and c.manifest == "missing"
+
+
+def test_report_exit_status_and_no_identifiers() -> None:
+    report = Report([StudyResult("k1", "verified"), StudyResult("k2", "requeued", missing=1, requeued=1)])
+    assert report.ok and report.summary()["instances_requeued"] == 1
+    assert [s["study"] for s in report.as_dict()["studies"]] == ["k2"]  # only what needs attention is listed
+    report.results.append(StudyResult("k3", "unresolved", missing=2))
+    assert not report.ok
+    assert "verified" in STUDY_STATES and STUDY_STATES.index("verified") == STUDY_STATES.index("pushed") + 1
+
+
+# -- against a live dev registry -----------------------------------------------------------------
+
+
+def _pushed_study(site: Site, registry: RegistryServer, key: str = "k1"):
+    study = site.deid_study(ct=4, pet=2)
+    queue_site_study(site, study)
+    push_all(site, site.config(registry.url))
+    with site.store.write() as conn:
+        conn.execute("INSERT INTO studies (study_key, study_uid, state, last_received_at) VALUES (?, ?, 'queued', ?)",
+                     (key, "1.2.3." + key[-1], time.time()))
+    site.store.record_study_outputs(key, [study.study_uid])
+    assert site.store.promote_pushed() == [key]
+    return study
+
+
+def test_verified_then_a_lost_manifest_is_sent_again(site: Site, registry: RegistryServer) -> None:
+    _pushed_study(site, registry)
+    config = site.config(registry.url)
+    report = Reconciler(config, site.store, site.layout).run()
+    assert (report.count("verified"), report.api) == (1, True)
+    row = site.store.study("k1")
+    assert row["state"] == "verified" and row["verified_at"] == pytest.approx(time.time(), abs=60)
+
+    with registry.store.write() as conn:  # the registry lost the manifest (not the images)
+        conn.execute("DELETE FROM manifests")
+    report = Reconciler(config, site.store, site.layout).run(include_verified=True)
+    [result] = report.results
+    assert (result.outcome, result.manifest, result.manifests_requeued, result.missing) == ("requeued", "missing", 1, 0)
+    assert site.store.study("k1")["state"] == "queued" and site.store.study("k1")["verified_at"] is None
+    push_all(site, config)
+    assert site.store.promote_pushed() == ["k1"] or site.store.study("k1")["state"] == "pushed"
+    assert registry.store.manifests()[0]["complete"]
+    assert Reconciler(config, site.store, site.layout).run().count("verified") == 1
+
+
+def test_a_lost_instance_without_its_original_is_reported_unresolved(site: Site, registry: RegistryServer) -> None:
+    study = _pushed_study(site, registry)
+    config = site.config(registry.url)
+    assert Reconciler(config, site.store, site.layout).run().count("verified") == 1
+    assert registry.store.delete_instance(min(study.sop_uids))
+    engine = DeidEngine.from_rules(None, site.provider, site_id="TEST01", fsync=False)
+    report = Reconciler(config, site.store, site.layout, engine_factory=lambda: engine).run(include_verified=True)
+    [result] = report.results
+    assert (result.outcome, result.missing, result.requeued) == ("unresolved", 1, 0) and not report.ok
+    assert "no original" in result.error
+    row = site.store.study("k1")
+    assert row["state"] == "pushed" and row["verified_at"] is None  # known incomplete: not verified any more
+
+
+def test_unreachable_registry_changes_nothing(site: Site, registry: RegistryServer) -> None:
+    _pushed_study(site, registry)
+    config = site.config(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(RegistryUnreachable):
+        Reconciler(config, site.store, site.layout).run()
+    assert site.store.study("k1")["state"] == "pushed"
+
+
+def test_only_the_studies_asked_for(site: Site, registry: RegistryServer) -> None:
+    _pushed_study(site, registry, "k1")
+    _pushed_study(site, registry, "k2")
+    config = site.config(registry.url)
+    report = Reconciler(config, site.store, site.layout).run(study_keys=["k2"])
+    assert [r.study for r in report.results] == ["k2"]
+    assert site.store.study("k1")["state"] == "pushed" and site.store.study("k2")["state"] == "verified"
+
+
+def test_command_exit_codes(site: Site, registry: RegistryServer, monkeypatch, capsys, tmp_path) -> None:
+    import json
+
+    from connector.cli.main import main
+
+    _pushed_study(site, registry)
+    monkeypatch.delenv("SITE_CONNECTOR_CONFIG", raising=False)
+    monkeypatch.setenv("SITE_CONNECTOR__STORAGE__DATA_DIR", str(site.layout.data_dir))
+    monkeypatch.setenv("SITE_CONNECTOR__REGISTRY__TOKEN_FILE", str(site.token_file))
+    monkeypatch.setenv("SITE_CONNECTOR__REGISTRY__URL", f"http://127.0.0.1:{free_port()}")
+    assert main(["reconcile", "--json"]) == 3  # unreachable: nothing changed
+    assert "not reachable" in capsys.readouterr().err and site.store.study("k1")["state"] == "pushed"
+    assert main(["reconcile", "--study", "0" * 20]) == 2
+    capsys.readouterr()
+    wrong = tmp_path / "wrong.token"
+    wrong.write_text("not-the-token\n")
+    wrong.chmod(0o600)
+    monkeypatch.setenv("SITE_CONNECTOR__REGISTRY__URL", registry.url)
+    monkeypatch.setenv("SITE_CONNECTOR__REGISTRY__TOKEN_FILE", str(wrong))
+    assert main(["reconcile"]) == 1 and "refused" in capsys.readouterr().err
+    monkeypatch.setenv("SITE_CONNECTOR__REGISTRY__TOKEN_FILE", str(site.token_file))
+    assert main(["reconcile", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["checked"], out["verified"], out["manifest_checked"]) == (1, 1, True)
+    assert main(["reconcile"]) == 0 and "checked 0 studies" in capsys.readouterr().out
+    status = main(["status", "--json"])
+    assert status == 0 and json.loads(capsys.readouterr().out)["studies"]["verified"] == 1
