@@ -17,8 +17,8 @@ import pytest
 
 from connector.synthetic import SyntheticStudy, ct_slices, write_pet_ct_study, write_series
 from tests.faults.support import (TEST_STOP_TIMEOUT, RegistryProcess, StallServer, acknowledged_files,
-                                  push_settings, stop_timed, storescu, storescu_popen, study_states, token_file,
-                                  wait_for)
+                                  push_settings, status, stop_timed, storescu, storescu_popen, study_states,
+                                  token_file, wait_for)
 from tests.support.daemon import ConnectorProcess
 from tests.support.dicomfiles import stored_by_sop
 from tests.support.net import free_port
@@ -87,8 +87,14 @@ def test_stop_mid_study_resumes_it_at_the_next_start(tmp_path: Path) -> None:
         daemon.start()
         try:
             # resumed: de-identified again (same bytes), scored, and everything delivered
-            wait_for(lambda: registry.stats()["results"] == 1 and registry.stats()["manifests"] == 1,
-                     timeout=120, what="the study and its CAC result delivered after restart")
+            try:
+                wait_for(lambda: registry.stats()["results"] == 1 and registry.stats()["manifests"] == 1,
+                         timeout=180, interval=0.5, what="the study and its CAC result delivered after restart")
+            except AssertionError as exc:  # say where it stuck: study states, outbox, registry, last log lines
+                tail = [line[:300] for line in daemon.logs().splitlines()
+                        if '"http request' not in line][-40:]
+                raise AssertionError(f"{exc}; studies {study_states(daemon)}; outbox {status(daemon)}; registry "
+                                     f"{registry.stats()}; log tail:\n" + "\n".join(tail)) from None
             wait_for(lambda: '"study_processed"' in daemon.logs(), timeout=30, what="the study processed")
             stats = registry.stats()
             assert stats["instances"] == stats["files"] == len(files) and stats["subjects"] == 1
