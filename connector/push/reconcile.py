@@ -1,6 +1,7 @@
 """Reconciliation: ask the registry what it holds for each delivered study, and mend what it lacks.
 
-    for each study in state "pushed" (and, on request, "verified" ones again):
+    for each study in state "pushed" (and, on request or reconcile_recheck_days after their
+    verification, "verified" ones again):
       what the site sent   = the manifest payload of each de-identified study UID it became
                              (SOP Instance UIDs and series, kept in the outbox)
       what the registry has = QIDO-RS instance list of each of those series, and the stored
@@ -268,11 +269,16 @@ class Reconciler:
 
     # -- what to check ---------------------------------------------------------------------------
 
-    def targets(self, *, include_verified: bool = False, study_keys: Iterable[str] | None = None) -> list[str]:
-        states = ("pushed", "verified") if include_verified or study_keys is not None else ("pushed",)
-        marks = ",".join("?" * len(states))
-        rows = self.store.conn.execute(f"SELECT study_key FROM studies WHERE state IN ({marks}) ORDER BY study_key",
-                                       states).fetchall()
+    def targets(self, *, include_verified: bool = False, study_keys: Iterable[str] | None = None,
+                verified_before: float | None = None) -> list[str]:
+        """Studies in state pushed; verified ones too when asked (all, named, or verified before a time)."""
+        if include_verified or study_keys is not None:
+            sql, args = "state IN ('pushed', 'verified')", ()
+        elif verified_before is not None:
+            sql, args = "state='pushed' OR (state='verified' AND verified_at<?)", (verified_before,)
+        else:
+            sql, args = "state='pushed'", ()
+        rows = self.store.conn.execute(f"SELECT study_key FROM studies WHERE {sql} ORDER BY study_key", args).fetchall()
         keys = [r[0] for r in rows]
         if study_keys is not None:
             wanted = set(study_keys)
@@ -282,31 +288,32 @@ class Reconciler:
     def sent(self, keys: list[str]) -> dict[str, list[Sent] | None]:
         """study key -> what each of its de-identified study UIDs sent (None: not known any more)."""
         conn = self.store.conn
-        outputs: dict[str, list[str]] = {}
-        for key, uid in conn.execute("SELECT study_key, study_uid FROM study_outputs"):
-            outputs.setdefault(key, []).append(uid)
-        manifests: dict[str, str] = {}
-        for grp, payload in conn.execute(
-                "SELECT grp, payload FROM outbox_jobs WHERE kind='manifest' AND state='done' AND destination=? "
-                "ORDER BY done_at, id", (self.destination,)):
-            manifests[grp] = payload  # the latest acknowledged manifest of each study UID wins
         out: dict[str, list[Sent] | None] = {}
         for key in keys:
-            uids = outputs.get(key) or []
-            if not uids or any(u not in manifests for u in uids):
-                out[key] = None
-            else:
-                out[key] = [Sent.from_manifest(json.loads(manifests[u])) for u in sorted(uids)]
+            records: list[Sent] | None = []
+            uids = [r[0] for r in conn.execute("SELECT study_uid FROM study_outputs WHERE study_key=? ORDER BY study_uid",
+                                               (key,))]
+            for uid in uids:
+                row = conn.execute(  # the latest acknowledged manifest of this study UID
+                    "SELECT payload FROM outbox_jobs WHERE destination=? AND grp=? AND kind='manifest' AND state='done' "
+                    "ORDER BY done_at DESC, id DESC LIMIT 1", (self.destination, uid)).fetchone()
+                if row is None:
+                    records = None
+                    break
+                assert records is not None
+                records.append(Sent.from_manifest(json.loads(row[0])))
+            out[key] = records if uids else None
         return out
 
     # -- the run ---------------------------------------------------------------------------------
 
-    def run(self, *, include_verified: bool = False, study_keys: Iterable[str] | None = None) -> Report:
+    def run(self, *, include_verified: bool = False, study_keys: Iterable[str] | None = None,
+            verified_before: float | None = None) -> Report:
         """Check the studies; raises :class:`RegistryUnreachable` when the registry cannot be reached
         (then nothing was changed)."""
         started = time.monotonic()
         report = Report()
-        keys = self.targets(include_verified=include_verified, study_keys=study_keys)
+        keys = self.targets(include_verified=include_verified, study_keys=study_keys, verified_before=verified_before)
         if not keys:
             report.seconds = time.monotonic() - started
             return report
@@ -475,8 +482,10 @@ def scheduled_job(config: Config, layout: SiteLayout, provider: Any) -> Callable
         return engine[0]
 
     def job() -> None:
+        days = config.registry.reconcile_recheck_days
         try:
-            Reconciler(config, store, layout, engine_factory=factory).run()
+            Reconciler(config, store, layout, engine_factory=factory).run(
+                verified_before=time.time() - days * 86400 if days > 0 else None)
         except RegistryUnreachable as exc:
             log.warning("registry unreachable; reconciliation skipped until the next run",
                         extra={"event": "reconcile_unreachable", "error": str(exc)})

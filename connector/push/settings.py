@@ -123,6 +123,10 @@ class RegistryConfig:
                                                 doc="ask the registry this often what it holds for each pushed "
                                                     "study and re-send what is missing; 0 = off (the "
                                                     "reconcile command still works)")
+    reconcile_recheck_days: float = setting(7.0, check(lambda v: v >= 0, "must be zero or more"),
+                                            doc="the scheduled reconciliation also checks verified studies again "
+                                                "once they were verified this many days ago (a registry can lose "
+                                                "data later); 0 = never")
 
     # -- derived values ------------------------------------------------------------------------
 

@@ -181,3 +181,20 @@ def test_command_exit_codes(site: Site, registry: RegistryServer, monkeypatch, c
     assert main(["reconcile"]) == 0 and "checked 0 studies" in capsys.readouterr().out
     status = main(["status", "--json"])
     assert status == 0 and json.loads(capsys.readouterr().out)["studies"]["verified"] == 1
+
+
+def test_scheduled_runs_check_old_verifications_again(site: Site, registry: RegistryServer) -> None:
+    _pushed_study(site, registry, "k1")
+    _pushed_study(site, registry, "k2")
+    config = site.config(registry.url)
+    assert Reconciler(config, site.store, site.layout).run().count("verified") == 2
+    week_ago = time.time() - 8 * 86400
+    with site.store.write() as conn:
+        conn.execute("UPDATE studies SET verified_at=? WHERE study_key='k1'", (week_ago,))
+    reconciler = Reconciler(config, site.store, site.layout)
+    assert reconciler.targets() == []
+    cutoff = time.time() - config.registry.reconcile_recheck_days * 86400
+    assert reconciler.targets(verified_before=cutoff) == ["k1"]
+    report = reconciler.run(verified_before=cutoff)
+    assert [(r.study, r.outcome) for r in report.results] == [("k1", "verified")]
+    assert site.store.study("k1")["verified_at"] > week_ago + 86400
