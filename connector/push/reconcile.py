@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 SOP_INSTANCE_UID = "00080018"
 WORKERS = 8  # registry requests in flight at once while reconciling
+PAGE = 1000  # QIDO-RS page size asked for when a server's first answer was not the whole series
+MAX_PAGES = 100
 
 
 class RegistryUnreachable(Exception):
@@ -158,11 +160,29 @@ class RegistryReader:
             return False
         raise ReconcileError(f"http-{resp.status_code}")
 
-    def instances(self, study_uid: str, series_uid: str) -> set[str]:
-        url = (f"{self.cfg.resolved_dicomweb_url}/studies/{quote(study_uid, safe='')}/series/"
-               f"{quote(series_uid, safe='')}/instances")
+    def instances(self, study_uid: str, series_uid: str, expected: int = 0) -> set[str]:
+        """SOP Instance UIDs held in one series.
+
+        Servers may cut a QIDO-RS answer short (a default or maximum page size): while fewer than
+        the ``expected`` count (what was sent) are seen, the next page is asked for (``offset``),
+        until a page brings nothing new (also the end with a server that ignores ``offset``). A
+        complete series costs one request, a short one two.
+        """
+        base = (f"{self.cfg.resolved_dicomweb_url}/studies/{quote(study_uid, safe='')}/series/"
+                f"{quote(series_uid, safe='')}/instances")
+        out: set[str] = set()
+        for _ in range(MAX_PAGES):
+            page = self._instance_page(base if not out else f"{base}?limit={PAGE}&offset={len(out)}")
+            if not page - out:
+                break
+            out |= page
+            if len(out) >= expected:
+                break
+        return out
+
+    def _instance_page(self, url: str) -> set[str]:
         resp = self._get(url, "application/dicom+json")
-        if resp.status_code in (204, 404):  # nothing held (servers differ in how they say it)
+        if resp.status_code in (204, 404):  # nothing (more) held: servers differ in how they say it
             return set()
         if resp.status_code != 200:
             raise ReconcileError(f"http-{resp.status_code}")
@@ -191,7 +211,7 @@ class RegistryReader:
     def held(self, sent: Sent, api: bool) -> Held:
         held = Held(api=api)
         for series_uid in sent.series:
-            held.series[series_uid] = self.instances(sent.study_uid, series_uid)
+            held.series[series_uid] = self.instances(sent.study_uid, series_uid, sent.series[series_uid])
         if api:
             held.manifest = self.manifest(sent.study_uid)
         return held

@@ -10,6 +10,7 @@ from connector.deid.engine import DeidEngine
 from connector.push.reconcile import (
     Held,
     Reconciler,
+    RegistryReader,
     RegistryUnreachable,
     Report,
     Sent,
@@ -198,3 +199,34 @@ def test_scheduled_runs_check_old_verifications_again(site: Site, registry: Regi
     report = reconciler.run(verified_before=cutoff)
     assert [(r.study, r.outcome) for r in report.results] == [("k1", "verified")]
     assert site.store.study("k1")["verified_at"] > week_ago + 86400
+
+
+class _CappedServer(RegistryReader):
+    """QIDO-RS answers cut at ``cap`` instances per page, honouring ``offset`` or not."""
+
+    def __init__(self, held: list[str], cap: int, honour_offset: bool = True) -> None:
+        from types import SimpleNamespace
+
+        self.cfg = SimpleNamespace(resolved_dicomweb_url="http://registry.invalid/dicomweb")
+        self.held, self.cap, self.honour_offset = held, cap, honour_offset
+        self.offsets: list[int] = []
+
+    def _instance_page(self, url: str) -> set[str]:
+        from urllib.parse import parse_qs, urlsplit
+
+        offset = int(parse_qs(urlsplit(url).query).get("offset", ["0"])[0])
+        self.offsets.append(offset)
+        start = offset if self.honour_offset else 0
+        return set(self.held[start:start + self.cap])
+
+
+def test_a_series_cut_short_by_the_server_is_read_page_by_page() -> None:
+    held = [f"2.25.{i}" for i in range(250)]
+    server = _CappedServer(held, cap=100)
+    assert server.instances("2.25.1", "2.25.2", expected=250) == set(held) and server.offsets == [0, 100, 200]
+    server = _CappedServer(held[:249], cap=100)  # one lost: pages until one brings nothing new
+    assert len(server.instances("2.25.1", "2.25.2", expected=250)) == 249 and server.offsets == [0, 100, 200, 249]
+    server = _CappedServer(held, cap=1000)
+    assert len(server.instances("2.25.1", "2.25.2", expected=250)) == 250 and server.offsets == [0]  # one request
+    server = _CappedServer(held[:249], cap=1000, honour_offset=False)  # a server that ignores offset
+    assert len(server.instances("2.25.1", "2.25.2", expected=250)) == 249 and server.offsets == [0, 249]
