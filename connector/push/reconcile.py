@@ -25,9 +25,11 @@ What is reported: counts and study keys (a hash), never UIDs, pseudonyms or name
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -406,7 +408,7 @@ class Reconciler:
         """Re-queue exactly what the registry lacks; sets ``result.outcome`` and its counts."""
         missing = {uid: sent.study_uid for sent, comp in comps for uid in comp.missing}
         files: dict[str, Path] = {}
-        out_dir = self.layout.outgoing / f"{key}.resend-{time.strftime('%Y%m%dT%H%M%S')}"
+        out_dir = self.layout.outgoing / f"{key}.resend-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
         if missing:
             files = self.regenerate(key, set(missing), out_dir)
         cfg = self.config.registry
@@ -415,8 +417,12 @@ class Reconciler:
         with self.outbox.transaction():
             conn = self.store.conn  # this thread's connection: the transaction's
             row = conn.execute("SELECT state FROM studies WHERE study_key=?", (key,)).fetchone()
-            if row is None or row[0] not in ("pushed", "verified"):
+            if row is None or row[0] not in ("pushed", "verified"):  # e.g. another reconciliation re-queued it
                 result.outcome, result.error = "unresolved", "study changed state meanwhile"
+                for path in files.values():
+                    path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    out_dir.rmdir()
                 return
             for sent, comp in comps:
                 instances = [read_outgoing(files[u], self.layout) for u in sorted(comp.missing) if u in files]

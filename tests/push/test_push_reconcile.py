@@ -230,3 +230,85 @@ def test_a_series_cut_short_by_the_server_is_read_page_by_page() -> None:
     assert len(server.instances("2.25.1", "2.25.2", expected=250)) == 250 and server.offsets == [0]  # one request
     server = _CappedServer(held[:249], cap=1000, honour_offset=False)  # a server that ignores offset
     assert len(server.instances("2.25.1", "2.25.2", expected=250)) == 249 and server.offsets == [0, 249]
+
+
+# -- regeneration from the originals on the spool (in process) -----------------------------------
+
+
+def _ingested_and_pushed(site: Site, registry: RegistryServer):
+    """A study received (originals on the spool, instances rows), de-identified, queued and pushed,
+    the way the daemon's study worker does it."""
+    import shutil
+
+    import pydicom
+
+    from connector.deid.study import deidentify_study
+    from connector.push import queue_study
+    from connector.store.state import InstanceRecord, instance_key
+    from connector.synthetic import SyntheticStudy, write_pet_ct_study
+
+    _, paths = write_pet_ct_study(site.root / "pacs", SyntheticStudy(), ct_count=4, pet_count=2, ct_rows=64)
+    records = []
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        rel = site.layout.incoming_relpath(instance_key(str(ds.SOPInstanceUID)))
+        (site.layout.spool / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, site.layout.spool / rel)
+        records.append(InstanceRecord(str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.StudyInstanceUID),
+                                      str(ds.SeriesInstanceUID), str(ds.Modality), "", rel, "", path.stat().st_size,
+                                      "scp"))
+    key = site.store.record_instances(records)[0].study_key
+    engine = DeidEngine.from_rules(None, site.provider, site_id="TEST01", fsync=False)
+    rows = site.store.study_instances(key)
+    result = deidentify_study([site.layout.spool / r["path"] for r in rows], site.layout.outgoing / key,
+                              site.layout.quarantine, engine)
+    [study_uid] = result.study_uids
+    files = [w.path for w in result.written]
+    sent = {w.sop_instance_uid: w.path.read_bytes() for w in result.written}
+    queue_study(site.outbox, study_uid=study_uid, pseudonym=result.pseudonyms[0], subject={"sex": "F"},
+                files=files, layout=site.layout)
+    site.store.record_study_outputs(key, [study_uid])
+    site.store.set_study_state(key, "queued")
+    push_all(site, site.config(registry.url))
+    assert site.store.study(key)["state"] == "pushed"
+    return key, engine, sent
+
+
+def test_exactly_the_lost_instances_are_regenerated_byte_for_byte(site: Site, registry: RegistryServer) -> None:
+    key, engine, sent = _ingested_and_pushed(site, registry)
+    config = site.config(registry.url)
+    lost = sorted(sent)[1:3]
+    for uid in lost:
+        assert registry.store.delete_instance(uid)
+    before = registry.store.stats()["instances_stored"]
+    report = Reconciler(config, site.store, site.layout, engine_factory=lambda: engine).run()
+    [result] = report.results
+    assert (result.outcome, result.missing, result.requeued, result.manifests_requeued) == ("requeued", 2, 2, 0)
+    [job] = [j for j in site.outbox.lease("t", "registry", limit=10) if j.payload.get("resend")]
+    assert sorted(i.ref for i in job.items) == lost
+    for item in job.items:
+        assert (site.layout.data_dir / item.path).read_bytes() == sent[item.ref]  # what was sent the first time
+    site.outbox.reset_leases()
+    assert site.store.study(key)["state"] == "queued"
+    push_all(site, config)
+    assert site.store.study(key)["state"] == "pushed"
+    assert registry.store.stats()["instances_stored"] == before + 2
+    assert Reconciler(config, site.store, site.layout).run().count("verified") == 1
+    assert not list(site.layout.outgoing.glob("*.resend-*/*.dcm"))  # re-sent copies removed once acknowledged
+
+
+def test_a_study_requeued_meanwhile_is_left_alone(site: Site, registry: RegistryServer) -> None:
+    _key, engine, sent = _ingested_and_pushed(site, registry)
+    assert registry.store.delete_instance(min(sent))
+
+    class Racing(Reconciler):
+        def regenerate(self, key: str, wanted: set[str], out_dir):
+            written = super().regenerate(key, wanted, out_dir)
+            site.store.set_study_state(key, "queued")  # another reconciliation got there first
+            return written
+
+    report = Racing(site.config(registry.url), site.store, site.layout, engine_factory=lambda: engine).run()
+    [result] = report.results
+    assert result.outcome == "unresolved" and "meanwhile" in result.error and result.requeued == 0
+    assert not [j for j in site.outbox.lease("t", "registry", limit=10) if j.payload.get("resend")]
+    assert not list(site.layout.outgoing.glob("*.resend-*"))  # its files were taken back
