@@ -27,6 +27,7 @@ def collect(layout: SiteLayout) -> dict[str, Any]:
         out = store.counts()
         out.update(outbox_counts(store))
         out["waiting_for_registry"] = store.waiting_for_registry()
+        out["last_reconciliation"] = store.last_reconciliation()
     finally:
         store.close()
     out["quarantined"] = count_quarantine(layout.quarantine)
@@ -49,6 +50,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"outbox pending:     {status['outbox_pending']} (oldest {status['oldest_pending_age_s']:.0f} s)")
     print(f"pushed:             {status['pushed']} jobs")
     print(f"failed:             {status['failed']} jobs (see quarantine/push)")
+    last = status["last_reconciliation"]
+    if last is not None:
+        import datetime as dt
+
+        when = dt.datetime.fromtimestamp(last["at"]).strftime("%Y-%m-%d %H:%M")
+        what = ("registry unreachable" if last.get("registry_unreachable") else
+                f"{last['checked']} checked: {last['verified']} verified, {last['requeued']} re-queued, "
+                f"{last['unresolved']} unresolved, {last['errors']} errors")
+        print(f"reconciled:         {when}, {what}")
     for study in status["waiting_for_registry"]:
         waiting = ", ".join(f"{kind} {'/'.join(f'{n} {st}' for st, n in states.items())}"
                             for kind, states in study["waiting"].items()) or "the manifest"

@@ -338,12 +338,13 @@ class Reconciler:
         keys = self.targets(include_verified=include_verified, study_keys=study_keys, verified_before=verified_before)
         if not keys:
             report.seconds = time.monotonic() - started
+            self.store.record_reconciliation(report.summary())
             return report
         sent = self.sent(keys)
         reader = self.reader or RegistryReader(self.config)
+        checked: dict[str, list[tuple[Sent, Comparison]]] = {}
         try:
             report.api = reader.has_api()
-            checked: dict[str, list[tuple[Sent, Comparison]]] = {}
 
             def check(key: str) -> tuple[str, list[tuple[Sent, Comparison]] | StudyResult]:
                 records = sent[key]
@@ -360,6 +361,11 @@ class Reconciler:
                         report.results.append(outcome)
                     else:
                         checked[key] = outcome
+        except RegistryUnreachable:  # nothing was changed; remembered for status
+            report.seconds = time.monotonic() - started
+            self.store.record_reconciliation({**Report(api=report.api, seconds=report.seconds).summary(),
+                                              "registry_unreachable": True})
+            raise
         finally:
             if self.reader is None:
                 reader.close()
@@ -385,6 +391,7 @@ class Reconciler:
                 "manifest": manifest, "error": result.error})
         report.results.sort(key=lambda r: r.study)
         report.seconds = time.monotonic() - started
+        self.store.record_reconciliation(report.summary())
         log.info("reconciliation done", extra={"event": "reconcile_done", **report.summary()})
         return report
 

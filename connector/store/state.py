@@ -164,6 +164,12 @@ def _add_verified_at(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE studies ADD COLUMN verified_at REAL")
 
 
+def _create_reconcile_runs(db: sqlite_utils.Database) -> None:
+    """One row per reconciliation with the registry: when, how long, and counts (no identifiers)."""
+    db.execute("CREATE TABLE IF NOT EXISTS reconcile_runs (id INTEGER PRIMARY KEY, at REAL NOT NULL, "
+               "seconds REAL, summary TEXT NOT NULL)")
+
+
 # Schema steps, each run once, in order, in one transaction. A stage that owns tables adds a
 # (version, "module:function") line; the function takes a sqlite_utils.Database.
 MIGRATIONS: list[tuple[int, Any]] = [
@@ -173,6 +179,7 @@ MIGRATIONS: list[tuple[int, Any]] = [
     (4, "connector.store.state:_create_privacy_reports"),
     (5, "connector.store.state:_create_study_outputs"),
     (6, "connector.store.state:_add_verified_at"),
+    (7, "connector.store.state:_create_reconcile_runs"),
 ]
 
 
@@ -453,6 +460,18 @@ class StateStore:
             out.append({"study": key, "waiting": {k: v for k, v in waiting.items() if v},
                         "last_error": row[0] if row else None})
         return out
+
+    def record_reconciliation(self, summary: dict[str, Any], keep: int = 100) -> None:
+        """Remember a reconciliation's counts (the last ``keep`` runs are kept)."""
+        with self.write() as conn:
+            conn.execute("INSERT INTO reconcile_runs (at, seconds, summary) VALUES (?, ?, ?)",
+                         (time.time(), summary.get("seconds"), json.dumps(summary, sort_keys=True)))
+            conn.execute("DELETE FROM reconcile_runs WHERE id <= (SELECT MAX(id) FROM reconcile_runs) - ?", (keep,))
+
+    def last_reconciliation(self) -> dict[str, Any] | None:
+        """The latest reconciliation: ``{"at": unix time, **its counts}``, or None if none ran yet."""
+        row = self.conn.execute("SELECT at, summary FROM reconcile_runs ORDER BY id DESC LIMIT 1").fetchone()
+        return {"at": row[0], **json.loads(row[1])} if row else None
 
     def study(self, key: str) -> dict[str, Any] | None:
         cur = self.conn.execute("SELECT * FROM studies WHERE study_key=?", (key,))

@@ -120,6 +120,23 @@ def collect(store: StateStore, data_dir: Path, quarantine_dir: Path, min_free_by
         .add(integrations.cac_runs(figures)),
     ]
 
+    last = store.last_reconciliation() or {}
+    reconciled = Family(p + "last_reconcile_studies", "gauge",
+                        "Studies of the last reconciliation with the registry, by outcome.")
+    for outcome, field in (("verified", "verified"), ("requeued", "requeued"), ("unresolved", "unresolved"),
+                           ("error", "errors")):
+        reconciled.add(last.get(field, 0), outcome=outcome)
+    fams += [
+        Family(p + "last_reconcile_timestamp_seconds", "gauge",
+               "Unix time of the last reconciliation with the registry (0 = never).").add(last.get("at", 0)),
+        Family(p + "last_reconcile_duration_seconds", "gauge", "How long the last reconciliation took.")
+        .add(last.get("seconds", 0)),
+        Family(p + "last_reconcile_registry_unreachable", "gauge",
+               "1 when the last reconciliation could not reach the registry.")
+        .add(1 if last.get("registry_unreachable") else 0),
+        reconciled,
+    ]
+
     try:
         free: float = disk_free_bytes(data_dir)
     except OSError:

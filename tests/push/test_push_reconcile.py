@@ -312,3 +312,18 @@ def test_a_study_requeued_meanwhile_is_left_alone(site: Site, registry: Registry
     assert result.outcome == "unresolved" and "meanwhile" in result.error and result.requeued == 0
     assert not [j for j in site.outbox.lease("t", "registry", limit=10) if j.payload.get("resend")]
     assert not list(site.layout.outgoing.glob("*.resend-*"))  # its files were taken back
+
+
+def test_status_shows_the_last_reconciliation(site: Site, registry: RegistryServer) -> None:
+    from connector.cli.status_cmd import collect
+
+    _pushed_study(site, registry)
+    assert collect(site.layout)["last_reconciliation"] is None
+    with pytest.raises(RegistryUnreachable):
+        Reconciler(site.config(f"http://127.0.0.1:{free_port()}"), site.store, site.layout).run()
+    last = collect(site.layout)["last_reconciliation"]
+    assert last["registry_unreachable"] is True and last["checked"] == 0
+    Reconciler(site.config(registry.url), site.store, site.layout).run()
+    last = collect(site.layout)["last_reconciliation"]
+    assert (last["checked"], last["verified"], last["requeued"]) == (1, 1, 0)
+    assert last["at"] == pytest.approx(time.time(), abs=60) and "registry_unreachable" not in last

@@ -101,6 +101,8 @@ def test_reconcile_against_the_dev_registry_resends_exactly_the_lost_instance(tm
             _no_identifiers(study, json.dumps(report), daemon.logs())
             metrics = _metrics(daemon)
             assert 'site_connector_studies{state="verified"} 1' in metrics
+            assert 'site_connector_last_reconcile_studies{outcome="verified"} 1' in metrics
+            assert "site_connector_last_reconcile_timestamp_seconds 0\n" not in metrics
     finally:
         registry.stop()
 
