@@ -76,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
         print_json(report.as_dict())
     else:
         s = report.summary()
-        print(f"checked {s['checked']} studies in {s['seconds']:.1f} s "
-              f"({'instances and manifests' if report.api else 'instances only: no JSON API'}): "
+        scope = ("" if not s["checked"] else
+                 " (instances and manifests)" if report.api else " (instances only: the registry has no JSON API)")
+        print(f"checked {s['checked']} studies in {s['seconds']:.1f} s{scope}: "
               f"{s['verified']} verified, {s['requeued']} re-queued, {s['unresolved']} unresolved, "
               f"{s['errors']} errors")
         for r in report.results:

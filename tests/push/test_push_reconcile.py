@@ -180,6 +180,8 @@ def test_command_exit_codes(site: Site, registry: RegistryServer, monkeypatch, c
     out = json.loads(capsys.readouterr().out)
     assert (out["checked"], out["verified"], out["manifest_checked"]) == (1, 1, True)
     assert main(["reconcile"]) == 0 and "checked 0 studies" in capsys.readouterr().out
+    assert main(["reconcile", "--all"]) == 0
+    assert "checked 1 studies" in (text := capsys.readouterr().out) and "instances and manifests" in text
     status = main(["status", "--json"])
     assert status == 0 and json.loads(capsys.readouterr().out)["studies"]["verified"] == 1
 
