@@ -460,7 +460,8 @@ class Reconciler:
         result.requeued, result.manifests_requeued = queued_instances, queued_manifests
         if queued_instances < len(missing):
             result.outcome = "unresolved"
-            result.error = f"{len(missing) - queued_instances} missing instance(s) have no original left to send"
+            result.error = (f"{len(missing) - queued_instances} missing instance(s) could not be made again: no "
+                            "original left on the spool, or de-identification no longer passes it")
         else:
             result.outcome = "requeued"
 
