@@ -112,13 +112,24 @@ def test_the_daemon_reconciles_on_its_schedule(tmp_path: Path) -> None:
     _, files = write_pet_ct_study(tmp_path / "pacs", study, ct_count=4, pet_count=2, ct_rows=64)
     token = token_file(tmp_path / "secrets")
     registry = RegistryServer(tmp_path / "registry", token=token.read_text().strip(), port=0).start()
-    try:  # every 3 s
-        settings = push_settings(registry.url, token, registry__reconcile_interval_minutes=0.05)
+    try:  # every 3 s, and verified studies again 1 s after their verification
+        settings = push_settings(registry.url, token, registry__reconcile_interval_minutes=0.05,
+                                 registry__reconcile_recheck_days=1 / 86400)
         with ConnectorProcess(tmp_path / "site", **settings) as daemon:
             storescu(daemon.port, files)
             wait_for(lambda: _studies_in(daemon, "verified") == 1, timeout=120, interval=0.3)
             logs = daemon.wait_for_log('"reconcile_done"')
             assert '"reconcile_done"' in logs
+            # the registry loses an instance: the daemon finds it out and re-sends it by itself
+            [held] = registry.store.studies()
+            victim = registry.store.instances_of(held["study_instance_uid"])[0]["sop_instance_uid"]
+            before = registry.store.stats()["instances_stored"]
+            assert registry.store.delete_instance(victim)
+            wait_for(lambda: registry.store.instance(victim) is not None, timeout=60)
+            assert registry.store.stats()["instances_stored"] == before + 1
+            wait_for(lambda: _studies_in(daemon, "verified") == 1, timeout=60, interval=0.3)
+            assert '"reconcile_mismatch"' in daemon.wait_for_log('"reconcile_mismatch"')
+            _no_identifiers(study, daemon.logs())
     finally:
         registry.stop()
 
