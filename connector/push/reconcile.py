@@ -382,8 +382,11 @@ class Reconciler:
                                  manifest=manifest)
             try:
                 self._mend(key, comps, result)
-            except Exception as exc:  # one study's trouble must not stop the others
+            except Exception as exc:  # one study's trouble must not stop the others; retried at the next run
                 result.outcome, result.error = "error", f"resend-failed:{type(exc).__name__}"
+                with self.store.write() as conn:  # known incomplete: not verified any more
+                    conn.execute("UPDATE studies SET state='pushed', verified_at=NULL, updated_at=? "
+                                 "WHERE study_key=? AND state='verified'", (time.time(), key))
             report.results.append(result)
             log.warning("registry lacks part of a study", extra={
                 "event": "reconcile_mismatch", "study": key, "outcome": result.outcome, "missing": result.missing,

@@ -329,3 +329,18 @@ def test_status_shows_the_last_reconciliation(site: Site, registry: RegistryServ
     last = collect(site.layout)["last_reconciliation"]
     assert (last["checked"], last["verified"], last["requeued"]) == (1, 1, 0)
     assert last["at"] == pytest.approx(time.time(), abs=60) and "registry_unreachable" not in last
+
+
+def test_a_resend_that_fails_leaves_the_study_pushed_not_verified(site: Site, registry: RegistryServer) -> None:
+    study = _pushed_study(site, registry)
+    config = site.config(registry.url)
+    assert Reconciler(config, site.store, site.layout).run().count("verified") == 1
+    assert registry.store.delete_instance(min(study.sop_uids))
+
+    def no_linkage():
+        raise OSError("linkage table unavailable")
+
+    report = Reconciler(config, site.store, site.layout, engine_factory=no_linkage).run(include_verified=True)
+    [result] = report.results
+    assert (result.outcome, result.error, result.missing) == ("error", "resend-failed:OSError", 1) and not report.ok
+    assert site.store.study("k1")["state"] == "pushed" and site.store.study("k1")["verified_at"] is None
