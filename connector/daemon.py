@@ -354,9 +354,10 @@ class Supervisor:
         self.stop_seconds = time.monotonic() - began
         if started_anything:
             log.info("daemon stopped", extra={"event": "daemon_stopped", "seconds": round(self.stop_seconds, 3)})
-        self._stop_log_listener()
+        # the roles' last lines may still be in the pipe: read them for what is left of the budget
+        self._stop_log_listener(max(0.5, began + self.config.service.stop_timeout - 0.3 - time.monotonic()))
 
-    def _stop_log_listener(self) -> None:
+    def _stop_log_listener(self, timeout: float = 2.0) -> None:
         """Like QueueListener.stop, but bounded: a role killed mid-write can leave the pipe unreadable."""
         listener, queue = self._listener, self._log_queue
         self._listener = None
@@ -368,7 +369,7 @@ class Supervisor:
         except Exception:
             pass
         if thread is not None:
-            thread.join(2.0)
+            thread.join(timeout)
         listener._thread = None  # type: ignore[attr-defined]
         if queue is not None:
             queue.cancel_join_thread()  # never hang at exit on a pipe nobody reads

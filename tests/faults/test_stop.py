@@ -53,13 +53,16 @@ def test_stop_mid_association_with_a_stalled_sender(tmp_path: Path) -> None:
         wait_for(lambda: len(acknowledged_files(log.read_text())) >= 20, timeout=60, interval=0.01,
                  what="20 instances acknowledged")
         os.kill(sender.pid, signal.SIGSTOP)
-        measured_stop(daemon, "mid-association")
+        seconds = measured_stop(daemon, "mid-association")
     finally:
         os.kill(sender.pid, signal.SIGCONT)
         sender.wait(timeout=60)
     acked = acknowledged_files(log.read_text())
     assert 20 <= len(acked) < len(files)
-    assert daemon.logs().count('"scp_stopped"') == 2, "a receiver did not finish its own stop"
+    # the receivers drained (half the budget), aborted the stalled association and exited by themselves:
+    # neither the roles' overdue exit (T - 2 s here) nor the supervisor's SIGKILL was needed
+    assert seconds < TEST_STOP_TIMEOUT - 2, seconds
+    assert '"role_killed"' not in daemon.logs()
     daemon.start()
     try:
         stored = stored_by_sop(daemon.spool)
