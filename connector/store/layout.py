@@ -6,6 +6,7 @@
     <data_dir>/spool/outgoing/     de-identified objects waiting to be pushed
     <data_dir>/quarantine/<stage>/ objects that must not go on, each with a reason file
     <data_dir>/logs/               JSON log files when file logging is on
+    <data_dir>/results/<study>/    local CAC artefacts (scored-calcium maps for the study page; never pushed)
     <key_dir>                      key files (default <data_dir>/keys)
 """
 
@@ -56,6 +57,15 @@ class SiteLayout:
     @property
     def logs(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def results(self) -> Path:
+        return self.data_dir / "results"
+
+    def scored_calcium_path(self, study_key: str, series_number: int) -> Path:
+        """Local scored-calcium map of one scored series (``series_number``: 0-based rank in the
+        study's CAC results). Named by the study key only: no UID or identifier in file names."""
+        return self.results / study_key / f"cac-{series_number}.npz"
 
     def incoming_relpath(self, key: str) -> str:
         """Spool path (relative to the spool root) of an original object, from its instance key."""
