@@ -33,6 +33,9 @@ from connector.infer.settings import CacConfig
 from connector.followup.settings import FollowupConfig
 from connector.web.settings import HttpConfig
 from connector.push.settings import RegistryConfig
+from connector.pacs import PacsConfig
+from connector.pacs import cross_check as _pacs_cross_check
+from connector.backfill.settings import BackfillConfig
 
 ENV_PREFIX = "SITE_CONNECTOR__"
 ENV_CONFIG_FILE = "SITE_CONNECTOR_CONFIG"
@@ -134,6 +137,7 @@ class ServiceConfig:
 class Config:
     site: SiteConfig = field(default_factory=SiteConfig)
     dicom: DicomConfig = field(default_factory=DicomConfig)
+    pacs: PacsConfig = field(default_factory=PacsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
     assemble: AssembleConfig = field(default_factory=AssembleConfig)
@@ -146,6 +150,7 @@ class Config:
     followup: FollowupConfig = field(default_factory=FollowupConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    backfill: BackfillConfig = field(default_factory=BackfillConfig)
     source: str = field(default="embedded defaults", compare=False)
 
     @property
@@ -313,6 +318,10 @@ def _cross_checks(config: Config) -> None:
     tls = (config.dicom.tls_cert_file, config.dicom.tls_key_file)
     if any(tls) and not all(tls):
         raise ConfigError(config.source, "[dicom] tls_cert_file/tls_key_file", "set both or neither")
+    pacs_problem = _pacs_cross_check(config.pacs)
+    if pacs_problem:
+        key, _, problem = pacs_problem.partition(": ")
+        raise ConfigError(config.source, f"[pacs] {key}", problem)
 
 
 def resolve_config_path(cli_path: str | None, environ: Mapping[str, str] | None = None) -> Path | None:
