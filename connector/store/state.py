@@ -180,6 +180,7 @@ MIGRATIONS: list[tuple[int, Any]] = [
     (5, "connector.store.state:_create_study_outputs"),
     (6, "connector.store.state:_add_verified_at"),
     (7, "connector.store.state:_create_reconcile_runs"),
+    (8, "connector.backfill.schema:create_schema"),
 ]
 
 
