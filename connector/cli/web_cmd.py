@@ -1,4 +1,7 @@
-"""``site-connector users``: manage the dashboard's staff logins (add, list, remove).
+"""``site-connector users``: manage the dashboard's staff logins (add, list, role, remove).
+
+Roles: ``it`` (default: every page and action except identifier search) and ``coordinator``
+(may also find a patient's studies by MRN or accession number, an audited linkage lookup).
 
 Passwords are read from the terminal without echo, or from stdin with ``--password-stdin`` (for
 provisioning scripts), never from the command line where ``ps`` and shell history would show them.
@@ -14,11 +17,11 @@ import sys
 from connector.cli import exitcodes
 from connector.cli.common import CommandError, add_config_option, config_from_args, print_json
 from connector.web.settings import users_path
-from connector.web.users import UserError, UserFile
+from connector.web.users import DEFAULT_ROLE, ROLES, UserError, UserFile
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("users", help="dashboard logins for site staff (add, list, remove)",
+    p = sub.add_parser("users", help="dashboard logins for site staff (add, list, role, remove)",
                        description="Manage the users who may sign in to the local dashboard. The users file "
                        "([http] users_file, default <data_dir>/web/users.json) holds scrypt hashes only.")
     add_config_option(p)
@@ -32,7 +35,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("name", help="user name (letters, digits, '.', '_', '-')")
     add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     add.add_argument("--replace", action="store_true", help="set a new password for an existing user")
+    add.add_argument("--role", choices=ROLES, default=None,
+                     help="it (default for a new user) or coordinator (may search by patient identifiers)")
     add.set_defaults(func=run_add)
+
+    role = users_sub.add_parser("role", help="change a user's role",
+                                description="Set a dashboard user's role: it, or coordinator (may find a "
+                                "patient's studies by MRN or accession number). Takes effect at the next page.")
+    add_config_option(role)
+    role.add_argument("name", help="user name")
+    role.add_argument("role", choices=ROLES, help="the new role")
+    role.set_defaults(func=run_role)
 
     lst = users_sub.add_parser("list", help="list users", description="List dashboard users (names only).")
     add_config_option(lst)
@@ -67,10 +80,20 @@ def run_add(args: argparse.Namespace) -> int:
     users = _users(args)
     password = _read_password(args)
     try:
-        users.add(args.name, password, replace=args.replace)
+        users.add(args.name, password, replace=args.replace, role=args.role)
     except UserError as exc:
         raise CommandError(str(exc), exitcodes.USAGE) from None
-    print(f"user {args.name} {'updated' if args.replace else 'added'} ({users.path})")
+    print(f"user {args.name} {'updated' if args.replace else 'added'} with role {users.role(args.name) or DEFAULT_ROLE} "
+          f"({users.path})")
+    return exitcodes.OK
+
+
+def run_role(args: argparse.Namespace) -> int:
+    try:
+        _users(args).set_role(args.name, args.role)
+    except UserError as exc:
+        raise CommandError(str(exc), exitcodes.USAGE) from None
+    print(f"user {args.name} now has role {args.role}")
     return exitcodes.OK
 
 
@@ -80,12 +103,12 @@ def run_list(args: argparse.Namespace) -> int:
     except UserError as exc:
         raise CommandError(str(exc), exitcodes.FAILURE) from None
     if args.json:
-        print_json({"users": [{"name": u.name, "created_at": u.created_at} for u in listed]})
+        print_json({"users": [{"name": u.name, "role": u.role, "created_at": u.created_at} for u in listed]})
     elif not listed:
         print("no users yet; add one with: site-connector users add NAME")
     else:
         for u in listed:
-            print(f"{u.name}\t{u.created_at}")
+            print(f"{u.name}\t{u.role}\t{u.created_at}")
     return exitcodes.OK
 
 

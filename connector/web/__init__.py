@@ -1,5 +1,9 @@
 """Health, metrics and the staff dashboard, served over HTTP on ``[http] host:port``.
 
+A Flask application (:mod:`connector.web.app`, pages in :mod:`connector.web.views`, Jinja2
+templates under ``templates/`` with autoescaping, the stylesheet under ``static/``), served by
+waitress on a thread of the supervisor; ``/metrics`` through prometheus_client.
+
 * :class:`WebServer` (``WebServer(config, store, layout, probes, *, intake=None, wake=None)``,
   ``start()``, ``stop()``, ``port``, ``url``): the server the daemon runs.
 * :class:`RegistryReachability`: turns upload successes and failures into the ``registry`` probe.

@@ -1,18 +1,19 @@
-"""``/metrics``: the connector's figures in the Prometheus text exposition format (version 0.0.4).
+"""``/metrics``: the connector's figures for Prometheus, exposed with ``prometheus_client``.
 
-Why written by hand rather than with prometheus_client's registry: every figure is read fresh
-from the state DB on each scrape (the DB is the truth, shared by all workers and processes), so
-there is no in-process counter to keep; the format is a few lines of text. Tests parse the output
-with prometheus_client's own parser. Only counts, sizes and times are exported, never identifiers.
+Every figure is read fresh from the state DB, the quarantine folder and the disk at each scrape
+(the DB is the truth, shared by all processes), so the figures are produced by a custom collector
+registered in a private :class:`CollectorRegistry` rather than by in-process counters; the text
+format (0.0.4) is prometheus_client's. Only counts, sizes and times are exported, never identifiers.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from prometheus_client import exposition
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
 
 from connector import __version__
 from connector.store.quarantine import count_quarantine
@@ -21,43 +22,20 @@ from connector.web import integrations
 from connector.web.health import HealthReport, disk_free_bytes
 
 PREFIX = "site_connector_"
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The classic text format; prometheus_client >= 0.22 names it, older ones call it CONTENT_TYPE_LATEST.
+CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", "text/plain; version=0.0.4; charset=utf-8")
 
 
-@dataclass
-class Family:
-    name: str
-    kind: str  # counter, gauge, info-as-gauge
-    help: str
-    samples: list[tuple[dict[str, str], float]] = field(default_factory=list)
-
-    def add(self, value: float, **labels: str) -> Family:
-        self.samples.append((labels, float(value)))
-        return self
+def _gauge(name: str, doc: str, value: float | None = None, labels: list[str] | None = None) -> GaugeMetricFamily:
+    fam = GaugeMetricFamily(PREFIX + name, doc, labels=labels)
+    if value is not None:
+        fam.add_metric([], float(value))
+    return fam
 
 
-def _escape_label(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def _format_value(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
-
-
-def render(families: Iterable[Family]) -> str:
-    lines: list[str] = []
-    for fam in families:
-        lines.append(f"# HELP {fam.name} {fam.help}")
-        lines.append(f"# TYPE {fam.name} {fam.kind}")
-        for labels, value in fam.samples:
-            label_text = ",".join(f'{k}="{_escape_label(v)}"' for k, v in sorted(labels.items()))
-            lines.append(f"{fam.name}{{{label_text}}} {_format_value(value)}" if label_text
-                         else f"{fam.name} {_format_value(value)}")
-    return "\n".join(lines) + "\n"
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    """``name`` ends in ``_total``; prometheus_client keeps it as the sample name."""
+    return CounterMetricFamily(PREFIX + name, doc, value=float(value))
 
 
 def _quarantine_by_stage(quarantine_dir: Path) -> dict[str, int]:
@@ -70,70 +48,62 @@ def _quarantine_by_stage(quarantine_dir: Path) -> dict[str, int]:
 
 
 def collect(store: StateStore, data_dir: Path, quarantine_dir: Path, min_free_bytes: int,
-            health: HealthReport | None = None, now: float | None = None) -> list[Family]:
+            health: HealthReport | None = None, now: float | None = None) -> list[Metric]:
     """Every metric family, read from the state DB, the quarantine folder and the disk."""
     now = time.time() if now is None else now
-    p = PREFIX
     counts = store.counts()
-    fams: list[Family] = [
-        Family(p + "info", "gauge", "Build information (always 1).").add(1, version=__version__),
-        Family(p + "instances_received_total", "counter", "DICOM instances received and stored durably.")
-        .add(counts["instances_received"]),
-        Family(p + "received_bytes_total", "counter", "Bytes of DICOM instances received.")
-        .add(counts["bytes_received"]),
-        Family(p + "instances_replaced_total", "counter", "Instances re-sent by the PACS with different bytes.")
-        .add(counts.get("instances_replaced", 0)),
+    info = _gauge("info", "Build information (always 1).", labels=["version"])
+    info.add_metric([__version__], 1)
+    fams: list[Metric] = [
+        info,
+        _counter("instances_received_total", "DICOM instances received and stored durably.",
+                 counts["instances_received"]),
+        _counter("received_bytes_total", "Bytes of DICOM instances received.", counts["bytes_received"]),
+        _counter("instances_replaced_total", "Instances re-sent by the PACS with different bytes.",
+                 counts.get("instances_replaced", 0)),
     ]
-    studies = Family(p + "studies", "gauge", "Studies by pipeline state.")
+    studies = _gauge("studies", "Studies by pipeline state.", labels=["state"])
     for state in sorted(set(STUDY_STATES) | set(counts["studies"])):
-        studies.add(counts["studies"].get(state, 0), state=state)
+        studies.add_metric([state], counts["studies"].get(state, 0))
     fams.append(studies)
 
-    fams.append(Family(p + "quarantined_objects", "gauge", "Objects held in quarantine, all stages.")
-                .add(count_quarantine(quarantine_dir)))
-    by_stage = Family(p + "quarantined_objects_by_stage", "gauge", "Objects held in quarantine, by stage.")
+    fams.append(_gauge("quarantined_objects", "Objects held in quarantine, all stages.",
+                       count_quarantine(quarantine_dir)))
+    by_stage = _gauge("quarantined_objects_by_stage", "Objects held in quarantine, by stage.", labels=["stage"])
     for stage, n in sorted(_quarantine_by_stage(quarantine_dir).items()):
-        by_stage.add(n, stage=stage)
+        by_stage.add_metric([stage], n)
     fams.append(by_stage)
 
     figures = integrations.outbox_figures(store)
-    fams.append(Family(p + "outbox_available", "gauge", "1 when this build has the registry outbox.")
-                .add(1 if figures is not None else 0))
+    fams.append(_gauge("outbox_available", "1 when this build has the registry outbox.", 1 if figures is not None else 0))
     figures = figures or {}
     fams += [
-        Family(p + "outbox_pending_jobs", "gauge", "Outbox jobs not yet acknowledged by the registry.")
-        .add(figures.get("outbox_pending", 0)),
-        Family(p + "outbox_failed_jobs", "gauge", "Outbox jobs the registry refused, awaiting an operator.")
-        .add(figures.get("failed", 0)),
-        Family(p + "outbox_oldest_pending_age_seconds", "gauge", "Age of the oldest unacknowledged outbox job.")
-        .add(figures.get("oldest_pending_age_s", 0.0)),
-        Family(p + "pushed_jobs_total", "counter", "Outbox jobs acknowledged by the registry.")
-        .add(figures.get("pushed", 0)),
-        Family(p + "pushed_instances_total", "counter", "De-identified instances acknowledged by the registry.")
-        .add(figures.get("instances_pushed", 0)),
-        Family(p + "pushed_bytes_total", "counter", "Bytes acknowledged by the registry.")
-        .add(figures.get("bytes_pushed", 0)),
-        Family(p + "last_successful_push_timestamp_seconds", "gauge",
-               "Unix time of the last registry acknowledgement (0 = never).")
-        .add(figures.get("last_push_at") or 0),
-        Family(p + "cac_runs_total", "counter", "CAC results produced and queued for the registry.")
-        .add(integrations.cac_runs(figures)),
+        _gauge("outbox_pending_jobs", "Outbox jobs not yet acknowledged by the registry.",
+               figures.get("outbox_pending", 0)),
+        _gauge("outbox_failed_jobs", "Outbox jobs the registry refused, awaiting an operator.", figures.get("failed", 0)),
+        _gauge("outbox_oldest_pending_age_seconds", "Age of the oldest unacknowledged outbox job.",
+               figures.get("oldest_pending_age_s", 0.0)),
+        _counter("pushed_jobs_total", "Outbox jobs acknowledged by the registry.", figures.get("pushed", 0)),
+        _counter("pushed_instances_total", "De-identified instances acknowledged by the registry.",
+                 figures.get("instances_pushed", 0)),
+        _counter("pushed_bytes_total", "Bytes acknowledged by the registry.", figures.get("bytes_pushed", 0)),
+        _gauge("last_successful_push_timestamp_seconds", "Unix time of the last registry acknowledgement (0 = never).",
+               figures.get("last_push_at") or 0),
+        _counter("cac_runs_total", "CAC results produced and queued for the registry.", integrations.cac_runs(figures)),
     ]
 
     last = store.last_reconciliation() or {}
-    reconciled = Family(p + "last_reconcile_studies", "gauge",
-                        "Studies of the last reconciliation with the registry, by outcome.")
+    reconciled = _gauge("last_reconcile_studies", "Studies of the last reconciliation with the registry, by outcome.",
+                        labels=["outcome"])
     for outcome, field in (("verified", "verified"), ("requeued", "requeued"), ("unresolved", "unresolved"),
                            ("error", "errors")):
-        reconciled.add(last.get(field, 0), outcome=outcome)
+        reconciled.add_metric([outcome], last.get(field, 0))
     fams += [
-        Family(p + "last_reconcile_timestamp_seconds", "gauge",
-               "Unix time of the last reconciliation with the registry (0 = never).").add(last.get("at", 0)),
-        Family(p + "last_reconcile_duration_seconds", "gauge", "How long the last reconciliation took.")
-        .add(last.get("seconds", 0)),
-        Family(p + "last_reconcile_registry_unreachable", "gauge",
-               "1 when the last reconciliation could not reach the registry.")
-        .add(1 if last.get("registry_unreachable") else 0),
+        _gauge("last_reconcile_timestamp_seconds", "Unix time of the last reconciliation with the registry (0 = never).",
+               last.get("at", 0)),
+        _gauge("last_reconcile_duration_seconds", "How long the last reconciliation took.", last.get("seconds", 0)),
+        _gauge("last_reconcile_registry_unreachable", "1 when the last reconciliation could not reach the registry.",
+               1 if last.get("registry_unreachable") else 0),
         reconciled,
     ]
 
@@ -142,23 +112,41 @@ def collect(store: StateStore, data_dir: Path, quarantine_dir: Path, min_free_by
     except OSError:
         free = float("nan")
     fams += [
-        Family(p + "disk_free_bytes", "gauge", "Free bytes on the data disk.").add(free),
-        Family(p + "disk_min_free_bytes", "gauge", "Configured free-space floor ([storage] min_free_bytes).")
-        .add(min_free_bytes),
+        _gauge("disk_free_bytes", "Free bytes on the data disk.", free),
+        _gauge("disk_min_free_bytes", "Configured free-space floor ([storage] min_free_bytes).", min_free_bytes),
     ]
     if health is not None:
-        up = Family(p + "health_check_ok", "gauge", "1 when the named /healthz check passes.")
+        up = _gauge("health_check_ok", "1 when the named /healthz check passes.", labels=["check"])
         for name, problem in sorted(health.checks.items()):
-            up.add(1 if problem is None else 0, check=name)
+            up.add_metric([name], 1 if problem is None else 0)
         fams.append(up)
-        fams.append(Family(p + "healthy", "gauge", "1 when every /healthz check passes.").add(1 if health.ok else 0))
-    fams.append(Family(p + "metrics_generated_timestamp_seconds", "gauge", "When this page was produced.").add(now))
+        fams.append(_gauge("healthy", "1 when every /healthz check passes.", 1 if health.ok else 0))
+    fams.append(_gauge("metrics_generated_timestamp_seconds", "When this page was produced.", now))
     return fams
 
 
-def metrics_text(store: StateStore, data_dir: Path, quarantine_dir: Path, min_free_bytes: int,
-                 health: HealthReport | None = None) -> str:
-    return render(collect(store, data_dir, quarantine_dir, min_free_bytes, health))
+class ConnectorCollector:
+    """A prometheus_client collector that reads everything afresh at each scrape."""
+
+    def __init__(self, store: StateStore, data_dir: Path, quarantine_dir: Path, min_free_bytes: int,
+                 health: Callable[[], HealthReport] | None = None) -> None:
+        self.store, self.data_dir, self.quarantine_dir = store, data_dir, quarantine_dir
+        self.min_free_bytes = min_free_bytes
+        self.health = health
+
+    def collect(self) -> Iterator[Metric]:
+        report = self.health() if self.health is not None else None
+        yield from collect(self.store, self.data_dir, self.quarantine_dir, self.min_free_bytes, report)
 
 
-__all__ = ["CONTENT_TYPE", "Family", "collect", "metrics_text", "render"]
+def make_registry(collector: ConnectorCollector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)  # no describe(): registering must not read the DB
+    registry.register(collector)  # type: ignore[arg-type]
+    return registry
+
+
+def metrics_text(registry: CollectorRegistry) -> bytes:
+    return exposition.generate_latest(registry)
+
+
+__all__ = ["CONTENT_TYPE", "ConnectorCollector", "collect", "make_registry", "metrics_text"]

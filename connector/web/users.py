@@ -1,5 +1,9 @@
 """Dashboard users: a small JSON file of names and scrypt password hashes.
 
+Each user has a role: ``it`` (runs the connector: pages, quarantine, outbox, follow-up upload) or
+``coordinator`` (the same, and may also find a patient's studies by MRN or accession number). A
+user written before roles existed reads as ``it``: identifier search is granted only when asked for.
+
 Why a local file and not the hospital directory: the connector must work on an isolated server
 on day one; a site with LDAP can put a reverse proxy in front. The file is written atomically
 with mode 0600, and only hashes are stored (scrypt, a fresh salt per password, parameters stored
@@ -28,6 +32,9 @@ MAX_PASSWORD_LENGTH = 1024
 # scrypt N=2**15, r=8, p=1: 32 MiB and ~0.1 s per check, dear enough for an offline guesser.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 _MAXMEM = 64 * 1024**2
+ROLES = ("it", "coordinator")
+DEFAULT_ROLE = "it"
+COORDINATOR = "coordinator"
 
 
 class UserError(Exception):
@@ -38,6 +45,7 @@ class UserError(Exception):
 class User:
     name: str
     created_at: str
+    role: str = DEFAULT_ROLE
 
 
 def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
@@ -59,6 +67,11 @@ def check_password(password: str, encoded: str) -> bool:
     return hmac.compare_digest(got, want)
 
 
+def _role(entry: dict[str, str]) -> str:
+    role = entry.get("role", DEFAULT_ROLE)
+    return role if role in ROLES else DEFAULT_ROLE
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -75,6 +88,12 @@ def validate_password(password: str) -> str:
     if len(password) > MAX_PASSWORD_LENGTH:
         raise UserError(f"password must be at most {MAX_PASSWORD_LENGTH} characters")
     return password
+
+
+def validate_role(role: str) -> str:
+    if role not in ROLES:
+        raise UserError(f"role must be one of {', '.join(ROLES)} (got {role!r})")
+    return role
 
 
 def _owner_of_nearest(folder: Path) -> tuple[int, int] | None:
@@ -128,18 +147,41 @@ class UserFile:
 
     def list(self) -> list[User]:
         with self._lock:
-            return [User(name, entry.get("created_at", "")) for name, entry in sorted(self._load().items())]
+            return [User(name, entry.get("created_at", ""), _role(entry)) for name, entry in sorted(self._load().items())]
 
-    def add(self, name: str, password: str, *, replace: bool = False) -> None:
+    def add(self, name: str, password: str, *, replace: bool = False, role: str | None = None) -> None:
+        """Add a user (role ``it`` unless given); with ``replace``, a new password and, if given, role."""
         validate_name(name)
         validate_password(password)
+        if role is not None:
+            validate_role(role)
         with self._lock:
             users = dict(self._load())
             if name in users and not replace:
                 raise UserError(f"user {name!r} already exists (use --replace to set a new password)")
+            old = users.get(name, {})
             users[name] = {"password": hash_password(password),
-                           "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                           "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "role": role or _role(old)}
             self._save(users)
+
+    def set_role(self, name: str, role: str) -> None:
+        validate_role(role)
+        with self._lock:
+            users = dict(self._load())
+            if name not in users:
+                raise UserError(f"no user {name!r}")
+            users[name] = {**users[name], "role": role}
+            self._save(users)
+
+    def role(self, name: str) -> str | None:
+        """The user's role, or None when there is no such user (or the file is unreadable)."""
+        with self._lock:
+            try:
+                entry = self._load().get(name)
+            except UserError:
+                return None
+        return None if entry is None else _role(entry)
 
     def remove(self, name: str) -> None:
         with self._lock:

@@ -111,3 +111,27 @@ def test_root_leaves_the_file_to_the_data_folder_owner(tmp_path: Path) -> None:
     users.add("alice", "a long password")
     for item in (data / "web", users.path):
         assert (item.stat().st_uid, item.stat().st_gid) == (4242, 4343)
+
+
+def test_roles(tmp_path: Path) -> None:
+    rc, out, err = _cli(tmp_path, "add", "it.one", "--password-stdin", stdin="a fine password\n")
+    assert rc == 0 and "role it" in out
+    rc, out, err = _cli(tmp_path, "add", "coord.one", "--role", "coordinator", "--password-stdin",
+                        stdin="a fine password\n")
+    assert rc == 0 and "role coordinator" in out
+    rc, out, err = _cli(tmp_path, "list", "--json")
+    assert {u["name"]: u["role"] for u in json.loads(out)["users"]} == {"it.one": "it", "coord.one": "coordinator"}
+    assert _cli(tmp_path, "role", "it.one", "coordinator")[0] == 0
+    assert UserFile(tmp_path / "data" / "web" / "users.json").role("it.one") == "coordinator"
+    assert _cli(tmp_path, "role", "nobody", "it")[0] == 2
+    with pytest.raises(SystemExit):  # argparse refuses an unknown role
+        _cli(tmp_path, "role", "it.one", "admin")
+    # a new password keeps the role unless one is given
+    assert _cli(tmp_path, "add", "coord.one", "--replace", "--password-stdin", stdin="another password\n")[0] == 0
+    assert UserFile(tmp_path / "data" / "web" / "users.json").role("coord.one") == "coordinator"
+    # a file written before roles existed: everyone is "it"
+    path = tmp_path / "old" / "users.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"version": 1, "users": {"old": {"password": hash_password("x" * 12),
+                                                                 "created_at": ""}}}))
+    assert UserFile(path).role("old") == "it" and UserFile(path).role("missing") is None
