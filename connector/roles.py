@@ -230,11 +230,22 @@ def pipeline_main(config: Config, log_queue: Any) -> None:
         scheduler.add_job(scheduled_job(config, layout, provider), "interval",
                           minutes=config.registry.reconcile_interval_minutes, id="registry-reconcile",
                           max_instances=1, coalesce=True)
+    backfill = None
+    if config.pacs.configured:  # retrospective backfill from the PACS, only inside [backfill] window
+        from connector.backfill.runner import BackfillService
+
+        backfill = BackfillService(config, layout, stop)
+        scheduler.add_job(backfill.tick, "interval", seconds=config.backfill.poll_seconds, id="backfill",
+                          max_instances=1, coalesce=True)
     scheduler.start()
     daily_summary(store)
+    if backfill is not None:
+        backfill.tick()
     _wait_for_stop(stop)
     finish, _ = stop_budget(config)
     scheduler.shutdown(wait=False)
+    if backfill is not None:  # its associations are aborted by the stop event; unfinished studies stay queued
+        backfill.join(finish / 2)
     worker.stop(timeout=finish)
     if worker.busy:  # a study still in hand stays leased: start-up recovery hands it back
         log.warning("stopping with a study in hand; it is taken up again at the next start",

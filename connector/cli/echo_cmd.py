@@ -19,8 +19,10 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from connector.cli import exitcodes
-from connector.cli.common import add_config_option, config_from_args, print_json
+from connector.cli.common import CommandError, add_config_option, config_from_args, print_json
 from connector.config import Config
+from connector.pacs import calling_ae as pacs_calling_ae
+from connector.pacs import client_tls_context
 
 DEFAULT_CALLING_AET = "ECHOSCU"
 
@@ -31,7 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "Exit 0 when the peer answers success, 3 when it cannot be reached or rejects us; a "
                        "rejection is explained (called AE, calling AE or address) with the option that fixes it.")
     add_config_option(p)
-    p.add_argument("--host", default="127.0.0.1", help="peer address (default 127.0.0.1)")
+    p.add_argument("--pacs", action="store_true",
+                   help="check the PACS configured in [pacs] (its host, port and AE title, our calling AE title, "
+                   "TLS when [pacs] tls = true); --host/--port/--called-aet/--calling-aet still override")
+    p.add_argument("--host", help="peer address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="peer port (default: the configured [dicom] port)")
     p.add_argument("--called-aet", help="peer AE title (default: the configured [dicom] ae_title)")
     p.add_argument("--calling-aet", help="our AE title (default: for this connector's receiver the first of "
@@ -96,11 +101,25 @@ def explain_rejection(verdict: tuple[int, int, int] | None, *, local: bool, conf
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    port = args.port or config.dicom.port
-    called = args.called_aet or config.dicom.ae_title
-    local = is_local_receiver(config, args.host, port)
-    calling = args.calling_aet or (config.dicom.allowed_ae_titles[0] if local and config.dicom.allowed_ae_titles
-                                   else DEFAULT_CALLING_AET)
+    tls = None
+    if args.pacs:
+        if not config.pacs.configured:
+            raise CommandError("no PACS configured: set [pacs] host and ae_title", exitcodes.USAGE)
+        args.host = args.host or config.pacs.host
+        port = args.port or config.pacs.port
+        called = args.called_aet or config.pacs.ae_title
+        local = False
+        calling = args.calling_aet or pacs_calling_ae(config)
+        ctx = client_tls_context(config.pacs)
+        if ctx is not None:
+            tls = (ctx, args.host if config.pacs.tls_check_hostname else None)
+    else:
+        args.host = args.host or "127.0.0.1"
+        port = args.port or config.dicom.port
+        called = args.called_aet or config.dicom.ae_title
+        local = is_local_receiver(config, args.host, port)
+        calling = args.calling_aet or (config.dicom.allowed_ae_titles[0] if local and config.dicom.allowed_ae_titles
+                                       else DEFAULT_CALLING_AET)
     ae = AE(ae_title=calling)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.network_timeout = ae.connection_timeout = args.timeout
@@ -112,8 +131,9 @@ def run(args: argparse.Namespace) -> int:
             verdicts.append((int(primitive.result), int(primitive.result_source or 0), int(primitive.diagnostic or 0)))
 
     started = time.monotonic()
-    assoc = ae.associate(args.host, port, ae_title=called, evt_handlers=[(evt.EVT_ACSE_RECV, on_acse)])
-    result: dict[str, object] = {"host": args.host, "port": port, "called_aet": called, "calling_aet": calling}
+    assoc = ae.associate(args.host, port, ae_title=called, tls_args=tls, evt_handlers=[(evt.EVT_ACSE_RECV, on_acse)])
+    result: dict[str, object] = {"host": args.host, "port": port, "called_aet": called, "calling_aet": calling,
+                                 "tls": tls is not None}
     if not assoc.is_established:
         if assoc.is_rejected:
             verdict = verdicts[0] if verdicts else None

@@ -26,6 +26,8 @@ COMMAND_MODULES = [
     "connector.cli.web_cmd",
     "connector.cli.followup_cmd",
     "connector.cli.reconcile_cmd",
+    "connector.cli.study_cmd",
+    "connector.cli.backfill_cmd",
 ]
 
 

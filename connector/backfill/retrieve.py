@@ -1,0 +1,285 @@
+"""Retrieve one study from the PACS: C-MOVE to our own receiver, or C-GET on the same association.
+
+Both end in the same durable ingest path as a C-STORE from the PACS:
+- C-MOVE: the PACS opens its own association to our receiver (``[pacs] move_destination``, by
+  default ``[dicom] ae_title``) and C-STOREs each instance; the receiver answers each only after
+  the file and its row are durable, so by the time the final C-MOVE response arrives everything the
+  PACS counted as completed is on the spool.
+- C-GET: the PACS C-STOREs back on our association (we take the Storage SCP role). Each dataset is
+  written as a Part 10 file under ``spool/partial`` and handed to :meth:`Intake.ingest_partial`,
+  the receiver's own filing step (fsync, rename, state DB row), before we answer success.
+
+Why one presentation context per (SOP class, transfer syntax) for C-GET: the PACS then finds a
+context in each instance's stored transfer syntax and sends the original bytes; offered several
+syntaxes in one context, a PACS picks one for all and transcodes the rest, which would change the
+bytes of the originals the site keeps. SOP classes come from the C-FIND's SOPClassesInStudy, or a
+list of the classes cardiac imaging produces when the PACS does not report them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from connector import pacs
+from connector.backfill.worklist import LeasedStudy
+from connector.config import Config
+from connector.ingest.file_meta import part10_head
+from connector.ingest.intake import DiskFull, Intake, UnreadableObject, header_from_head
+from connector.store.durable import PART_SUFFIX
+
+log = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+MAX_CONTEXTS = 127  # PS3.8: at most 128 presentation contexts; one is the C-GET model
+
+# Transfer syntaxes offered for C-GET, most common first (the list is cut to fit MAX_CONTEXTS).
+GET_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLosslessSV1, JPEG2000Lossless,
+                         JPEGLSLossless, RLELossless, JPEG2000, JPEGBaseline8Bit, JPEGExtended12Bit,
+                         JPEGLSNearLossless, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian)
+# Storage classes asked for when the PACS does not report SOPClassesInStudy.
+DEFAULT_GET_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.2",  # CT
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT
+    "1.2.840.10008.5.1.4.1.1.128",  # PET
+    "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET
+    "1.2.840.10008.5.1.4.1.1.20",  # NM
+    "1.2.840.10008.5.1.4.1.1.4",  # MR
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color SC
+    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
+    "1.2.840.10008.5.1.4.1.1.481.3",  # RT Structure Set
+    "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
+    "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection
+    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
+    "1.2.840.10008.5.1.4.1.1.66",  # Raw Data
+    "1.2.840.10008.5.1.4.1.1.12.1",  # X-Ray Angiographic
+    "1.2.840.10008.5.1.4.1.1.6.1",  # Ultrasound
+    "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame
+)
+
+
+@dataclass
+class RetrieveOutcome:
+    """What the PACS said about a retrieval. ``error`` is set when it did not run to a final status."""
+
+    status: int | None = None
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    error: str | None = None
+    stopped: bool = False
+    stored: int = 0  # C-GET: instances filed by us
+
+    def problem(self) -> str | None:
+        """A short reason when the PACS did not report full success, else None."""
+        if self.error:
+            return self.error
+        if self.status is None:
+            return "no final response from the PACS"
+        if self.status == 0xFE00:
+            return "retrieval cancelled"
+        if self.status == 0xA801:
+            return "the PACS does not know the move destination (register our AE title, host and port there)"
+        if self.status in (0xA701, 0xA702, 0xA700):
+            return f"the PACS is out of resources (0x{self.status:04X})"
+        if 0xC000 <= self.status <= 0xCFFF:
+            return f"the PACS could not process the retrieval (0x{self.status:04X}; is the study still there?)"
+        if self.failed:
+            return f"{self.failed} sub-operation(s) failed at the PACS (status 0x{self.status:04X})"
+        if self.status not in (0x0000, 0xB000):
+            return f"the PACS answered 0x{self.status:04X}"
+        return None
+
+
+def _counts(outcome: RetrieveOutcome, status: Dataset) -> None:
+    for attr, name in (("completed", "NumberOfCompletedSuboperations"), ("failed", "NumberOfFailedSuboperations"),
+                       ("warning", "NumberOfWarningSuboperations")):
+        value = status.get(name)
+        if value is not None:
+            setattr(outcome, attr, int(value))
+
+
+def _identifier(study: LeasedStudy) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = study.study_uid
+    return ds
+
+
+def _watch(assoc: Any, stop: threading.Event, done: threading.Event) -> threading.Thread:
+    """Abort the association as soon as ``stop`` is set (the PACS then stops sending)."""
+    def run() -> None:
+        while not done.wait(0.2):
+            if stop.is_set():
+                assoc.abort()
+                return
+    thread = threading.Thread(target=run, name="backfill-stop-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def retrieve_study(config: Config, study: LeasedStudy, *, stop: threading.Event, intake: Intake | None = None,
+                   on_progress: Callable[[int], None] | None = None) -> RetrieveOutcome:
+    """Retrieve ``study`` with ``[pacs] retrieve``; ``intake`` is required for C-GET.
+
+    ``on_progress(n)`` is called with the number of instances completed so far.
+    """
+    if config.pacs.retrieve == "get":
+        if intake is None:
+            raise ValueError("C-GET needs an Intake to file what it receives")
+        return _get(config, study, stop, intake, on_progress)
+    return _move(config, study, stop, on_progress)
+
+
+def _run(assoc: Any, responses: Any, outcome: RetrieveOutcome, stop: threading.Event,
+         on_progress: Callable[[int], None] | None, stored: Callable[[], int] | None = None) -> None:
+    done = threading.Event()
+    _watch(assoc, stop, done)
+    try:
+        for status, _identifier_ds in responses:
+            code = getattr(status, "Status", None)
+            if code is None:
+                outcome.error = ("retrieval stopped (daemon stopping)" if stop.is_set()
+                                 else "the PACS stopped answering (association lost or DIMSE timeout)")
+                outcome.stopped = stop.is_set()
+                return
+            _counts(outcome, status)
+            if code in (0xFF00, 0xFF01):
+                if on_progress is not None:
+                    on_progress(stored() if stored else outcome.completed)
+                continue
+            outcome.status = int(code)
+    finally:
+        done.set()
+        if assoc.is_established:
+            assoc.release()
+
+
+def _move(config: Config, study: LeasedStudy, stop: threading.Event,
+          on_progress: Callable[[int], None] | None) -> RetrieveOutcome:
+    outcome = RetrieveOutcome()
+    ae = AE(ae_title=pacs.calling_ae(config))
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = pacs.associate(config, ae)
+    if not assoc.is_established:
+        outcome.error = _unreachable(config, assoc)
+        return outcome
+    responses = assoc.send_c_move(_identifier(study), pacs.move_destination(config),
+                                  StudyRootQueryRetrieveInformationModelMove)
+    _run(assoc, responses, outcome, stop, on_progress)
+    return outcome
+
+
+def get_contexts(sop_classes: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(SOP class, transfer syntax) pairs for C-GET, one context each, at most MAX_CONTEXTS - 1."""
+    classes = list(dict.fromkeys(sop_classes or DEFAULT_GET_CLASSES))[: MAX_CONTEXTS - 1]
+    per_class = max(1, min(len(GET_TRANSFER_SYNTAXES), (MAX_CONTEXTS - 1) // len(classes)))
+    return [(c, ts) for c in classes for ts in GET_TRANSFER_SYNTAXES[:per_class]]
+
+
+def _get(config: Config, study: LeasedStudy, stop: threading.Event, intake: Intake,
+         on_progress: Callable[[int], None] | None) -> RetrieveOutcome:
+    outcome = RetrieveOutcome()
+    ae = AE(ae_title=pacs.calling_ae(config))
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    pairs = get_contexts(study.sop_classes)
+    for sop_class, ts in pairs:
+        ae.add_requested_context(sop_class, [ts])
+    roles = [build_role(c, scp_role=True) for c in dict.fromkeys(c for c, _ in pairs)]
+    lock = threading.Lock()
+
+    def on_store(event: Any) -> int:
+        status = file_received(intake, event, source="backfill", calling_aet=config.pacs.ae_title)
+        if status == STATUS_SUCCESS:
+            with lock:
+                outcome.stored += 1
+        return status
+
+    assoc = pacs.associate(config, ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    if not assoc.is_established:
+        outcome.error = _unreachable(config, assoc)
+        return outcome
+    responses = assoc.send_c_get(_identifier(study), StudyRootQueryRetrieveInformationModelGet)
+    _run(assoc, responses, outcome, stop, on_progress, stored=lambda: outcome.stored)
+    return outcome
+
+
+def file_received(intake: Intake, event: Any, *, source: str, calling_aet: str) -> int:
+    """File one C-STORE received on our association through the receiver's durable path.
+
+    Success only once the Part 10 file is fsync'd, renamed and its row committed
+    (:meth:`Intake.ingest_partial`); out of resources otherwise, so the PACS counts it failed and
+    the study is retried.
+    """
+    part: Path | None = None
+    try:
+        intake.check_space()
+        req = event.request
+        sop_class, sop_instance = str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID)
+        ts = str(event.context.transfer_syntax)
+        data = event.encoded_dataset(include_meta=False)
+        head = part10_head(sop_class, sop_instance, ts)
+        fd, name = tempfile.mkstemp(dir=intake.partial_dir, suffix=PART_SUFFIX)
+        part = Path(name)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(head)
+            fh.write(data)
+        header = header_from_head(data, whole=True, sop_class_uid=sop_class, sop_instance_uid=sop_instance,
+                                  transfer_syntax=ts, dataset_offset=len(head))
+        intake.ingest_partial(part, source=source, calling_aet=calling_aet, verify_complete=False, header=header)
+        return STATUS_SUCCESS
+    except DiskFull:
+        log.error("spool disk below free-space floor; retrieval answered 'out of resources'",
+                  extra={"event": "disk_low"})
+    except UnreadableObject as exc:
+        if part is not None:
+            try:
+                intake.quarantine_partial(part, exc, source=source)
+                return STATUS_CANNOT_UNDERSTAND
+            except OSError:
+                pass
+    except Exception as exc:  # any storage failure: never claim success
+        log.error("could not store a retrieved instance", extra={"event": "store_failed",
+                                                                 "error": type(exc).__name__})
+    if part is not None:
+        part.unlink(missing_ok=True)
+    return STATUS_OUT_OF_RESOURCES
+
+
+def _unreachable(config: Config, assoc: Any) -> str:
+    where = f"{config.pacs.ae_title}@{config.pacs.host}:{config.pacs.port}"
+    return f"PACS {where} rejected the association" if assoc.is_rejected else f"PACS {where} did not answer"

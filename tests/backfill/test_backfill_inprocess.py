@@ -1,0 +1,180 @@
+"""Backfill against a real Orthanc, in process: the query's filters, C-GET through the durable ingest,
+retries of an incomplete study, already-present studies, daily mode, pause/cancel."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from connector.backfill.query import PacsUnavailable, StudyFilter, find_studies
+from connector.backfill.runner import Runner, ensure_daily_job
+from connector.backfill.summary import job_summaries
+from connector.backfill.worklist import FoundStudy, Worklist
+from connector.store.layout import SiteLayout
+from connector.store.state import StateStore
+from tests.backfill.conftest import day, in_process_config, load, register_connector
+from tests.support.dicomfiles import dataset_bytes, stored_by_sop
+
+
+def _site(tmp_path: Path, orthanc, **extra):
+    config = in_process_config(tmp_path / "data", orthanc, **extra)
+    layout = SiteLayout.from_config(config)
+    layout.ensure()
+    return config, layout, StateStore(layout.state_db)
+
+
+def test_query_filters_by_day_modality_description_and_accession(tmp_path: Path, orthanc, catalogue) -> None:
+    load(orthanc, list(catalogue.values()))
+    register_connector(orthanc, 1)
+    config, _, store = _site(tmp_path, orthanc)
+    store.close()
+    uid = {name: s.study.study_uid for name, s in catalogue.items()}
+    found = find_studies(config, StudyFilter(day("2024-03-01"), day("2024-03-03"), modalities=("PT",)))
+    assert {s.study_uid for s in found.studies} == {uid["petct1"], uid["petct3"]}
+    assert found.queries == 3 and found.matched == 4 and found.split_days == 0  # one C-FIND per day
+    assert all(s.expected_instances == 2 and set(s.modalities) == {"CT", "PT"} for s in found.studies)
+    found = find_studies(config, StudyFilter(day("2024-03-01"), day("2024-03-05"), description="calcium|brain"))
+    assert {s.study_uid for s in found.studies} == {uid["ct2"], uid["mr2"]}
+    found = find_studies(config, StudyFilter(accessions=(catalogue["mr2"].study.accession,
+                                                         catalogue["petct5"].study.accession, "NOSUCH")))
+    assert {s.study_uid for s in found.studies} == {uid["mr2"], uid["petct5"]} and found.queries == 3
+    found = find_studies(config, StudyFilter(day("2024-03-04"), day("2024-03-04")))
+    assert found.studies == [] and found.queries == 1
+
+
+def test_c_get_files_studies_byte_identical_and_skips_what_is_here(tmp_path: Path, orthanc, catalogue) -> None:
+    load(orthanc, list(catalogue.values()))
+    register_connector(orthanc, 1)
+    config, layout, store = _site(tmp_path, orthanc, pacs__retrieve="get", backfill__max_concurrent=2)
+    try:
+        wanted = [catalogue["ct2"], catalogue["mr2"], catalogue["petct3"]]
+        flt = StudyFilter(accessions=tuple(s.study.accession for s in wanted))
+        report = find_studies(config, flt)
+        job = Worklist(store).create_job(report.studies, flt.as_dict())
+        assert job["queued"] == 3 and job["present"] == 0
+        progress: list[int] = []
+        run = Runner(config, store, layout, stop=threading.Event(), job_id=job["job"], respect_window=False,
+                     on_progress=progress.append).run_until_done()
+        assert run.retrieved == 3 and run.failed == 0 and sum(progress) == 4
+        stored = stored_by_sop(layout.spool)
+        expected = {uid: f for s in wanted for f in s.files for uid in [_sop(f)]}
+        assert set(stored) == set(expected)  # exactly these instances, nothing else
+        for uid, path in expected.items():
+            assert dataset_bytes(stored[uid]) == dataset_bytes(path)
+        rows = store.conn.execute("SELECT DISTINCT source FROM instances").fetchall()
+        assert rows == [("backfill",)]
+        [summary] = job_summaries(store)
+        assert (summary["found"], summary["retrieved"], summary["failed"], summary["state"]) == (3, 3, 0, "done")
+        assert summary["instances_retrieved"] == 4 and summary["requests"] == 3 and summary["progress"] == 1.0
+        # the same studies again (and one more): what is here is not retrieved again
+        flt = StudyFilter(day("2024-03-02"), day("2024-03-03"))
+        again = Worklist(store).create_job(find_studies(config, flt).studies, flt.as_dict())
+        assert again["present"] == 3 and again["queued"] == 0
+        assert Worklist(store).job(again["job"])["state"] == "done"
+    finally:
+        store.close()
+
+
+def test_incomplete_study_is_retried_then_reported_failed(tmp_path: Path, orthanc, catalogue) -> None:
+    load(orthanc, [catalogue["petct1"]])
+    register_connector(orthanc, 1)
+    config, layout, store = _site(tmp_path, orthanc, pacs__retrieve="get", backfill__max_attempts=3)
+    try:
+        uid = catalogue["petct1"].study.study_uid
+        # the C-FIND said 5 instances; the PACS holds 2: incomplete, retried, then failed with the reason
+        job = Worklist(store).create_job([FoundStudy(uid, 5)], {"test": True})["job"]
+        unknown = Worklist(store).create_job([FoundStudy("1.2.3.4.999", None)], {"test": True})["job"]
+        stop = threading.Event()
+        run = Runner(config, store, layout, stop=stop, job_id=job, respect_window=False).run_until_done()
+        assert run.failed == 1 and run.retried == 2
+        [row] = Worklist(store).studies(job)
+        assert row["state"] == "failed" and row["attempts"] == 3 and row["requests"] == 3
+        assert row["reason"].startswith("incomplete: 2 of 5 instances")
+        [summary] = [j for j in job_summaries(store) if j["job"] == job]
+        assert summary["failed"] == 1 and summary["failures"][0]["reason"] == row["reason"]
+        run = Runner(config, store, layout, stop=stop, job_id=unknown, respect_window=False).run_until_done()
+        [row] = Worklist(store).studies(unknown)
+        assert row["state"] == "failed" and "could not process the retrieval (0xC000" in row["reason"]
+    finally:
+        store.close()
+
+
+def test_pause_resume_cancel_and_the_window(tmp_path: Path, orthanc, catalogue) -> None:
+    load(orthanc, [catalogue["ct2"], catalogue["mr2"]])
+    register_connector(orthanc, 1)
+    config, layout, store = _site(tmp_path, orthanc, pacs__retrieve="get", backfill__window="00:00-00:01")
+    try:
+        found = [FoundStudy(catalogue[n].study.study_uid, 1) for n in ("ct2", "mr2")]
+        wl = Worklist(store)
+        job = wl.create_job(found, {})["job"]
+        stop = threading.Event()
+        import datetime as dt
+
+        from connector.backfill.runner import window_open
+        if window_open(config, dt.datetime.now()):
+            pytest.skip("the test runs inside its own closed window (00:00-00:01)")
+        assert Runner(config, store, layout, stop=stop).run_pass().retrieved == 0  # window closed
+        assert wl.set_job_state(job, "pause") == "paused"
+        assert Runner(config, store, layout, stop=stop, job_id=job, respect_window=False).run_pass().retrieved == 0
+        assert wl.set_job_state(job, "resume") == "active"
+        assert wl.lease("someone-else:1", job_id=job) is not None  # held by a process that is gone
+        assert wl.set_job_state(job, "cancel") == "cancelled"
+        assert wl.counts(job)["cancelled"] == 1 and wl.release_orphans() == 1
+        assert Runner(config, store, layout, stop=stop, job_id=job, respect_window=False).run_pass().retrieved == 0
+        with pytest.raises(ValueError):
+            wl.set_job_state(job, "resume")
+        assert stored_by_sop(layout.spool) == {}
+    finally:
+        store.close()
+
+
+def test_daily_mode_queues_the_previous_days_once(tmp_path: Path, orthanc, catalogue) -> None:
+    load(orthanc, list(catalogue.values()))
+    register_connector(orthanc, 1)
+    config, _, store = _site(tmp_path, orthanc, backfill__daily="true", backfill__daily_days=3,
+                             backfill__modalities='["PT"]')
+    try:
+        job = ensure_daily_job(config, store, today=day("2024-03-04"))  # looks at 03-01 .. 03-03
+        assert job is not None and ensure_daily_job(config, store, today=day("2024-03-04")) is None
+        keys = {r["study_key"] for r in Worklist(store).studies(job)}
+        assert keys == {FoundStudy(catalogue[n].study.study_uid, 0).key for n in ("petct1", "petct3")}
+        nxt = ensure_daily_job(config, store, today=day("2024-03-06"))  # 03-03 .. 03-05: 03-03 already queued
+        counts = Worklist(store).counts(nxt)
+        assert counts["queued"] == 1 and counts["present"] == 1
+    finally:
+        store.close()
+
+
+def test_unreachable_pacs_is_reported(tmp_path: Path, orthanc) -> None:
+    config = in_process_config(tmp_path / "data", orthanc, pacs__port=1, pacs__timeout=2)
+    with pytest.raises(PacsUnavailable):
+        find_studies(config, StudyFilter(day("2024-03-01"), day("2024-03-01")))
+
+
+def _sop(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_echo_pacs_reaches_the_configured_pacs(tmp_path: Path, orthanc) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    register_connector(orthanc, 1)
+    env = dict(os.environ, SITE_CONNECTOR__PACS__HOST="127.0.0.1", SITE_CONNECTOR__PACS__PORT=str(orthanc.dicom_port),
+               SITE_CONNECTOR__PACS__AE_TITLE="HOSPITALPACS", SITE_CONNECTOR__STORAGE__DATA_DIR=str(tmp_path / "d"))
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "connector", "echo", "--pacs", "--json"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=60)
+    result = json.loads(out.stdout)
+    assert out.returncode == 0 and result["ok"] and result["port"] == orthanc.dicom_port
+    assert (result["called_aet"], result["calling_aet"], result["tls"]) == ("HOSPITALPACS", "SITECONN", False)
+    env.pop("SITE_CONNECTOR__PACS__HOST")
+    out = subprocess.run([sys.executable, "-m", "connector", "echo", "--pacs"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "[pacs] host" in out.stderr
