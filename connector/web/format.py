@@ -42,4 +42,13 @@ def fmt_cell(value: object) -> object:
     return ("yes" if value else "no") if isinstance(value, bool) else value
 
 
-FILTERS = {"fmt_time": fmt_time, "fmt_age": fmt_age, "fmt_bytes": fmt_bytes, "fmt_cell": fmt_cell}
+def sop_class(uid: str) -> str:
+    """A SOP Class UID's name (e.g. "CT Image Storage"), or the UID when pydicom does not know it."""
+    from pydicom.uid import UID
+
+    name = UID(uid).name if uid else ""
+    return name or uid
+
+
+FILTERS = {"fmt_time": fmt_time, "fmt_age": fmt_age, "fmt_bytes": fmt_bytes, "fmt_cell": fmt_cell,
+           "sop_class": sop_class}

@@ -37,6 +37,7 @@ from connector.web.app import create_app
 from connector.web.auth import LoginThrottle, RevokedSessions
 from connector.web.health import HealthReport, Probe, check_disk, check_state_db, run_probe
 from connector.web.settings import users_path
+from connector.web.study import QuarantineIndex
 from connector.web.users import UserFile
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class WebServer:
         self.users = UserFile(users_path(config))
         self.throttle = LoginThrottle()
         self.revoked = RevokedSessions(config.http.session_minutes * 60)
+        self.quarantine_index = QuarantineIndex()
         self._intake = intake
         self._intake_lock = threading.Lock()
         self.uploads_dir = config.storage.data_dir / "web" / "uploads"

@@ -14,15 +14,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, flash, g, redirect, request, session
+from flask import Blueprint, Response, abort, flash, g, redirect, request, session
 
 from connector.store.quarantine import count_quarantine
 from connector.store.state import STUDY_STATES
-from connector.web import integrations
+from connector.web import cac_picture, integrations
 from connector.web import quarantine_actions as qa
 from connector.web.app import page, site
 from connector.web.health import disk_free_bytes
 from connector.web.metrics import CONTENT_TYPE
+from connector.web.study import KEY_RE, study_view
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,34 @@ def studies() -> Any:
     rows = [dict(zip(cols, r)) for r in cur]
     return page("studies.html", "Studies", "/studies", rows=rows[:STUDIES_PER_PAGE], states=STUDY_STATES,
                 current_state=state, page=page_no, has_more=len(rows) > STUDIES_PER_PAGE, total=total)
+
+
+@dashboard_bp.get("/studies/<key>")
+def study(key: str) -> Any:
+    web = site()
+    view = study_view(web.store, web.layout, key, web.quarantine_index) if KEY_RE.match(key) else None
+    if view is None:
+        abort(404)
+    return page("study.html", f"Study {key}", "/studies", v=view, colours=cac_picture.WEIGHT_COLOURS,
+                labels=cac_picture.WEIGHT_LABELS, window=(cac_picture.WINDOW_LEVEL, cac_picture.WINDOW_WIDTH))
+
+
+@dashboard_bp.get("/studies/<key>/cac-<int:number>.png")
+def study_cac_picture(key: str, number: int) -> Response:
+    """The picture of one scored series, drawn from its scored-calcium map at each request."""
+    from connector.infer.scored_calcium import load_scored_calcium
+
+    web = site()
+    path = web.layout.scored_calcium_path(key, number) if KEY_RE.match(key) else None
+    if path is None or not path.exists():
+        abort(404)
+    try:
+        png = cac_picture.render_png(load_scored_calcium(path))
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("scored-calcium map unreadable", extra={"event": "cac_picture_failed", "study": key,
+                                                            "error": type(exc).__name__})
+        abort(404)
+    return Response(png, 200, content_type="image/png")
 
 
 @dashboard_bp.get("/quarantine")
