@@ -178,3 +178,22 @@ def test_echo_pacs_reaches_the_configured_pacs(tmp_path: Path, orthanc) -> None:
     out = subprocess.run([sys.executable, "-m", "connector", "echo", "--pacs"], cwd=root, env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "[pacs] host" in out.stderr
+
+
+def test_a_day_the_pacs_cuts_short_is_asked_hour_by_hour(tmp_path: Path) -> None:
+    from connector.backfill.query import QueryFailed
+    from tests.backfill.conftest import PACS_AET, make_study
+    from tests.support.orthanc import OrthancServer
+
+    # Orthanc ends a C-FIND that hits LimitFindResults with 'cancel' (0xFE00): no silent truncation
+    day_studies = [make_study(tmp_path / "s", f"h{h}", "20240301", ("CT",), "CT", hour=h) for h in (8, 9, 15)]
+    crowded_hour = [make_study(tmp_path / "s", f"c{i}", "20240302", ("CT",), "CT", hour=10) for i in range(2)]
+    with OrthancServer(tmp_path / "orthanc", aet=PACS_AET, extra_config={"LimitFindResults": 1}) as orthanc:
+        load(orthanc, day_studies + crowded_hour)
+        register_connector(orthanc, 1)
+        config = in_process_config(tmp_path / "data", orthanc)
+        found = find_studies(config, StudyFilter(day("2024-03-01"), day("2024-03-01")))
+        assert {s.study_uid for s in found.studies} == {s.study.study_uid for s in day_studies}
+        assert found.split_days == 1 and found.queries == 1 + 24
+        with pytest.raises(QueryFailed, match="2024-03-02 10h"):
+            find_studies(config, StudyFilter(day("2024-03-02"), day("2024-03-02")))

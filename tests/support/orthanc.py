@@ -16,7 +16,8 @@ from tests.support.tools import orthanc_binary, orthanc_dicomweb_plugin
 
 class OrthancServer:
     def __init__(self, workdir: Path, *, aet: str = "ORTHANC", modalities: dict[str, list[Any]] | None = None,
-                 dicomweb: bool = False, env: dict[str, str] | None = None) -> None:
+                 dicomweb: bool = False, env: dict[str, str] | None = None,
+                 extra_config: dict[str, Any] | None = None) -> None:
         self.workdir = workdir
         self.aet = aet
         self.http_port = free_port()
@@ -24,6 +25,7 @@ class OrthancServer:
         self.modalities = modalities or {}
         self.dicomweb = dicomweb
         self.env = env or {}
+        self.extra_config = extra_config or {}  # any further Orthanc option, e.g. {"LimitFindResults": 2}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -60,6 +62,7 @@ class OrthancServer:
             "StableAge": 2,
             "ConcurrentJobs": 2,
             "HttpsVerifyPeers": False,
+            **self.extra_config,
         }
         cfg_path = self.workdir / "orthanc.json"
         cfg_path.write_text(json.dumps(config))
