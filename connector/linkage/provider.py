@@ -87,6 +87,18 @@ class LinkageProvider:
                        pseudonym=result.pseudonym if result else None)
         return result
 
+    def lookup_accession(self, accession: str, *, audit: bool = True) -> list[tuple[str, str]]:
+        """(pseudonym, de-identified study UID) of the studies with this accession number; audited
+        unless ``audit=False`` (a caller that writes its own entry)."""
+        found = self.store.find_by_accession(accession)
+        if audit:
+            self.audit("lookup.accession", found=len(found))
+        return found
+
+    def study_uids_of(self, pseudonym: str) -> list[str]:
+        """De-identified study UIDs of a pseudonym's studies (no identifier read: not audited)."""
+        return self.store.study_uids_of(pseudonym)
+
     def lookup_pseudonym(self, pseudonym: str) -> SubjectIdentifiers | None:
         """The identifiers behind a pseudonym (to resolve discrepancies). Always audited, before reading."""
         canonical = normalise_pseudonym(pseudonym)

@@ -477,6 +477,32 @@ class LinkageStore:
         log.debug("linkage.study.recorded")
         return True
 
+    def study_uids_of(self, pseudonym: str) -> list[str]:
+        """De-identified study UIDs linked to a pseudonym (both stored in clear: nothing is decrypted)."""
+        with self._read() as (db, _c):
+            return [r[0] for r in db.execute("SELECT deid_study_uid FROM studies WHERE pseudonym = ? ORDER BY id",
+                                             [pseudonym])]
+
+    def find_by_accession(self, accession: str) -> list[tuple[str, str]]:
+        """(pseudonym, de-identified study UID) of the studies with this accession number.
+
+        Accession numbers have no blind index, so each study's is decrypted and compared (a few
+        microseconds a row); a row that fails authentication is skipped, as ``check`` reports it.
+        """
+        wanted = normalise_identifier(accession)
+        if not wanted:
+            return []
+        out = []
+        with self._read() as (db, c):
+            for _id, deid_uid, pseud, _sidx, _orig, acc in db.execute(f"SELECT {_STUDY_COLS} FROM studies ORDER BY id"):
+                try:
+                    value = c.dec_study("accession_number", acc, deid_uid, pseud)
+                except CorruptRowError:
+                    continue
+                if value and normalise_identifier(value) == wanted:
+                    out.append((pseud, deid_uid))
+        return out
+
     def find_study(self, original_uid: str) -> tuple[str, str] | None:
         """(pseudonym, de-identified study UID) for an original study UID, through the blind index."""
         with self._read() as (db, c):

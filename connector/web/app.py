@@ -51,6 +51,13 @@ SECURITY_HEADERS = {
 csrf = CSRFProtect()
 
 
+class _App(Flask):
+    def log_exception(self, exc_info: Any) -> None:
+        """Type only, like every other log line: a traceback's messages may quote request data."""
+        log.error("http handler error", extra={"event": "http_handler_error", "path": request.path,
+                                               "error": exc_info[0].__name__ if exc_info and exc_info[0] else "?"})
+
+
 class _SessionInterface(SecureCookieSessionInterface):
     """Flask's signed cookie session, marked Secure when the reverse proxy says the browser used HTTPS."""
 
@@ -71,7 +78,8 @@ def page(template: str, title: str, current: str = "", status: int = 200, **valu
     """Render a dashboard page with the layout's values (user, navigation, site id)."""
     web = site()
     user = g.get("user")
-    return render_template(template, title=title, current=current, user=user, nav=NAV,
+    nav = NAV + ([("/search", "Find patient")] if user and g.get("role") == "coordinator" else [])
+    return render_template(template, title=title, current=current, user=user, nav=nav,
                            site=web.config.site.id, version=__version__, **values), status
 
 
@@ -80,7 +88,7 @@ def message(title: str, text: str, status: int) -> tuple[str, int]:
 
 
 def create_app(web: WebServer) -> Flask:
-    app = Flask("connector.web", static_folder="static", template_folder="templates")
+    app = _App("connector.web", static_folder="static", template_folder="templates")
     lifetime = timedelta(minutes=web.config.http.session_minutes)
     app.config.update(
         SECRET_KEY=secrets.token_bytes(32),  # new at each start: a restart signs everybody out
@@ -102,7 +110,7 @@ def create_app(web: WebServer) -> Flask:
     app.jinja_env.globals["csrf_field"] = csrf_field
     csrf.init_app(app)
 
-    from connector.web import views
+    from connector.web import search, views
 
     app.register_blueprint(views.health_bp)
     app.before_request(_guard)
@@ -110,6 +118,7 @@ def create_app(web: WebServer) -> Flask:
     app.add_url_rule("/login", "login_post", _login, methods=["POST"])
     app.add_url_rule("/logout", "logout", _logout, methods=["POST"])
     app.register_blueprint(views.dashboard_bp)
+    app.register_blueprint(search.search_bp)
     app.after_request(_headers)
     app.register_error_handler(CSRFError, _csrf_failed)
     app.register_error_handler(HTTPException, _http_error)

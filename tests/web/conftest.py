@@ -22,7 +22,8 @@ from connector.store.state import StateStore
 from connector.synthetic import SyntheticStudy, write_pet_ct_study
 from connector.web import UserFile, WebServer, users_path
 
-USER, PASSWORD = "coordinator", "correct horse battery staple"
+USER, PASSWORD = "coordinator", "correct horse battery staple"  # role "it" (the default), despite the name
+COORD, COORD_PASSWORD = "coord.one", "coordinator password 1"  # role "coordinator": may search by identifiers
 
 
 @dataclass
@@ -95,6 +96,7 @@ def web_site(tmp_path: Path) -> Iterator[WebSite]:
     store = StateStore(layout.state_db)
     intake = Intake(layout, store, min_free_bytes=0, fsync=False)
     UserFile(users_path(config)).add(USER, PASSWORD)
+    UserFile(users_path(config)).add(COORD, COORD_PASSWORD, role="coordinator")
     probe_results: dict[str, str | None] = {"registry": None, "scp": None}
     woken: list[str] = []
     probes = {name: (lambda name=name: probe_results[name]) for name in probe_results}

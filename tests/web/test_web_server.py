@@ -62,3 +62,16 @@ def test_head_and_unknown_pages(web_site: WebSite) -> None:
     big = c.post("/quarantine/purge", content=b"x" * (200 * 1024),
                  headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert big.status_code == 413  # forms other than the follow-up upload are small
+
+
+def test_a_failing_page_logs_the_error_type_only(web_site: WebSite, caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> str:
+        raise ValueError("MRN-123 would be a leak")
+
+    web_site.server.app.view_functions["dashboard.outbox"] = broken
+    c = web_site.login()
+    with caplog.at_level("DEBUG"):
+        r = c.get("/outbox")
+    assert r.status_code == 500 and "Something went wrong" in r.text and "MRN-123" not in r.text
+    assert "MRN-123" not in caplog.text and "Traceback" not in caplog.text
+    assert any(getattr(rec, "error", None) == "ValueError" for rec in caplog.records)

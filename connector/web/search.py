@@ -1,0 +1,99 @@
+"""Finding a patient's studies by MRN (with issuer) or accession number: coordinators only.
+
+The identifiers typed in are resolved through the linkage table, never through the state DB
+(which holds no patient identifier): MRN and issuer through the table's keyed blind index, an
+accession number by decrypting the stored accession numbers of the linked studies. That gives the
+pseudonym, whose de-identified study UIDs (kept in clear in the linkage table) lead to the site's
+study keys through ``study_outputs``. Every search, found or not, is written to the linkage audit
+log with the user's name (never the identifier); results are shown only once that entry is written.
+
+The form is a POST so that no identifier reaches a URL, a proxy log or the browser history.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, abort, flash, g, request
+
+from connector.web.app import page, site
+from connector.web.study import study_keys_for_pseudonym
+from connector.web.users import COORDINATOR
+
+log = logging.getLogger(__name__)
+
+search_bp = Blueprint("search", __name__)
+MAX_IDENTIFIER = 64
+
+
+def _coordinator_only() -> None:
+    if g.get("role") != COORDINATOR:
+        log.warning("identifier search refused", extra={"event": "web_search_refused", "user": g.get("user")})
+        abort(403, description="Searching by patient identifiers is for users with the coordinator role "
+                               "(site-connector users role NAME coordinator).")
+
+
+def _unavailable() -> str | None:
+    provider = site().provider
+    if provider is None or not hasattr(provider, "lookup_accession"):
+        return "The search needs the linkage table, which this server was not given."
+    return None
+
+
+@search_bp.get("/search")
+def search_form() -> Any:
+    _coordinator_only()
+    return page("search.html", "Find patient", "/search", unavailable=_unavailable(), results=None)
+
+
+@search_bp.post("/search")
+def search() -> Any:
+    _coordinator_only()
+    why_not = _unavailable()
+    if why_not:
+        return page("search.html", "Find patient", "/search", unavailable=why_not, results=None)
+    web = site()
+    provider = web.provider
+    kind = request.form.get("by", "patient")
+    patient_id = request.form.get("patient_id", "").strip()[:MAX_IDENTIFIER]
+    issuer = request.form.get("issuer", "").strip()[:MAX_IDENTIFIER]
+    accession = request.form.get("accession", "").strip()[:MAX_IDENTIFIER]
+    if (kind == "patient" and not patient_id) or (kind == "accession" and not accession) or \
+            kind not in ("patient", "accession"):
+        flash("Type a patient ID (MRN) with its issuer, or an accession number.", "error")
+        return page("search.html", "Find patient", "/search", status=400, unavailable=None, results=None)
+    try:
+        if kind == "patient":
+            subject = provider.lookup_patient(patient_id, issuer, audit=False)
+            pseudonyms = [subject.pseudonym] if subject is not None else []
+            matched_uids: set[str] = set()
+            provider.audit("web.search.patient_id", user=g.user, with_issuer=bool(issuer),
+                           found=bool(pseudonyms), pseudonym=pseudonyms[0] if pseudonyms else None)
+        else:
+            found = provider.lookup_accession(accession, audit=False)
+            pseudonyms = sorted({p for p, _ in found})
+            matched_uids = {uid for _, uid in found}
+            provider.audit("web.search.accession", user=g.user, found=len(found),
+                           pseudonym=",".join(pseudonyms) or None)
+    except Exception as exc:  # the audit log or the table failed: show nothing
+        log.error("identifier search failed", extra={"event": "web_search_failed", "user": g.user,
+                                                     "error": type(exc).__name__})
+        flash(f"The search could not be done or recorded ({type(exc).__name__}); nothing is shown. "
+              "See the service log.", "error")
+        return page("search.html", "Find patient", "/search", status=500, unavailable=None, results=None)
+    log.info("identifier search", extra={"event": "web_search", "user": g.user, "by": kind,
+                                         "found": len(pseudonyms)})
+    results = []
+    for pseudonym in pseudonyms:
+        uids = provider.study_uids_of(pseudonym)
+        keys = study_keys_for_pseudonym(web.store, uids)
+        matched = set(study_keys_for_pseudonym(web.store, sorted(matched_uids & set(uids)))) if matched_uids else set()
+        studies = []
+        for key in keys:
+            row = web.store.study(key) or {}
+            studies.append({"key": key, "state": row.get("state"), "instances": row.get("instance_count"),
+                            "first_received_at": row.get("first_received_at"), "matched": key in matched})
+        studies.sort(key=lambda s: s["first_received_at"] or 0, reverse=True)
+        results.append({"pseudonym": pseudonym, "studies": studies, "linked": len(uids)})
+    return page("search.html", "Find patient", "/search", unavailable=None, results=results, by=kind)
