@@ -3,7 +3,9 @@
 Drawn locally from the scored-calcium map the inference stage writes
 (:func:`connector.infer.scored_calcium.load_scored_calcium`), as one PNG: the kept slices side by
 side, in scan order, each in a grey CT window; every pixel of a scored lesion is painted in the
-colour of its Agatston density weight. Nothing else in the picture has colour (grey pixels have
+colour of its Agatston density weight. Every slice is cut to the same box around all the scored
+calcium (plus a margin of anatomy, ``MARGIN_MM``) and enlarged by a whole factor without
+smoothing, so a lesion of a few pixels is visible and its pixels keep their exact colour. Nothing else in the picture has colour (grey pixels have
 R = G = B), so what is coloured is exactly what was scored. No text or header value is drawn.
 
 Colours (the legend the study page shows):
@@ -35,6 +37,8 @@ WEIGHT_LABELS = {1: "130-199 HU", 2: "200-299 HU", 3: "300-399 HU", 4: "400 HU a
 COLUMNS = 4  # slices per row of the picture
 GAP = 4  # pixels between slices (black)
 MAX_SLICES = 16  # a series with more scored slices shows the 16 with the most scored pixels
+MARGIN_MM = 60.0  # anatomy kept around the scored calcium
+TARGET_TILE = 250  # pixels: a slice is enlarged (whole factor, at most 6) towards this size (4 fit the page)
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,23 @@ class Tile:
     slice_index: int  # position in the scanned volume (0 = first slice in scan order)
     x: int
     y: int
+    crop: tuple[int, int, int, int]  # (row0, col0, rows, cols) of the slice that is drawn
+    scale: int  # each slice pixel is drawn as scale x scale picture pixels
 
+
+def crop_box(scored: ScoredCalcium) -> tuple[int, int, int, int]:
+    """(row0, col0, rows, cols): the box around all scored calcium plus the margin, inside the slice."""
+    rows, cols = scored.hu.shape[1:]
+    hit = scored.weights > 0
+    if not hit.any():
+        return 0, 0, rows, cols
+    r = np.flatnonzero(hit.any(axis=(0, 2)))
+    c = np.flatnonzero(hit.any(axis=(0, 1)))
+    mr = int(round(MARGIN_MM / max(scored.pixel_spacing_mm[0], 1e-3)))
+    mc = int(round(MARGIN_MM / max(scored.pixel_spacing_mm[1], 1e-3)))
+    r0, r1 = max(0, int(r[0]) - mr), min(rows, int(r[-1]) + 1 + mr)
+    c0, c1 = max(0, int(c[0]) - mc), min(cols, int(c[-1]) + 1 + mc)
+    return r0, c0, r1 - r0, c1 - c0
 
 def shown_slices(scored: ScoredCalcium, limit: int = MAX_SLICES) -> list[int]:
     """Positions (in the map) of the slices drawn: all of them, or the ``limit`` with most calcium, in scan order."""
@@ -59,13 +79,21 @@ def shown_slices(scored: ScoredCalcium, limit: int = MAX_SLICES) -> list[int]:
 
 def layout_tiles(scored: ScoredCalcium, limit: int = MAX_SLICES) -> tuple[list[Tile], tuple[int, int]]:
     """The tiles and the picture's (width, height)."""
-    rows, cols = scored.hu.shape[1:]
+    box = crop_box(scored)
+    scale = max(1, min(6, TARGET_TILE // max(box[2], box[3])))
+    rows, cols = box[2] * scale, box[3] * scale
     chosen = shown_slices(scored, limit)
     per_row = min(COLUMNS, max(1, len(chosen)))
     grid_rows = max(1, -(-len(chosen) // per_row))
-    tiles = [Tile(i, scored.slice_indices[i], (k % per_row) * (cols + GAP), (k // per_row) * (rows + GAP))
+    tiles = [Tile(i, scored.slice_indices[i], (k % per_row) * (cols + GAP), (k // per_row) * (rows + GAP), box, scale)
              for k, i in enumerate(chosen)]
     return tiles, (per_row * cols + (per_row - 1) * GAP, grid_rows * rows + (grid_rows - 1) * GAP)
+
+
+def _crop(tile: Tile, plane: np.ndarray) -> np.ndarray:
+    r0, c0, h, w = tile.crop
+    part = plane[r0:r0 + h, c0:c0 + w]
+    return np.repeat(np.repeat(part, tile.scale, axis=0), tile.scale, axis=1)
 
 
 def grey(hu: np.ndarray) -> np.ndarray:
@@ -75,18 +103,22 @@ def grey(hu: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
+def expand(tile: Tile, plane: np.ndarray) -> np.ndarray:
+    """A slice-sized array as the tile draws it (cut and enlarged): for checking a picture."""
+    return _crop(tile, plane)
+
+
 def render_rgb(scored: ScoredCalcium, limit: int = MAX_SLICES) -> np.ndarray:
     """The picture as an (height, width, 3) uint8 array."""
     tiles, (width, height) = layout_tiles(scored, limit)
-    rows, cols = scored.hu.shape[1:]
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
     for tile in tiles:
-        g = grey(scored.hu[tile.index])
+        g = grey(_crop(tile, scored.hu[tile.index]))
         rgb = np.repeat(g[:, :, None], 3, axis=2)
-        weights = scored.weights[tile.index]
+        weights = _crop(tile, scored.weights[tile.index])
         for weight, colour in WEIGHT_COLOURS.items():
             rgb[weights == weight] = colour
-        canvas[tile.y:tile.y + rows, tile.x:tile.x + cols] = rgb
+        canvas[tile.y:tile.y + rgb.shape[0], tile.x:tile.x + rgb.shape[1]] = rgb
     return canvas
 
 

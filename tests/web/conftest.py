@@ -21,6 +21,7 @@ from connector.store.quarantine import quarantine
 from connector.store.state import StateStore
 from connector.synthetic import SyntheticStudy, write_pet_ct_study
 from connector.web import UserFile, WebServer, users_path
+from tests.web.browser import artefacts, browser  # noqa: F401  (fixtures for the browser tests)
 
 USER, PASSWORD = "coordinator", "correct horse battery staple"  # role "it" (the default), despite the name
 COORD, COORD_PASSWORD = "coord.one", "coordinator password 1"  # role "coordinator": may search by identifiers

@@ -59,18 +59,21 @@ def check_picture(png: bytes, scored: ScoredCalcium, lesions: np.ndarray) -> int
     rgb = np.asarray(image)
     tiles, (width, height) = cac_picture.layout_tiles(scored)
     assert rgb.shape == (height, width, 3)
-    rows, cols = scored.hu.shape[1:]
     seen = np.zeros(rgb.shape[:2], dtype=bool)
     total = 0
     for tile in tiles:
+        r0, c0, h, w = tile.crop
+        rows, cols = h * tile.scale, w * tile.scale
         part = rgb[tile.y:tile.y + rows, tile.x:tile.x + cols]
         seen[tile.y:tile.y + rows, tile.x:tile.x + cols] = True
         truth = lesions[tile.slice_index]  # the phantom's own labels, at the slice the tile says
-        assert np.array_equal(coloured(part), truth), f"slice {tile.slice_index}: colour off the lesions"
+        assert truth[r0:r0 + h, c0:c0 + w].sum() == truth.sum()  # the cut keeps every lesion pixel
+        assert np.array_equal(coloured(part), cac_picture.expand(tile, truth)), \
+            f"slice {tile.slice_index}: colour off the lesions"
         for weight, colour in cac_picture.WEIGHT_COLOURS.items():
-            where = scored.weights[tile.index] == weight
+            where = cac_picture.expand(tile, scored.weights[tile.index]) == weight
             assert (part[where] == colour).all()
-        total += int(truth.sum())
+        total += int(truth.sum()) * tile.scale**2
     assert not coloured(rgb[~seen]).any()  # gaps between slices: no colour
     return total
 
@@ -86,7 +89,9 @@ def test_picture_from_a_phantom_map(tmp_path: Path) -> None:
     assert sorted(amount[few]) == sorted(amount)[-2:]
 
 
-def _site_with_a_pushed_study(site: WebSite, tmp_path: Path) -> tuple[str, object]:
+def _site_with_a_pushed_study(site: WebSite, tmp_path: Path, pseudonym: str = PSEUDONYM) -> tuple[str, object]:
+    """A study received, de-identified, scored, pushed (every job acknowledged) and verified."""
+    PSEUDONYM = pseudonym  # noqa: N806  (the payloads below name it like the module constant)
     study, paths = site.receive(tmp_path / "s", ct=4, pet=2)
     key = study_key(study.study_uid)
     store = site.store
