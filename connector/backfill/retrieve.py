@@ -260,7 +260,8 @@ def file_received(intake: Intake, event: Any, *, source: str, calling_aet: str) 
             fh.write(data)
         header = header_from_head(data, whole=True, sop_class_uid=sop_class, sop_instance_uid=sop_instance,
                                   transfer_syntax=ts, dataset_offset=len(head))
-        intake.ingest_partial(part, source=source, calling_aet=calling_aet, verify_complete=False, header=header)
+        intake.ingest_partial(part, source=source, calling_aet=calling_aet, verify_complete=False, header=header,
+                              lazy_digest=True)  # as the receiver: hash only a re-sent instance
         return STATUS_SUCCESS
     except DiskFull:
         log.error("spool disk below free-space floor; retrieval answered 'out of resources'",
