@@ -96,7 +96,8 @@ def main() -> None:
             c = httpx.Client(base_url=web.url, timeout=30)
             token = re.search(r'name="csrf" value="([^"]+)"', c.get("/login").text).group(1)
             c.post("/login", data={"csrf": token, "username": "bench", "password": "bench password 123"})
-            results = {p: timed(c, p, args.requests) for p in ("/healthz", "/metrics", "/studies", "/")}
+            paths = ["/healthz", "/metrics", "/studies", "/", f"/studies/{0:020x}"]  # the last: one study's page
+            results = {p: timed(c, p, args.requests) for p in paths}
             base = timed(httpx.Client(base_url=f"http://127.0.0.1:{peer.server_address[1]}", timeout=30), "/",
                          args.requests)
         finally:
