@@ -39,7 +39,7 @@ SESSION_COOKIE = "sc_session"
 CSRF_FIELD = "csrf"
 PUBLIC_ENDPOINTS = {"health.healthz", "health.metrics", "static", "health.favicon", "login", "login_post"}
 NAV = [("/", "Overview"), ("/studies", "Studies"), ("/quarantine", "Quarantine"), ("/outbox", "Outbox"),
-       ("/followup", "Follow-up")]
+       ("/followup", "Follow-up"), ("/backfill", "Backfill")]
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'",
@@ -79,7 +79,7 @@ def page(template: str, title: str, current: str = "", status: int = 200, **valu
     web = site()
     user = g.get("user")
     nav = NAV + ([("/search", "Find patient")] if user and g.get("role") == "coordinator" else [])
-    return render_template(template, title=title, current=current, user=user, nav=nav,
+    return render_template(template, title=title, current=current, user=user, nav=nav, role=g.get("role"),
                            site=web.config.site.id, version=__version__, **values), status
 
 
@@ -110,7 +110,7 @@ def create_app(web: WebServer) -> Flask:
     app.jinja_env.globals["csrf_field"] = csrf_field
     csrf.init_app(app)
 
-    from connector.web import search, views
+    from connector.web import backfill_page, search, views
 
     app.register_blueprint(views.health_bp)
     app.before_request(_guard)
@@ -119,6 +119,7 @@ def create_app(web: WebServer) -> Flask:
     app.add_url_rule("/logout", "logout", _logout, methods=["POST"])
     app.register_blueprint(views.dashboard_bp)
     app.register_blueprint(search.search_bp)
+    app.register_blueprint(backfill_page.backfill_bp)
     app.after_request(_headers)
     app.register_error_handler(CSRFError, _csrf_failed)
     app.register_error_handler(HTTPException, _http_error)

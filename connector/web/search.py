@@ -97,3 +97,36 @@ def search() -> Any:
         studies.sort(key=lambda s: s["first_received_at"] or 0, reverse=True)
         results.append({"pseudonym": pseudonym, "studies": studies, "linked": len(uids)})
     return page("search.html", "Find patient", "/search", unavailable=None, results=results, by=kind)
+
+
+@search_bp.post("/studies/<key>/identifiers")
+def show_identifiers(key: str) -> Any:
+    """The patient's identifiers on this study's page, once, for a coordinator; audited before reading.
+
+    Nothing is stored or redirected: the identifiers are in this one response only (no-store).
+    """
+    from connector.web import cac_picture
+    from connector.web.study import KEY_RE, study_view
+
+    _coordinator_only()
+    web = site()
+    view = study_view(web.store, web.layout, key, web.quarantine_index) if KEY_RE.match(key) else None
+    if view is None:
+        abort(404)
+    values = dict(v=view, colours=cac_picture.WEIGHT_COLOURS, labels=cac_picture.WEIGHT_LABELS,
+                  window=(cac_picture.WINDOW_LEVEL, cac_picture.WINDOW_WIDTH))
+    why_not = _unavailable()
+    if why_not or not view["pseudonym"]:
+        flash(why_not or "This study has no pseudonym yet (not de-identified and queued).", "error")
+        return page("study.html", f"Study {key}", "/studies", **values)
+    provider = web.provider
+    try:
+        provider.audit("web.show_identifiers", user=g.user, study=key, pseudonym=view["pseudonym"])
+        subject = provider.store.find_by_pseudonym(view["pseudonym"])
+    except Exception as exc:
+        log.error("identifier display failed", extra={"event": "web_identifiers_failed", "user": g.user,
+                                                      "error": type(exc).__name__})
+        flash(f"The identifiers could not be read or the reading recorded ({type(exc).__name__}).", "error")
+        return page("study.html", f"Study {key}", "/studies", **values)
+    log.info("identifiers shown", extra={"event": "web_show_identifiers", "user": g.user, "study": key})
+    return page("study.html", f"Study {key}", "/studies", identifiers=subject, **values)

@@ -70,6 +70,9 @@ def test_study_page_picture_and_search_in_chromium(web_site: WebSite, browser: W
     legend = d.find_element(By.ID, "cac-legend").text
     assert "130-199 HU" in legend and "400 HU and above" in legend
     shot(d, artefacts, "study")
+    submit(d, d.find_element(By.ID, "show-identifiers"))  # on purpose, audited, this response only
+    assert MRN in d.find_element(By.ID, "identifiers").text
+    shot(d, artefacts, "study-identifiers")
 
     submit(d, d.find_element(By.CSS_SELECTOR, "form[action='/logout'] button"))
     sign_in(d, web_site.url, USER, PASSWORD)  # role "it"

@@ -91,3 +91,24 @@ def test_search_without_linkage_table(web_site: WebSite) -> None:
     web_site.server.provider = None
     c = web_site.login(COORD, COORD_PASSWORD)
     assert 'id="search-absent"' in c.get("/search").text
+
+
+def test_coordinator_may_show_identifiers_on_a_study_page_audited(web_site: WebSite, tmp_path: Path) -> None:
+    from tests.web.test_web_study import _site_with_a_pushed_study
+
+    pseudonym = add_patient(web_site.provider, MRN, ISSUER, "20240110")
+    key, study = _site_with_a_pushed_study(web_site, tmp_path, pseudonym)
+    coord = web_site.login(COORD, COORD_PASSWORD)
+    page = coord.get(f"/studies/{key}").text
+    assert MRN not in page and 'id="show-identifiers"' in page  # not shown by default
+    r = coord.post(f"/studies/{key}/identifiers", data={"csrf": csrf_of(page)})
+    assert r.status_code == 200 and MRN in r.text and ISSUER in r.text and "SYNTHFAMILY" in r.text
+    assert r.headers["Cache-Control"] == "no-store"
+    [entry] = [e for e in web_site.provider.audit_log.entries() if e.get("action") == "web.show_identifiers"]
+    assert entry["details"] == {"user": COORD, "study": key, "pseudonym": pseudonym, "role": "test"}
+    assert MRN not in coord.get(f"/studies/{key}").text  # once, in that response only
+    it = web_site.login()
+    page = it.get(f"/studies/{key}").text
+    assert 'id="show-identifiers"' not in page
+    assert it.post(f"/studies/{key}/identifiers", data={"csrf": csrf_of(page)}).status_code == 403
+    assert len([e for e in web_site.provider.audit_log.entries() if e.get("action") == "web.show_identifiers"]) == 1
