@@ -202,7 +202,7 @@ class Demo:
         from connector.web.users import UserFile
 
         password = secrets.token_urlsafe(12)
-        UserFile(users_path(load_config(self.config))).add("demo", password, replace=True)
+        UserFile(users_path(load_config(self.config))).add("demo", password, replace=True, role="coordinator")
         return {"user": "demo", "password": password}
 
     def cleanup(self) -> None:
