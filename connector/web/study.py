@@ -58,14 +58,21 @@ class QuarantineIndex:
         self._keys: dict[str, str | None] = {}
         self._lock = threading.Lock()
 
-    def study_of(self, meta_path: Path, meta: dict[str, Any], store: StateStore) -> str | None:
-        entry = str(meta.get("id", meta_path.stem))
+    def cached(self, meta_path: Path) -> tuple[bool, str | None]:
+        """(known, study key) for an entry, without reading anything."""
         with self._lock:
-            if entry in self._keys:
-                return self._keys[entry]
+            entry = meta_path.stem
+            return (entry in self._keys, self._keys.get(entry))
+
+    def study_of(self, meta_path: Path, meta: dict[str, Any], store: StateStore) -> str | None:
+        known, key = self.cached(meta_path)
+        if known:
+            return key
         key = self._find(meta_path, meta, store)
         with self._lock:
-            self._keys[entry] = key
+            if len(self._keys) > 100_000:  # bounded: purged entries' ids are never asked again
+                self._keys.clear()
+            self._keys[meta_path.stem] = key
         return key
 
     @staticmethod
@@ -205,6 +212,9 @@ def study_view(store: StateStore, layout: SiteLayout, key: str,
     index = quarantine_index or QuarantineIndex()
     if layout.quarantine.exists():
         for meta_path in sorted(layout.quarantine.glob("*/*.json"), key=lambda p: p.name):
+            known, owner = index.cached(meta_path)
+            if known and owner != key:
+                continue  # another study's (or none): its file is not read again
             try:
                 meta = json.loads(meta_path.read_text())
             except (OSError, ValueError):
