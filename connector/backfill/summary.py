@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from connector.backfill.schema import CANCELLED, FAILED, PRESENT, QUEUED, RETRIEVED, RETRIEVING
+from connector.backfill.schema import (
+    CANCELLED,
+    FAILED,
+    PRESENT,
+    QUEUED,
+    RETRIEVED,
+    RETRIEVING,
+)
 from connector.backfill.worklist import Worklist
 from connector.store.state import StateStore
 

@@ -18,7 +18,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from connector.backfill.schema import CANCELLED, FAILED, PRESENT, QUEUED, RETRIEVED, RETRIEVING, STUDY_STATES
+from connector.backfill.schema import (
+    CANCELLED,
+    FAILED,
+    PRESENT,
+    QUEUED,
+    RETRIEVED,
+    RETRIEVING,
+    STUDY_STATES,
+)
 from connector.store.state import StateStore, study_key
 
 
@@ -286,5 +294,17 @@ def _held(conn: Any, key: str) -> int | None:
     return int(conn.execute("SELECT COUNT(*) FROM instances WHERE study_key=?", (key,)).fetchone()[0])
 
 
-__all__ = ["CANCELLED", "FAILED", "FoundStudy", "JobNotFound", "LeasedStudy", "PRESENT", "QUEUED", "RETRIEVED",
-           "RETRIEVING", "Worklist", "owner_alive", "process_owner"]
+__all__ = [
+    "CANCELLED",
+    "FAILED",
+    "PRESENT",
+    "QUEUED",
+    "RETRIEVED",
+    "RETRIEVING",
+    "FoundStudy",
+    "JobNotFound",
+    "LeasedStudy",
+    "Worklist",
+    "owner_alive",
+    "process_owner",
+]

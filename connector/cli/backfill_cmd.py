@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from connector.cli import exitcodes
-from connector.cli.common import CommandError, add_config_option, config_from_args, print_json
+from connector.cli.common import (
+    CommandError,
+    add_config_option,
+    config_from_args,
+    print_json,
+)
 
 
 def _date(text: str) -> dt.date:
@@ -130,7 +135,12 @@ def _read_accessions(path: Path) -> tuple[str, ...]:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from connector.backfill.query import PacsUnavailable, QueryFailed, StudyFilter, find_studies
+    from connector.backfill.query import (
+        PacsUnavailable,
+        QueryFailed,
+        StudyFilter,
+        find_studies,
+    )
     from connector.backfill.worklist import Worklist
 
     config = config_from_args(args)
@@ -248,7 +258,7 @@ def run_run(args: argparse.Namespace) -> int:
                                (f"; 'site-connector backfill resume {args.job}' first" if job["state"] == "paused"
                                 else ""), exitcodes.FAILURE)
         worklist.release_orphans()
-        pending, instances, _ = worklist.pending(args.job)
+        _, instances, _ = worklist.pending(args.job)
         if not args.json:
             from tqdm import tqdm
 

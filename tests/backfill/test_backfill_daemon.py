@@ -15,7 +15,13 @@ import pydicom
 import pytest
 
 from connector.registry import RegistryServer
-from tests.backfill.conftest import PacsStudy, load, make_study, pacs_settings, register_connector
+from tests.backfill.conftest import (
+    PacsStudy,
+    load,
+    make_study,
+    pacs_settings,
+    register_connector,
+)
 from tests.support.daemon import ConnectorProcess
 from tests.support.dicomfiles import dataset_bytes, stored_by_sop
 

@@ -197,3 +197,81 @@ def test_a_day_the_pacs_cuts_short_is_asked_hour_by_hour(tmp_path: Path) -> None
         assert found.split_days == 1 and found.queries == 1 + 24
         with pytest.raises(QueryFailed, match="2024-03-02 10h"):
             find_studies(config, StudyFilter(day("2024-03-02"), day("2024-03-02")))
+
+
+def _tls_files(folder: Path) -> dict[str, Path]:
+    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def cert(name: str, key, issuer_name, issuer_key, ca: bool, san=None):
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+             .issuer_name(issuer_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san is not None:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    out: dict[str, Path] = {}
+
+    def write(name: str, key, crt) -> None:
+        out[name + "_key"] = folder / f"{name}.key"
+        out[name + "_key"].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.TraditionalOpenSSL,
+                                                         serialization.NoEncryption()))
+        out[name] = folder / f"{name}.pem"
+        out[name].write_bytes(crt.public_bytes(serialization.Encoding.PEM))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    write("ca", ca_key, cert("test CA", ca_key, ca_name, ca_key, True))
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    write("server", server_key, cert("pacs", server_key, ca_name, ca_key, False,
+                                     [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]))
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    write("client", client_key, cert("siteconn", client_key, ca_name, ca_key, False, [x509.DNSName("siteconn")]))
+    return out
+
+
+def test_query_and_echo_over_mutual_tls(tmp_path: Path, catalogue) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.backfill.conftest import PACS_AET
+    from tests.support.orthanc import OrthancServer
+
+    tls = _tls_files(tmp_path / "tls")
+    options = {"DicomTlsEnabled": True, "DicomTlsCertificate": str(tls["server"]),
+               "DicomTlsPrivateKey": str(tls["server_key"]), "DicomTlsTrustedCertificates": str(tls["ca"]),
+               "DicomTlsRemoteCertificateRequired": True}
+    with OrthancServer(tmp_path / "orthanc", aet=PACS_AET, extra_config=options) as orthanc:
+        load(orthanc, [catalogue["petct1"]])
+        register_connector(orthanc, 1)
+        files = {"pacs__tls": "true", "pacs__tls_ca_file": str(tls["ca"]), "pacs__tls_cert_file": str(tls["client"]),
+                 "pacs__tls_key_file": str(tls["client_key"])}
+        config = in_process_config(tmp_path / "data", orthanc, **files)
+        found = find_studies(config, StudyFilter(day("2024-03-01"), day("2024-03-01")))
+        assert [s.study_uid for s in found.studies] == [catalogue["petct1"].study.study_uid]
+        with pytest.raises(PacsUnavailable):  # plain DICOM to a TLS port gets nowhere
+            find_studies(in_process_config(tmp_path / "data", orthanc, pacs__timeout=3),
+                         StudyFilter(day("2024-03-01"), day("2024-03-01")))
+        env = dict(os.environ, SITE_CONNECTOR__STORAGE__DATA_DIR=str(tmp_path / "d"))
+        for key, value in {"pacs__host": "127.0.0.1", "pacs__port": str(orthanc.dicom_port),
+                           "pacs__ae_title": PACS_AET, **files}.items():
+            section, name = key.split("__")
+            env[f"SITE_CONNECTOR__{section.upper()}__{name.upper()}"] = value
+        out = subprocess.run([sys.executable, "-m", "connector", "echo", "--pacs", "--json"],
+                             cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
+                             timeout=60, check=False)
+        assert out.returncode == 0 and json.loads(out.stdout)["tls"] is True, out.stdout + out.stderr
