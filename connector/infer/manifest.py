@@ -52,7 +52,7 @@ class OutputSpec:
     calcium_classes: tuple[str, ...]
     coronary_class: int  # index of "coronary" in calcium_classes
     stride: int  # model grid pixels per output pixel
-    threshold: float  # a lesion is coronary when its mean coronary (and heart) probability reaches this
+    threshold: float  # a cell is marked coronary (or other calcium) when its probability reaches this
 
 
 @dataclass(frozen=True)

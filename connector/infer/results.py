@@ -9,9 +9,11 @@ them for the pseudonymised UIDs before queueing ``POST /api/v1/results``; they a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from connector.infer.agatston import AgatstonResult
+from connector.infer.scored_calcium import ScoredCalcium
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,10 @@ class SeriesResult:
     pixel_spacing_mm: tuple[float, float] | None = None
     warnings: tuple[str, ...] = ()
     error: str | None = None
+    # Site-only, never in the JSON: what was scored (for the study page and the DICOM SEG) and the
+    # original slices in the volume's order (what the SR and SEG reference).
+    scored_calcium: ScoredCalcium | None = field(default=None, repr=False, compare=False)
+    source_paths: tuple[Path, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def ok(self) -> bool:

@@ -4,11 +4,13 @@ Why one long-lived runner: creating a session (graph optimisation, provider init
 context) costs far more than scoring one CTAC volume, so the daemon builds one :class:`CacRunner`
 at start-up and reuses it for every study; ``InferenceSession.run`` is thread-safe.
 
-From the model's low-resolution class probabilities to an exact score: every 8-connected group of
-HU >= 130 pixels on a slice (a candidate lesion) is called coronary when its mean coronary
-probability and its mean heart probability reach the manifest's threshold. That turns the model's
-coarse output into a full-resolution coronary-calcium mask whose edges come from the HU values, not
-from the model's grid, and :func:`connector.infer.agatston.agatston` scores inside it.
+From the model's low-resolution class probabilities to an exact score: each output cell becomes a
+mark, CORONARY where the coronary-calcium probability and the heart probability both reach the
+manifest's threshold, OTHER where the model says non-coronary calcium (or coronary-looking calcium
+outside the heart), and every candidate lesion (8-connected HU >= 130 pixels on a slice) is chosen
+or not from the marks on its pixels by :func:`connector.infer.agatston.select_coronary` (the
+lesion-level rule, documented there). A chosen lesion is scored whole: its edges come from the HU
+values, not from the model's grid.
 """
 
 from __future__ import annotations
@@ -21,9 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from scipy import ndimage
-
-from connector.infer.agatston import HU_THRESHOLD, AgatstonResult, agatston
+from connector.infer.agatston import CORONARY, NO_MARK, OTHER, AgatstonResult, agatston, select_coronary
 from connector.infer.errors import ModelError
 from connector.infer.manifest import ModelManifest, load_verified_model
 from connector.infer.preprocess import (
@@ -34,6 +34,7 @@ from connector.infer.preprocess import (
     window,
 )
 from connector.infer.results import SeriesResult, Timings
+from connector.infer.scored_calcium import scored_calcium_of
 from connector.infer.settings import CacConfig
 from connector.infer.volume import CtVolume
 
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 CROP_MARGIN_PX = 32  # air kept around the body when a model accepts cropped inputs
 
 
@@ -51,6 +51,7 @@ class Segmentation:
 
     heart: np.ndarray  # (slices, h, w) heart probability
     coronary: np.ndarray  # (slices, h, w) coronary-calcium probability
+    other: np.ndarray  # (slices, h, w) non-coronary calcium probability (sum of the other calcium classes)
     rows: np.ndarray  # series row -> output row, -1 outside the model's field of view
     cols: np.ndarray  # series column -> output column, -1 outside
     crop: tuple[int, int, int, int]  # model-grid rows/columns actually run (r0, r1, c0, c1)
@@ -139,6 +140,8 @@ class CacRunner:
         size, s = spec.in_plane_size // out.stride, out.stride
         heart = np.zeros((n, size, size), dtype=np.float32)
         coronary = np.zeros((n, size, size), dtype=np.float32)
+        other = np.zeros((n, size, size), dtype=np.float32)
+        other_classes = [i for i, c in enumerate(out.calcium_classes) if c not in ("none", "coronary")]
         batch = self.config.batch_size
         for start in range(0, n, batch):
             centres = np.arange(start, min(start + batch, n))
@@ -148,34 +151,32 @@ class CacRunner:
             coronary[start : start + len(centres), r0 // s : r1 // s, c0 // s : c1 // s] = p_calcium[
                 :, out.coronary_class
             ]
+            if other_classes:
+                other[start : start + len(centres), r0 // s : r1 // s, c0 // s : c1 // s] = p_calcium[
+                    :, other_classes
+                ].sum(axis=1)
         rows = np.where(grid.series_rows >= 0, grid.series_rows // out.stride, -1)
         cols = np.where(grid.series_cols >= 0, grid.series_cols // out.stride, -1)
-        return Segmentation(heart=heart, coronary=coronary, rows=rows, cols=cols, crop=(r0, r1, c0, c1))
+        return Segmentation(heart=heart, coronary=coronary, other=other, rows=rows, cols=cols, crop=(r0, r1, c0, c1))
+
+    def marks(self, seg: Segmentation) -> np.ndarray:
+        """Mark codes on the output grid: CORONARY, OTHER or NO_MARK per cell (slices, h, w) uint8."""
+        t = self.manifest.output.threshold
+        coronary = (seg.coronary >= t) & (seg.heart >= t)
+        other = ((seg.other >= t) | (seg.coronary >= t)) & ~coronary
+        return np.where(coronary, CORONARY, np.where(other, OTHER, NO_MARK)).astype(np.uint8)
 
     def coronary_mask(self, hu: np.ndarray, seg: Segmentation) -> np.ndarray:
-        """Full-resolution mask: candidate lesions whose mean coronary and heart probabilities pass."""
-        threshold = self.manifest.output.threshold
-        mask = np.zeros(hu.shape, dtype=bool)
-        for k in range(hu.shape[0]):
-            if seg.coronary[k].max() < threshold:
-                continue
-            labels, count = ndimage.label(hu[k] >= HU_THRESHOLD, structure=_EIGHT_CONNECTED)
-            if count == 0:
-                continue
-            rr, cc = np.nonzero(labels)
-            lab = labels[rr, cc]
-            out_r, out_c = seg.rows[rr], seg.cols[cc]
-            inside = (out_r >= 0) & (out_c >= 0)
-            out_r, out_c = np.clip(out_r, 0, None), np.clip(out_c, 0, None)
-            p_cor = np.where(inside, seg.coronary[k][out_r, out_c], 0.0)
-            p_heart = np.where(inside, seg.heart[k][out_r, out_c], 0.0)
-            pixels = np.maximum(np.bincount(lab, minlength=count + 1), 1)
-            keep = (np.bincount(lab, weights=p_cor, minlength=count + 1) / pixels >= threshold) & (
-                np.bincount(lab, weights=p_heart, minlength=count + 1) / pixels >= threshold
-            )
-            keep[0] = False
-            mask[k] = keep[labels]
-        return mask
+        """Full-resolution mask of the lesions the model chose, each whole (see ``select_coronary``)."""
+        grid = self.marks(seg)
+        outside = (seg.rows < 0)[:, None] | (seg.cols < 0)[None, :]  # series pixels beyond the model's view
+        rows, cols = np.clip(seg.rows, 0, None), np.clip(seg.cols, 0, None)
+
+        def lookup(k: int, rr: np.ndarray, cc: np.ndarray) -> np.ndarray:
+            return np.where(outside[rr, cc], NO_MARK, grid[k][rows[rr], cols[cc]])
+
+        with_coronary = np.flatnonzero((grid == CORONARY).any(axis=(1, 2)))
+        return select_coronary(hu, lookup, slices=with_coronary.tolist())
 
     def score_hu(self, hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increment: float) -> ScoredVolume:
         """Segment and score a HU volume (slices, rows, columns) already sorted along the normal."""
@@ -190,6 +191,8 @@ class CacRunner:
     def score_volume(self, volume: CtVolume, load_s: float = 0.0) -> SeriesResult:
         """Score a loaded series and wrap it as a :class:`SeriesResult`."""
         scored = self.score_hu(volume.hu, volume.pixel_spacing, volume.slice_increment_mm)
+        weights = scored.agatston.weights
+        assert weights is not None
         return SeriesResult(
             study_uid=volume.study_uid,
             series_uid=volume.series_uid,
@@ -202,6 +205,8 @@ class CacRunner:
             slice_thickness_mm=volume.slice_thickness_mm,
             pixel_spacing_mm=volume.pixel_spacing,
             warnings=volume.spacing.warnings,
+            scored_calcium=scored_calcium_of(volume.hu, weights, volume.pixel_spacing, volume.slice_increment_mm),
+            source_paths=volume.source_paths,
         )
 
     def failed(self, study_uid: str, series_uid: str, code: str, load_s: float = 0.0) -> SeriesResult:

@@ -40,6 +40,20 @@ class ScoredCalcium:
             raise ValueError("one slice index per kept slice")
 
 
+def scored_calcium_of(
+    hu: np.ndarray, weights: np.ndarray, pixel_spacing_mm: tuple[float, float], slice_increment_mm: float
+) -> ScoredCalcium:
+    """The map of a scored volume: the slices of ``weights`` (an AgatstonResult's) that carry calcium."""
+    keep = np.flatnonzero(weights.reshape(weights.shape[0], -1).any(axis=1))
+    return ScoredCalcium(
+        hu=np.clip(np.rint(hu[keep]), -32768, 32767).astype(np.int16),
+        weights=weights[keep].astype(np.uint8),
+        slice_indices=tuple(int(i) for i in keep),
+        pixel_spacing_mm=(float(pixel_spacing_mm[0]), float(pixel_spacing_mm[1])),
+        slice_increment_mm=float(slice_increment_mm),
+    )
+
+
 def save_scored_calcium(path: Path, scored: ScoredCalcium) -> None:
     """Write atomically (temporary file, fsync, rename) so a reader never sees half a map."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

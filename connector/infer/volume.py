@@ -64,6 +64,9 @@ class CtVolume:
     slice_thickness_mm: float | None
     study_uid: str = field(repr=False)
     series_uid: str = field(repr=False)
+    # The file of each kept slice, in the volume's order: what a DICOM SEG or SR built from the
+    # result references (the original instances on the site's spool).
+    source_paths: tuple[Path, ...] = field(default=(), repr=False)
 
     @property
     def slice_increment_mm(self) -> float:
@@ -131,6 +134,7 @@ def load_volume(paths: Sequence[Path]) -> CtVolume:
         slice_thickness_mm=float(thickness) if thickness not in (None, "") else None,
         study_uid=study_uid,
         series_uid=series_uid,
+        source_paths=tuple(Path(paths[i]) for i in keep),
     )
 
 
