@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from connector import pacs
 from connector.backfill.retrieve import retrieve_study
 from connector.backfill.schema import FAILED
 from connector.backfill.worklist import LeasedStudy, Worklist, process_owner
@@ -175,6 +176,9 @@ class Runner:
             problem = None  # everything the PACS reported is here (a warning status changes nothing)
         elif problem is None and have == 0:
             problem = "the PACS sent nothing"
+        if problem is not None and have == 0 and self.config.pacs.retrieve == "move" and outcome.failed:
+            problem += (f"; nothing arrived: is this connector's receiver running, and does the PACS know "
+                        f"{pacs.move_destination(self.config)} at this server's address and [dicom] port?")
         seconds = time.monotonic() - started
         if problem is None:
             self.worklist.succeed(study, have, size, seconds)

@@ -114,6 +114,9 @@ def _open_store(config: Any, create: bool = False) -> Any:
 
 
 def _require_pacs(config: Any) -> None:
+    from connector.logsetup import quiet_libraries
+
+    quiet_libraries()  # pydicom and pynetdicom messages may quote values from the PACS's answers
     if not config.pacs.configured:
         raise CommandError("no PACS configured: set [pacs] host and ae_title (and retrieve = \"move\" or "
                            "\"get\")", exitcodes.USAGE)
