@@ -86,16 +86,31 @@ def move_destination(config: Config) -> str:
     return config.pacs.move_destination or config.dicom.ae_title
 
 
+class PacsTlsError(Exception):
+    """The [pacs] TLS files cannot be loaded; the message names the key and the reason (no secret)."""
+
+
 def client_tls_context(cfg: PacsConfig) -> ssl.SSLContext | None:
-    """The SSL context for calling the PACS, or None without TLS."""
+    """The SSL context for calling the PACS, or None without TLS. Raises PacsTlsError."""
     if not cfg.tls:
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
-                                     cafile=str(cfg.tls_ca_file) if cfg.tls_ca_file else None)
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                         cafile=str(cfg.tls_ca_file) if cfg.tls_ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise PacsTlsError(f"[pacs] tls_ca_file cannot be loaded ({_reason(exc)})") from None
     ctx.check_hostname = cfg.tls_check_hostname
     if cfg.tls_cert_file:
-        ctx.load_cert_chain(str(cfg.tls_cert_file), str(cfg.tls_key_file))
+        try:
+            ctx.load_cert_chain(str(cfg.tls_cert_file), str(cfg.tls_key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise PacsTlsError(f"[pacs] tls_cert_file/tls_key_file cannot be loaded ({_reason(exc)}): they must "
+                               "be a PEM certificate and its matching private key") from None
     return ctx
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
 
 
 def associate(config: Config, ae: Any, **kwargs: Any) -> Any:

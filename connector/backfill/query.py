@@ -111,7 +111,7 @@ class StudyQuery:
         self.config = config
         ae = AE(ae_title=pacs.calling_ae(config))
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        self.assoc = pacs.associate(config, ae)
+        self.assoc = pacs.associate(config, ae)  # PacsTlsError: a configuration problem, for the caller
         if not self.assoc.is_established:
             where = f"{config.pacs.host}:{config.pacs.port}"
             why = "rejected the association" if self.assoc.is_rejected else "did not answer"

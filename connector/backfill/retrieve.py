@@ -158,11 +158,14 @@ def retrieve_study(config: Config, study: LeasedStudy, *, stop: threading.Event,
 
     ``on_progress(n)`` is called with the number of instances completed so far.
     """
-    if config.pacs.retrieve == "get":
-        if intake is None:
-            raise ValueError("C-GET needs an Intake to file what it receives")
-        return _get(config, study, stop, intake, on_progress)
-    return _move(config, study, stop, on_progress)
+    try:
+        if config.pacs.retrieve == "get":
+            if intake is None:
+                raise ValueError("C-GET needs an Intake to file what it receives")
+            return _get(config, study, stop, intake, on_progress)
+        return _move(config, study, stop, on_progress)
+    except pacs.PacsTlsError as exc:
+        return RetrieveOutcome(error=str(exc))
 
 
 def _run(assoc: Any, responses: Any, outcome: RetrieveOutcome, stop: threading.Event,

@@ -277,7 +277,8 @@ class BackfillService:
                                                       "instances": report.instances,
                                                       "seconds": round(report.seconds, 3)})
         except Exception as exc:  # never take the pipeline role down; the next tick tries again
-            log.error("backfill pass failed", extra={"event": "backfill_error", "error": type(exc).__name__})
+            log.error("backfill pass failed", extra={"event": "backfill_error", "error": type(exc).__name__,
+                                                     "detail": str(exc) if isinstance(exc, OSError) else ""})
         finally:
             store.close()
 

@@ -155,8 +155,12 @@ def run_add(args: argparse.Namespace) -> int:
         raise CommandError("--from is after --to", exitcodes.USAGE)
     flt = StudyFilter(date_from=args.date_from, date_to=args.date_to, modalities=tuple(args.modality),
                       description=args.description, accessions=accessions)
+    from connector.pacs import PacsTlsError
+
     try:
         report = find_studies(config, flt)
+    except PacsTlsError as exc:
+        raise CommandError(str(exc), exitcodes.USAGE) from None
     except PacsUnavailable as exc:
         raise CommandError(f"{exc}; check with 'site-connector echo --pacs'", exitcodes.UNAVAILABLE) from None
     except QueryFailed as exc:

@@ -22,7 +22,7 @@ from connector.cli import exitcodes
 from connector.cli.common import CommandError, add_config_option, config_from_args, print_json
 from connector.config import Config
 from connector.pacs import calling_ae as pacs_calling_ae
-from connector.pacs import client_tls_context
+from connector.pacs import PacsTlsError, client_tls_context
 
 DEFAULT_CALLING_AET = "ECHOSCU"
 
@@ -110,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
         called = args.called_aet or config.pacs.ae_title
         local = False
         calling = args.calling_aet or pacs_calling_ae(config)
-        ctx = client_tls_context(config.pacs)
+        try:
+            ctx = client_tls_context(config.pacs)
+        except PacsTlsError as exc:
+            raise CommandError(str(exc), exitcodes.USAGE) from None
         if ctx is not None:
             tls = (ctx, args.host if config.pacs.tls_check_hostname else None)
     else:

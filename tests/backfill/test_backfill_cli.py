@@ -62,6 +62,13 @@ def test_add_dry_run_accessions_and_job_states(env: Path, orthanc, catalogue, mo
     [job] = json.loads(capsys.readouterr().out)["jobs"]
     assert (job["state"], job["retrieved"], job["found"]) == ("done", 1, 1)
     assert main(["backfill", "cancel", "1"]) == 1  # done: nothing to cancel
+    monkeypatch.setenv("SITE_CONNECTOR__PACS__TLS", "true")
+    monkeypatch.setenv("SITE_CONNECTOR__PACS__TLS_CA_FILE", str(env / "missing-ca.pem"))
+    assert main(["backfill", "add", "--from", "2024-03-01", "--to", "2024-03-01"]) == 2
+    assert main(["echo", "--pacs"]) == 2
+    assert capsys.readouterr().err.count("[pacs] tls_ca_file cannot be loaded") == 2
+    monkeypatch.delenv("SITE_CONNECTOR__PACS__TLS")
+    monkeypatch.delenv("SITE_CONNECTOR__PACS__TLS_CA_FILE")
     monkeypatch.setenv("SITE_CONNECTOR__PACS__PORT", "1")
     assert main(["backfill", "add", "--from", "2024-03-01", "--to", "2024-03-01"]) == 3
     assert "echo --pacs" in capsys.readouterr().err

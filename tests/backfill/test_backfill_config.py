@@ -58,3 +58,16 @@ def test_tls_context_verifies_the_pacs(tmp_path: Path) -> None:
     cfg = _load(tmp_path, '[pacs]\nhost = "pacs.example"\nae_title = "P"\ntls = true\n')
     ctx = client_tls_context(cfg.pacs)
     assert ctx is not None and ctx.check_hostname and ctx.verify_mode.name == "CERT_REQUIRED"
+
+
+def test_unloadable_tls_files_are_one_readable_error(tmp_path: Path) -> None:
+    from connector.pacs import PacsTlsError
+
+    cfg = _load(tmp_path, '[pacs]\nhost = "h"\nae_title = "P"\ntls = true\ntls_ca_file = "missing.pem"\n')
+    with pytest.raises(PacsTlsError, match=r"\[pacs\] tls_ca_file cannot be loaded \(No such file"):
+        client_tls_context(cfg.pacs)
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    cfg = _load(tmp_path, '[pacs]\nhost = "h"\nae_title = "P"\ntls = true\ntls_cert_file = "bad.pem"\n'
+                'tls_key_file = "bad.pem"\n')
+    with pytest.raises(PacsTlsError, match="tls_cert_file/tls_key_file cannot be loaded"):
+        client_tls_context(cfg.pacs)
