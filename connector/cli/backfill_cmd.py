@@ -208,9 +208,10 @@ def run_status(args: argparse.Namespace) -> int:
         return exitcodes.OK
     for j in jobs:
         f = j["filters"]
-        what = (f"{f['from']}..{f['to']}" if f.get("from") else "") + (
-            f" {len(f['modalities']) and '/'.join(f['modalities']) or ''}") + (
-            f" accessions:{f['accessions']}" if f.get("accessions") else "")
+        what = " ".join(part for part in (
+            f"{f['from']}..{f['to']}" if f.get("from") else "", "/".join(f.get("modalities") or []),
+            f"/{f['description']}/" if f.get("description") else "",
+            f"{f['accessions']} accession numbers" if f.get("accessions") else "") if part)
         print(f"job {j['job']} ({j['kind']}{' ' + j['label'] if j['label'] else ''}, {j['state']}) {what.strip()}: "
               f"found {j['found']}, retrieved {j['retrieved']}, already present {j['already_present']}, "
               f"failed {j['failed']}, queued {j['queued'] + j['retrieving']}"
