@@ -45,13 +45,14 @@ def write_series(
         names = np.random.default_rng(shuffle_seed).permutation(n)
     paths = []
     origin = -(np.array([cols, rows]) - 1) / 2.0 * pixel_spacing
+    frame_of_reference = study_uid + ".1" if len(study_uid) < 60 else generate_uid()  # one per series
     for i in range(n):
         ds = Dataset()
         ds.SOPClassUID = CTImageStorage
         ds.SOPInstanceUID = generate_uid()
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
-        ds.FrameOfReferenceUID = study_uid + ".1" if len(study_uid) < 60 else generate_uid()
+        ds.FrameOfReferenceUID = frame_of_reference
         ds.PatientName = "SYNTH^PHANTOM"
         ds.PatientID = "PHANTOM0001"
         ds.PatientBirthDate = "19500101"

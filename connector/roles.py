@@ -199,9 +199,10 @@ def pipeline_main(config: Config, log_queue: Any) -> None:
     store = StateStore(layout.state_db)
     provider = open_identity_provider(config)
     engine = DeidEngine.from_config(config, provider)
-    steps = [("registry", registry_step(config, store, layout, provider))]
-    if config.cac.enabled:
-        steps.append(("cac", cac_step(config, store, engine)))
+    steps: list[tuple[str, Any]] = []
+    if config.cac.enabled:  # first: it adds the CAC SR and SEG to the objects the registry step queues
+        steps.append(("cac", cac_step(config, store, engine, layout)))
+    steps.append(("registry", registry_step(config, store, layout, provider)))
     # a study that met a full disk is retried after the quiet period (5 s to 5 min)
     worker = StudyWorker(store, layout, engine, steps,
                          retry_seconds=min(300.0, max(5.0, config.assemble.stable_seconds)))

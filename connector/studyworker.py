@@ -225,31 +225,69 @@ def registry_step(config: Config, store: StateStore, layout: SiteLayout, provide
     return step
 
 
-def cac_step(config: Config, store: StateStore, engine: DeidEngine) -> Step:
-    """Score coronary calcium on the study's CT attenuation series and queue the result.
+def cac_step(config: Config, store: StateStore, engine: DeidEngine, layout: SiteLayout | None = None) -> Step:
+    """Score coronary calcium on the study's CT attenuation series; queue the result; add its DICOM.
 
     Runs on the original files (the model needs the real pixels; nothing leaves here), then maps
     the study and series UIDs to their de-identified values and adds the pseudonym, so the result
-    the registry receives carries no original identifier.
+    the registry receives carries no original identifier. Per scored series it also keeps the
+    scored-calcium map on the site (``SiteLayout.scored_calcium_path``, for the study page) and
+    builds a Measurement Report SR and a SEG from the ORIGINAL slices (kept on the site next to the
+    map), de-identifies them with the images' pseudonym, date offset and UID mapping, and adds them
+    to the study's outputs: runs before the registry step, which queues them with the images.
     """
+    from connector.infer.dicom_results import build_result_objects, read_sources, results_engine
     from connector.infer.runner import CacRunner
+    from connector.infer.scored_calcium import save_scored_calcium
     from connector.infer.study import score_study
     from connector.outbox import Outbox
     from connector.push import queue_result
 
     runner = CacRunner.from_config(config)  # the model is verified and loaded once per process
     outbox = Outbox(store)
+    layout = layout or SiteLayout.from_config(config)
+    results_deid = results_engine(config, engine.provider, runner.manifest.summary())
 
     def step(ctx: StudyContext) -> None:
         if not ctx.outcome.written:
             return
         pseudonym = ctx.outcome.written[0].pseudonym
-        for result in score_study(ctx.originals, runner):
+        for rank, result in enumerate(score_study(ctx.originals, runner)):
             doc = result.to_json(include_uids=True)
             doc["study_instance_uid"] = engine.uid(str(doc["study_instance_uid"]))
             doc["series_instance_uid"] = engine.uid(str(doc["series_instance_uid"]))
             doc["pseudonym"] = pseudonym
             queue_result(outbox, doc)
             ctx.notes.setdefault("cac", []).append(doc.get("category"))  # type: ignore[union-attr]
+            if result.ok and result.scored_calcium is not None:
+                map_path = layout.scored_calcium_path(ctx.study_key, rank)
+                save_scored_calcium(map_path, result.scored_calcium)
+                objects = build_result_objects(result, read_sources(result.source_paths))
+                for kind, ds in zip(("sr", "seg"), objects.datasets(), strict=False):
+                    _add_result_object(ctx, results_deid, ds, map_path.with_name(f"cac-{rank}-{kind}.dcm"),
+                                       layout)
 
     return step
+
+
+def _add_result_object(ctx: StudyContext, deid: DeidEngine, ds: object, original: Path, layout: SiteLayout) -> None:
+    """Keep the identified original on the site, de-identify it into the study's outgoing folder."""
+    import io
+
+    from connector.deid.study import WrittenObject, output_name, quarantine_result
+    from connector.store.durable import write_file_durably
+
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)  # type: ignore[attr-defined]
+    write_file_durably(original, buffer.getvalue(), sync=deid.fsync)
+    result = deid.process_bytes(buffer.getvalue())
+    if result.status != "ok" or result.data is None:
+        ctx.outcome.quarantined.append(quarantine_result(layout.quarantine, original, result))
+        log.error("CAC result object not sent: de-identification refused it",
+                  extra={"event": "cac_dicom_quarantined", "study": ctx.study_key, "reason": result.reason})
+        return
+    target = ctx.out_dir / output_name(result)
+    write_file_durably(target, result.data, sync=deid.fsync)
+    ctx.outcome.written.append(WrittenObject(original, target, result.sop_instance_uid, result.series_instance_uid,
+                                             result.study_instance_uid, result.sop_class_uid, result.modality,
+                                             result.pseudonym))

@@ -102,7 +102,8 @@ class DeidEngine:
     """Compiled rules + identity provider. Reusable across studies; safe to share between threads."""
 
     def __init__(self, profile: Profile, provider: IdentityProvider, *, site_id: str = "SITE01",
-                 fsync: bool = True, raw_sequences: bool = True, vocabulary: frozenset[str] | None = None) -> None:
+                 fsync: bool = True, raw_sequences: bool = True, vocabulary: frozenset[str] | None = None,
+                 allowed_texts: frozenset[str] = frozenset()) -> None:
         silence_value_warnings()
         self.vocabulary = load_vocabulary() if vocabulary is None else vocabulary
         self.profile = profile
@@ -114,7 +115,8 @@ class DeidEngine:
         codes = profile.code_values
         self.guard_policy = phi_guard.GuardPolicy(uids="113110" not in codes, institution="113112" not in codes,
                                                   device_uids="113109" not in codes, vocabulary=self.vocabulary,
-                                                  allowed_classes=profile.accepted_sop_classes())
+                                                  allowed_classes=profile.accepted_sop_classes(),
+                                                  allowed_texts=allowed_texts)
         self._filters = ObjectFilters(profile.filters, profile.pixel_regions)
         self._walker = ElementWalker(self.rules, self.uid, raw_sequences=raw_sequences)
         self._markers = Markers(profile)

@@ -50,6 +50,9 @@ class GuardPolicy:
     # SOP classes the profile explicitly lets through although they can carry identifiers in their
     # pixels or document (an ``accept`` filter); everything else of those classes is refused.
     allowed_classes: frozenset[str] = frozenset()
+    # Whole text values the connector itself wrote (the model's name, version and SHA-256 in its own
+    # CAC report): exempt from the free-text shape check only, still searched for every identifier.
+    allowed_texts: frozenset[str] = frozenset()
 
     def words(self) -> frozenset[str]:
         return shipped_vocabulary() if self.vocabulary is None else self.vocabulary
@@ -349,6 +352,8 @@ def _free_text_findings(texts: list[tuple[str, str, int, str]], identifiers: Ide
     words = policy.words()
     for text, prefix, tag, vr in texts:
         if is_free_text(tag, vr, policy.device_uids):
+            if text.strip(" \x00") in policy.allowed_texts:
+                continue
             if seen_tokens is not None:
                 seen_tokens.update(free_text_tokens(text))
             problem = free_text_problem(text, words, names)

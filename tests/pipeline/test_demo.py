@@ -16,7 +16,8 @@ def test_demo_reports_pseudonym_instances_and_cac(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)
     assert result["pseudonym"].startswith("DEMO01-")
-    assert result["instances"] == result["instances_sent"] == 60  # 40 CT + 20 PET
+    assert result["instances_sent"] == 60  # 40 CT + 20 PET
+    assert result["instances"] == 62  # plus the CAC Measurement Report SR and the SEG of the scored calcium
     assert result["manifest"] is True
     assert result["subject"]["pseudonym"] == result["pseudonym"]
     cac = result["cac"]
