@@ -29,7 +29,7 @@ from connector.config_fields import valid_ae as _valid_ae
 from connector.config_fields import valid_host_entry as _valid_host_entry
 from connector.linkage.settings import LinkageConfig
 from connector.deid.settings import DeidConfig
-from connector.infer.settings import CacConfig
+from connector.infer.settings import CacConfig, ResultsConfig
 from connector.followup.settings import FollowupConfig
 from connector.web.settings import HttpConfig
 from connector.push.settings import RegistryConfig
@@ -147,6 +147,7 @@ class Config:
     linkage: LinkageConfig = field(default_factory=LinkageConfig)
     deid: DeidConfig = field(default_factory=DeidConfig)
     cac: CacConfig = field(default_factory=CacConfig)
+    results: ResultsConfig = field(default_factory=ResultsConfig)
     followup: FollowupConfig = field(default_factory=FollowupConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
@@ -322,6 +323,8 @@ def _cross_checks(config: Config) -> None:
     if pacs_problem:
         key, _, problem = pacs_problem.partition(": ")
         raise ConfigError(config.source, f"[pacs] {key}", problem)
+    if config.results.return_to_pacs and not config.pacs.configured:
+        raise ConfigError(config.source, "[results] return_to_pacs", "needs [pacs] host and ae_title (where to send)")
 
 
 def resolve_config_path(cli_path: str | None, environ: Mapping[str, str] | None = None) -> Path | None:

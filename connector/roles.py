@@ -280,9 +280,17 @@ def push_main(config: Config, log_queue: Any) -> None:
     store = StateStore(layout.state_db)
     worker = PushWorker(config, store, layout)
     worker.start()
+    returns = None
+    if config.results.return_to_pacs:  # CAC SR/SEG with the original identifiers to [pacs], own outbox destination
+        from connector.infer.pacs_return import PacsReturnWorker
+
+        returns = PacsReturnWorker(config, store, layout)
+        returns.start()
     _wait_for_stop(stop)
     finish, _ = stop_budget(config)
     worker.stop(timeout=finish / 2)  # uploads not finished by then are sent again at the next start
+    if returns is not None:
+        returns.stop(timeout=finish / 4)
     store.close()
     _exit_role(log_queue)
 

@@ -247,6 +247,7 @@ def cac_step(config: Config, store: StateStore, engine: DeidEngine, layout: Site
     outbox = Outbox(store)
     layout = layout or SiteLayout.from_config(config)
     results_deid = results_engine(config, engine.provider, runner.manifest.summary())
+    to_pacs = outbox if config.results.return_to_pacs else None  # [results] return_to_pacs
 
     def step(ctx: StudyContext) -> None:
         if not ctx.outcome.written:
@@ -265,13 +266,15 @@ def cac_step(config: Config, store: StateStore, engine: DeidEngine, layout: Site
                 objects = build_result_objects(result, read_sources(result.source_paths))
                 for kind, ds in zip(("sr", "seg"), objects.datasets(), strict=False):
                     _add_result_object(ctx, results_deid, ds, map_path.with_name(f"cac-{rank}-{kind}.dcm"),
-                                       layout)
+                                       layout, to_pacs)
 
     return step
 
 
-def _add_result_object(ctx: StudyContext, deid: DeidEngine, ds: object, original: Path, layout: SiteLayout) -> None:
-    """Keep the identified original on the site, de-identify it into the study's outgoing folder."""
+def _add_result_object(ctx: StudyContext, deid: DeidEngine, ds: object, original: Path, layout: SiteLayout,
+                       to_pacs: object | None = None) -> None:
+    """Keep the identified original on the site (queued for the PACS when the site wants it back),
+    and de-identify it into the study's outgoing folder."""
     import io
 
     from connector.deid.study import WrittenObject, output_name, quarantine_result
@@ -280,6 +283,10 @@ def _add_result_object(ctx: StudyContext, deid: DeidEngine, ds: object, original
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)  # type: ignore[attr-defined]
     write_file_durably(original, buffer.getvalue(), sync=deid.fsync)
+    if to_pacs is not None:
+        from connector.infer.pacs_return import queue_return
+
+        queue_return(to_pacs, layout, ctx.study_key, original, buffer.getvalue())  # type: ignore[arg-type]
     result = deid.process_bytes(buffer.getvalue())
     if result.status != "ok" or result.data is None:
         ctx.outcome.quarantined.append(quarantine_result(layout.quarantine, original, result))

@@ -76,3 +76,15 @@ class CacConfig:
         check(lambda v: 1 <= v <= 20, "must be between 1 and 20"),
         doc="eligible series scored per study, best-ranked first",
     )
+
+
+@dataclass(frozen=True)
+class ResultsConfig:
+    """The ``[results]`` section: where the CAC results go besides the registry."""
+
+    return_to_pacs: bool = setting(
+        False,
+        doc="also send each CAC SR and SEG, with the patient's ORIGINAL identifiers (built before "
+            "de-identification, never through the registry path), to [pacs] by C-STORE through the durable "
+            "outbox with retries; NOT for clinical use while the model is the synthetic one",
+    )
