@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from pydicom.uid import JPEG2000Lossless, RLELossless  # noqa: E402
 
+from connector.infer.dicom_results import build_result_objects, read_sources  # noqa: E402
 from connector.infer.manifest import BUNDLED_MODEL_DIR  # noqa: E402
 from connector.infer.runner import CacRunner  # noqa: E402
 from connector.infer.select import select_series  # noqa: E402
@@ -66,7 +67,8 @@ def onnx_macs(model_path: Path) -> int | None:
 
 
 def run_rounds(runner: CacRunner, paths: list[Path], rounds: int) -> dict[str, float]:
-    timings: dict[str, list[float]] = {"select": [], "load": [], "inference": [], "scoring": [], "total": []}
+    timings: dict[str, list[float]] = {"select": [], "load": [], "inference": [], "scoring": [], "total": [],
+                                       "dicom": []}
     for r in range(rounds + 1):
         t0 = time.perf_counter()
         selection = select_series(paths, runner.config)
@@ -75,6 +77,11 @@ def run_rounds(runner: CacRunner, paths: list[Path], rounds: int) -> dict[str, f
         t2 = time.perf_counter()
         scored = runner.score_hu(volume.hu, volume.pixel_spacing, volume.slice_increment_mm)
         t3 = time.perf_counter()
+        # What the daemon adds per scored series (not part of the scoring total): the SR and SEG.
+        result = runner.score_volume(volume)
+        t4 = time.perf_counter()
+        build_result_objects(result, read_sources(result.source_paths))
+        t5 = time.perf_counter()
         if r == 0:
             continue  # warm-up: page cache, ORT arena
         timings["select"].append(t1 - t0)
@@ -82,6 +89,7 @@ def run_rounds(runner: CacRunner, paths: list[Path], rounds: int) -> dict[str, f
         timings["inference"].append(scored.inference_s)
         timings["scoring"].append(scored.scoring_s)
         timings["total"].append(t3 - t0)
+        timings["dicom"].append(t5 - t4)
     out = {k: statistics.median(v) for k, v in timings.items()}
     out["score"] = scored.agatston.score
     r0, r1, c0, c1 = scored.crop
@@ -151,14 +159,15 @@ def main() -> int:
         f"slice were run here, {macs * rows[0][1]['model_area_fraction'] * args.slices / 1e9:.1f} GMAC per volume"
     )
     print("session creation: " + ", ".join(f"{k} {v:.2f} s" for k, v in session_s.items()) + " (once per daemon)")
-    header = f"{'run':<24}{'select':>8}{'load':>8}{'infer':>8}{'score':>8}{'total':>8}{'vs 2 s':>9}"
+    header = f"{'run':<24}{'select':>8}{'load':>8}{'infer':>8}{'score':>8}{'total':>8}{'vs 2 s':>9}{'SR+SEG':>8}"
     print(header)
     print("-" * len(header))
     for label, t in rows:
         print(
             f"{label:<24}{t['select']:>8.3f}{t['load']:>8.3f}{t['inference']:>8.3f}{t['scoring']:>8.3f}"
-            f"{t['total']:>8.3f}{t['total'] / PUBLISHED_SECONDS:>8.2f}x"
+            f"{t['total']:>8.3f}{t['total'] / PUBLISHED_SECONDS:>8.2f}x{t['dicom']:>8.3f}"
         )
+    print("SR+SEG: building the DICOM SR and SEG from the scored series (headers read again), outside the total")
     print(
         f"peer: published DL-CAC model, < {PUBLISHED_SECONDS:.0f} s per scan on CPU (ratio = our total / 2 s; "
         f"below 1.00x meets the bar)"
