@@ -51,6 +51,29 @@ class Artery:
     radius: float
 
 
+@dataclass(frozen=True)
+class GeneratorRanges:
+    """How wide the generator draws. The defaults are the original generator (the bundled v1 model's
+    world, bit for bit); :data:`WIDE` is what the v2 model trains on, :data:`WIDE_TEST` the test split
+    it never sees (other seeds and other ranges)."""
+
+    big_lesion_share: float = 0.0  # share of coronary plaques drawn big and dense (radius, HU below)
+    big_rxy: tuple[float, float] = (4.0, 7.0)
+    big_hu: tuple[float, float] = (450.0, 1300.0)
+    sternal_wires: float = 0.0  # probability of sternal wires (metal, streaks): never coronary
+    stent: float = 0.0  # probability of a coronary stent (metal, streaks): never scored as calcium
+    metal_hu: tuple[float, float] = (1800.0, 3000.0)
+    heart_gap: tuple[float, float] = (14.0, 20.0)  # mm between the sternum and the heart's fat: 0 = touching
+    dense_bone: float = 0.0  # probability of solid bones (marrow as dense as the cortex): big bright blobs
+
+
+WIDE = GeneratorRanges(big_lesion_share=0.3, sternal_wires=0.3, stent=0.25, heart_gap=(2.0, 20.0), dense_bone=0.3)
+WIDE_TEST = GeneratorRanges(big_lesion_share=0.5, big_rxy=(4.5, 7.5), big_hu=(480.0, 1400.0), sternal_wires=0.5,
+                            stent=0.4, metal_hu=(1500.0, 3071.0), heart_gap=(1.0, 12.0), dense_bone=0.5)
+PIXEL_SPACINGS_WIDE = (0.6, 1.0)  # mm: cardiac to whole-chest fields of view on 512 pixels
+NOISE_WIDE = (8.0, 35.0)  # HU: down to low-dose CTAC
+
+
 @dataclass
 class PhantomSpec:
     """Geometry and densities of one synthetic patient (all lengths in mm)."""
@@ -78,6 +101,7 @@ class PhantomSpec:
     asc_aorta_r: float
     noncoronary: list[Blob] = field(default_factory=list)  # aortic wall, valve, mitral annulus calcium
     noise_hu: float = 15.0
+    metal: list[Blob] = field(default_factory=list)  # sternal wires and stents (kind "wire"/"stent"): streaks
 
     @property
     def heart_z_range(self) -> tuple[float, float]:
@@ -111,6 +135,7 @@ def random_spec(
     plaque_count: int | None = None,
     noncoronary_load: float = 1.0,
     noise_hu: tuple[float, float] = (8.0, 20.0),
+    ranges: GeneratorRanges = GeneratorRanges(),
 ) -> PhantomSpec:
     """Draw one synthetic patient. ``plaque_count`` fixes the number of coronary plaques (0: none)."""
     u = rng.uniform
@@ -124,7 +149,7 @@ def random_spec(
     epi = u(5, 8)
     angle = math.radians(u(-50, -25))
     ext_y = math.sqrt((ha * math.sin(angle)) ** 2 + (hb * math.cos(angle)) ** 2) + epi
-    hy = sternum_y + u(14, 20) + ext_y  # anterior mediastinum, clear of the sternum
+    hy = sternum_y + u(*ranges.heart_gap) + ext_y  # anterior mediastinum, clear of the sternum (by default)
     hx = body_cx + u(15, 30)
     hz = 0.0
     desc_r = u(10, 13)
@@ -171,7 +196,10 @@ def random_spec(
     if plaque_count is None:
         burden = rng.choice(4, p=[0.25, 0.25, 0.25, 0.25])
         plaque_count = int([0, rng.integers(1, 4), rng.integers(3, 8), rng.integers(7, 16)][burden])
-    spec.plaques = _random_plaques(rng, spec, plaque_count)
+    spec.plaques = _random_plaques(rng, spec, plaque_count, ranges)
+    spec.metal = _random_metal(rng, spec, ranges)
+    if ranges.dense_bone and rng.random() < ranges.dense_bone:
+        spec.bone_marrow_hu = spec.bone_cortex_hu * rng.uniform(0.7, 0.95)
     return spec
 
 
@@ -256,7 +284,28 @@ def artery_points(spec: PhantomSpec, artery: Artery, n: int = 160) -> np.ndarray
     return np.stack([hx + ca * uu - sa * vv, hy + sa * uu + ca * vv, hz + zz], axis=1)
 
 
-def _random_plaques(rng: np.random.Generator, spec: PhantomSpec, count: int) -> list[Blob]:
+def _random_metal(rng: np.random.Generator, spec: PhantomSpec, ranges: GeneratorRanges) -> list[Blob]:
+    """Sternal wires (in the sternum) and a coronary stent (a chain of metal along an artery)."""
+    metal: list[Blob] = []
+    u = rng.uniform
+    z_lo, z_hi = spec.heart_z_range
+    if ranges.sternal_wires and rng.random() < ranges.sternal_wires:
+        st_y = spec.body_cy - spec.body_b + spec.fat_mm + 8
+        for _ in range(int(rng.integers(2, 6))):
+            metal.append(Blob(spec.body_cx + u(-4, 4), st_y + u(-2, 2), u(z_lo - 20, z_hi + 20), u(0.5, 1.0),
+                              u(1.0, 2.0), u(*ranges.metal_hu), "wire"))
+    if ranges.stent and rng.random() < ranges.stent:
+        artery = spec.arteries[int(rng.integers(0, 3))]
+        pts = artery_points(spec, artery)
+        start = int(rng.integers(10, len(pts) - 30))
+        hu = u(*ranges.metal_hu)
+        for p in pts[start : start + int(rng.integers(6, 16)) : 2]:
+            metal.append(Blob(float(p[0]), float(p[1]), float(p[2]), u(1.2, 1.8), 1.5, hu, "stent"))
+    return metal
+
+
+def _random_plaques(rng: np.random.Generator, spec: PhantomSpec, count: int,
+                    ranges: GeneratorRanges = GeneratorRanges()) -> list[Blob]:
     plaques: list[Blob] = []
     avoid = [(b.x, b.y, b.z) for b in spec.noncoronary]
     big = count >= 7
@@ -272,9 +321,10 @@ def _random_plaques(rng: np.random.Generator, spec: PhantomSpec, count: int) -> 
             continue
         rxy = rng.uniform(1.5, 3.6) if big else rng.uniform(0.7, 3.0)
         hu = rng.uniform(140, 1100) if rng.random() < 0.85 else rng.uniform(135, 220)
-        plaques.append(
-            Blob(float(p[0]), float(p[1]), float(p[2]), rxy, rng.uniform(0.8, 3.0) * (1.4 if big else 1.0), hu)
-        )
+        rz = rng.uniform(0.8, 3.0) * (1.4 if big else 1.0)
+        if ranges.big_lesion_share and rng.random() < ranges.big_lesion_share:  # big and dense
+            rxy, hu, rz = rng.uniform(*ranges.big_rxy), rng.uniform(*ranges.big_hu), rng.uniform(2.0, 5.0)
+        plaques.append(Blob(float(p[0]), float(p[1]), float(p[2]), rxy, rz, hu))
         avoid.append((float(p[0]), float(p[1]), float(p[2])))
     return plaques
 
@@ -341,6 +391,20 @@ class _Canvas:
             plane = getattr(self, label)
             plane[rs, cs] |= inside
 
+    def streaks(self, cx: float, cy: float, hu: float, *, seed: int, length: float = 45.0) -> None:
+        """Beam-hardening streaks from metal: thin bright and dark lines through (cx, cy)."""
+        win = self._window(cx, cy, length)
+        if win is None:
+            return
+        rs, cs, xs, ys = win
+        rng = np.random.default_rng(seed)
+        amplitude = min(250.0, 0.08 * hu)
+        for k, angle in enumerate(rng.uniform(0, math.pi, 4)):
+            distance = np.abs(-math.sin(angle) * xs + math.cos(angle) * ys)
+            fade = np.clip(1.0 - np.hypot(xs, ys) / length, 0.0, 1.0)
+            line = np.exp(-((distance / 0.6) ** 2)) * fade
+            self.hu[rs, cs] += (amplitude if k % 2 == 0 else -amplitude) * line
+
     def label_ellipse(self, cx: float, cy: float, rx: float, ry: float, angle: float, label: str) -> None:
         """Mark an ellipse in a label plane without painting HU."""
         if rx <= 0 or ry <= 0:
@@ -383,6 +447,12 @@ def render_slice(spec: PhantomSpec, z: float, size: int, spacing: float) -> _Can
         r = p.rxy * _cross_section(p.rz, z - p.z) / p.rz
         if r > 0.15:
             cv.ellipse(p.x, p.y, r, r, p.hu, mode="max", label="coronary", label_margin=LABEL_MARGIN_MM)
+    for m in s.metal:  # after the plaques: a stent's metal is never coronary calcium
+        r = m.rxy * _cross_section(m.rz, z - m.z) / m.rz
+        if r > 0.15:
+            cv.streaks(m.x, m.y, m.hu, seed=int(abs(m.x * 1000 + m.y * 10)))
+            cv.ellipse(m.x, m.y, r, r, m.hu, mode="max", label="noncoronary", label_margin=LABEL_MARGIN_MM)
+            cv.coronary[cv.noncoronary & (cv.hu >= 1200)] = False
     return cv
 
 

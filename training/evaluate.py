@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from connector.infer.agatston import CATEGORIES, agatston, category_for
-from connector.phantoms import Phantom, make_phantom
+from connector.phantoms import NOISE_WIDE, WIDE_TEST, Phantom, make_phantom
 
 HELD_OUT_SEED_BASE = 900_000  # training uses seeds below this
+WIDE_TEST_SEED_BASE = 800_000  # the wide test split: its own seeds, and ranges training never drew from
+WIDE_TEST_SPACINGS = (0.65, 0.74, 0.83, 0.92)  # mm; training spreads 0.6-1.0 at other values
 
 
 @dataclass(frozen=True)
@@ -80,11 +82,36 @@ def held_out_phantom(index: int, **kw: object) -> tuple[int, Phantom]:
     return seed, make_phantom(seed, increment=increment, **kw)
 
 
-def evaluate(runner: object, count: int, **kw: object) -> tuple[float, list[PhantomScore]]:
+def held_out_wide(index: int, **kw: object) -> tuple[int, Phantom]:
+    """The index-th phantom of the wide test split: WIDE_TEST ranges (bigger and denser plaques, more
+    metal), noise 15-40 HU, pixel spacings and seeds training never used, increments 2.5-5 mm."""
+    seed = WIDE_TEST_SEED_BASE + index
+    increment = (2.5, 3.0, 3.75, 4.0, 5.0)[index % 5]
+    spacing = WIDE_TEST_SPACINGS[index % len(WIDE_TEST_SPACINGS)]
+    return seed, make_phantom(seed, increment=increment, spacing=spacing, ranges=WIDE_TEST,
+                              noise_hu=(15.0, NOISE_WIDE[1] + 5.0), **kw)
+
+
+def summarise(kappa: float, scores: list[PhantomScore]) -> dict[str, float | int | None]:
+    """What the closing note reports: kappa, agreement, median absolute error over 400, misscoring."""
+    big = [abs(s.predicted - s.truth) for s in scores if s.truth > 400]
+    return {
+        "linear_weighted_kappa": round(kappa, 4),
+        "category_agreement": sum(s.truth_category == s.predicted_category for s in scores),
+        "phantoms": len(scores),
+        "scores_over_400": len(big),
+        "median_abs_error_over_400": round(float(np.median(big)), 1) if big else None,
+        "noncoronary_score_total": round(sum(s.noncoronary_scored for s in scores), 2),
+        "bone_aorta_score_total": round(sum(s.bone_aorta_scored for s in scores), 2),
+    }
+
+
+def evaluate(runner: object, count: int, maker: object = None, **kw: object) -> tuple[float, list[PhantomScore]]:
     """Linear weighted kappa of categories over ``count`` held-out phantoms, and the details."""
+    make = held_out_phantom if maker is None else maker
     scores = []
     for i in range(count):
-        seed, ph = held_out_phantom(i, **kw)
+        seed, ph = make(i, **kw)  # type: ignore[operator]
         scores.append(score_phantom(runner, ph, seed))
     kappa = linear_weighted_kappa([s.truth_category for s in scores], [s.predicted_category for s in scores])
     return kappa, scores

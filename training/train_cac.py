@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
 
 from connector.infer.agatston import HU_THRESHOLD  # noqa: E402
 from connector.infer.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_file  # noqa: E402
-from connector.infer.preprocess import neighbour_indices, window  # noqa: E402
+from connector.infer.preprocess import AIR_HU, GridMap, neighbour_indices, window  # noqa: E402
 from training.cacnet import (  # noqa: E402
     SIZE_MULTIPLE,
     STRIDE,
@@ -45,10 +45,16 @@ from training.cacnet import (  # noqa: E402
     macs_per_slice,
     stem,
 )
-from connector.phantoms import MODEL_PIXEL_SPACING, make_phantom  # noqa: E402
+from connector.phantoms import (  # noqa: E402
+    MODEL_PIXEL_SPACING,
+    NOISE_WIDE,
+    PIXEL_SPACINGS_WIDE,
+    WIDE,
+    make_phantom,
+)
 
 MODEL_NAME = "cac-synthetic"
-MODEL_VERSION = "1.0.0"
+MODEL_VERSION = "2.0.0"  # 1.0.0: the original generator (models/cac-synthetic-v1); 2.0.0: the wide one
 HU_WINDOW = (-300.0, 1200.0)
 SLICES_PER_SAMPLE = 3
 SIZE = 512
@@ -69,7 +75,16 @@ def _blocks(a: np.ndarray) -> np.ndarray:
     return a.reshape(n, rows // STRIDE, STRIDE, cols // STRIDE, STRIDE)
 
 
-def build_dataset(n_phantoms: int, seed_base: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def training_spacing(i: int, wide: bool) -> float:
+    """Pixel spacing of the i-th training phantom: spread evenly over 0.6-1.0 mm (wide), else the model's."""
+    if not wide:
+        return MODEL_PIXEL_SPACING
+    lo, hi = PIXEL_SPACINGS_WIDE
+    return lo + (hi - lo) * ((i * 0.6180339887) % 1.0)
+
+
+def build_dataset(n_phantoms: int, seed_base: int, wide: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Pooled inputs (S, 6, h, w) float16, heart targets (S, h, w) uint8, calcium classes (S, h, w) int8
     and each sample's heart centre on the pooled grid (S, 2), where training crops are centred.
 
@@ -80,14 +95,24 @@ def build_dataset(n_phantoms: int, seed_base: int) -> tuple[np.ndarray, np.ndarr
     for i in range(n_phantoms):
         # More plaques and distractors than the held-out mix: the rare classes need examples.
         # A wider z margin adds slices above and below the heart (aortic wall calcium, bone only).
+        # Wide generator (v2): big dense plaques, metal with streaks, 0.6-1.0 mm pixels, noise to 35 HU.
+        extra: dict[str, object] = {"ranges": WIDE, "noise_hu": NOISE_WIDE} if wide else {}
+        spacing = training_spacing(i, wide)
         ph = make_phantom(
             seed_base + i,
             increment=INCREMENTS[i % len(INCREMENTS)],
             plaque_count=(7 * i) % 16,
             noncoronary_load=1.5,
             z_margin=30.0,
+            spacing=spacing,
+            **extra,
         )
         n = ph.hu.shape[0]
+        # What the runtime does to a series of another pixel spacing: nearest-neighbour onto the model grid.
+        grid = GridMap.build(ph.hu.shape[1:], (spacing, spacing), SIZE, MODEL_PIXEL_SPACING)
+        ph.hu = grid.to_model(ph.hu, AIR_HU)
+        ph.heart, ph.coronary, ph.noncoronary = (grid.to_model(a, False) for a in (ph.heart, ph.coronary,
+                                                                                  ph.noncoronary))
         vol = window(ph.hu, *HU_WINDOW)
         x = torch.from_numpy(vol[neighbour_indices(n, np.arange(n), SLICES_PER_SAMPLE)])
         with torch.no_grad():
@@ -101,7 +126,7 @@ def build_dataset(n_phantoms: int, seed_base: int) -> tuple[np.ndarray, np.ndarr
         classes.append(cls)
         hearts.append((_blocks(ph.heart).mean(axis=(2, 4)) >= 0.5).astype(np.uint8))
         hx, hy, _ = ph.spec.heart_c
-        centre = (np.array([hy, hx]) / ph.pixel_spacing + (SIZE - 1) / 2) / STRIDE
+        centre = (np.array([hy, hx]) / MODEL_PIXEL_SPACING + (SIZE - 1) / 2) / STRIDE
         centres.append(np.repeat(centre[None, :], n, axis=0))
         print(f"  phantom {i + 1}/{n_phantoms}: {n} slices, {len(ph.spec.plaques)} plaques", flush=True)
     return np.concatenate(feats), np.concatenate(hearts), np.concatenate(classes), np.concatenate(centres)
@@ -128,13 +153,14 @@ def train(
     batch: int,
     seed: int,
     lr: float,
+    class_weights: tuple[float, ...] = CLASS_WEIGHTS,
 ) -> CacBody:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     body = CacBody(WIDTHS)
     opt = torch.optim.Adam(body.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    class_w = torch.tensor(CLASS_WEIGHTS)
+    class_w = torch.tensor(class_weights)
     # Oversample slices holding coronary calcium, and those with calcium the model must reject inside
     # the heart (valves), so the rare classes are seen often.
     has_cor = (classes == 1).any(axis=(1, 2))
@@ -174,7 +200,7 @@ def write_manifest(
     manifest = {
         "schema": SCHEMA_VERSION,
         "name": MODEL_NAME,
-        "version": MODEL_VERSION,
+        "version": MODEL_VERSION if args.generator == "wide" else "1.0.0",
         "file": "model.onnx",
         "sha256": sha256_file(out / "model.onnx"),
         "description": (
@@ -183,7 +209,9 @@ def write_manifest(
         ),
         "intended_use": INTENDED_USE,
         "validated_for_clinical_use": False,
-        "training_data": "synthetic phantoms only (training/phantoms.py); no patient data",
+        "training_data": "synthetic phantoms only (connector/phantoms.py, "
+                         + ("wide generator: GeneratorRanges WIDE, 0.6-1.0 mm pixels, noise 8-35 HU"
+                            if args.generator == "wide" else "original generator") + "); no patient data",
         "license": "Apache-2.0",
         "input": {
             "name": "slices",
@@ -207,6 +235,8 @@ def write_manifest(
             "script": "training/train_cac.py",
             "command": " ".join(["python", "-m", "training.train_cac"] + sys.argv[1:]),
             "seed": args.seed,
+            "generator": args.generator,
+            "class_weights": list(args.class_weights),
             "phantoms": args.phantoms,
             "training_slices": train_slices,
             "steps": args.steps,
@@ -223,30 +253,24 @@ def write_manifest(
 
 
 def held_out(out: Path, count: int) -> dict:
+    """Both test splits through the real runtime: the original held-out phantoms (seeds 900000+) and
+    the wide test split (seeds 800000+, WIDE_TEST ranges, pixel spacings and noise never trained on)."""
     from connector.infer.runner import CacRunner
-    from training.evaluate import evaluate
+    from training.evaluate import evaluate, held_out_wide, summarise
 
     runner = CacRunner.load(out)
-    kappa, scores = evaluate(runner, count)
-    agree = sum(s.truth_category == s.predicted_category for s in scores)
-    noncor = sum(s.noncoronary_scored for s in scores)
-    bone_aorta = sum(s.bone_aorta_scored for s in scores)
-    for s in scores:
-        print(
-            f"  held-out {s.seed}: truth {s.truth:8.1f} ({s.truth_category:>7}) model {s.predicted:8.1f} "
-            f"({s.predicted_category:>7}) non-coronary scored {s.noncoronary_scored:.1f}"
-        )
-    print(
-        f"  linear weighted kappa {kappa:.3f}, category agreement {agree}/{count}, non-coronary score total "
-        f"{noncor:.1f} (bone and aorta {bone_aorta:.1f})"
-    )
-    return {
-        "held_out_phantoms": count,
-        "linear_weighted_kappa": round(kappa, 4),
-        "category_agreement": agree,
-        "noncoronary_score_total": round(noncor, 2),
-        "bone_aorta_score_total": round(bone_aorta, 2),
-    }
+    report: dict[str, object] = {}
+    for name, kw in (("original", {}), ("wide_test", {"maker": held_out_wide})):
+        kappa, scores = evaluate(runner, count, **kw)  # type: ignore[arg-type]
+        summary = summarise(kappa, scores)
+        print(f"  {name}: {json.dumps(summary)}", flush=True)
+        report[name] = summary
+    first = report["original"]
+    assert isinstance(first, dict)
+    return {"held_out_phantoms": count, "linear_weighted_kappa": first["linear_weighted_kappa"],
+            "category_agreement": first["category_agreement"],
+            "noncoronary_score_total": first["noncoronary_score_total"],
+            "bone_aorta_score_total": first["bone_aorta_score_total"], "splits": report}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,6 +278,12 @@ def main(argv: list[str] | None = None) -> int:
         description="Train and export the synthetic-phantom CAC model (CPU, deterministic)."
     )
     parser.add_argument("--out", type=Path, default=ROOT / "models" / "cac-synthetic-v1", help="model folder to write")
+    parser.add_argument("--generator", choices=("original", "wide"), default="original",
+                        help="phantom generator: original (the bundled v1's world, rebuilt bit for bit) or wide "
+                             "(issue 15: big dense plaques, metal with streaks, 0.6-1.0 mm pixels, noise to 35 HU, "
+                             "heart against the sternum, solid bones)")
+    parser.add_argument("--class-weights", type=float, nargs=3, default=list(CLASS_WEIGHTS),
+                        metavar=("NONE", "CORONARY", "OTHER"), help="calcium class loss weights")
     parser.add_argument("--phantoms", type=int, default=50, help="training phantoms (default 50)")
     parser.add_argument("--steps", type=int, default=1600, help="optimiser steps (default 1600)")
     parser.add_argument("--batch", type=int, default=16)
@@ -269,13 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     print(f"rendering {args.phantoms} training phantoms", flush=True)
-    feats, hearts, classes, centres = build_dataset(args.phantoms, seed_base=0)
+    feats, hearts, classes, centres = build_dataset(args.phantoms, seed_base=0, wide=args.generator == "wide")
     print(
         f"dataset: {len(feats)} slices, coronary blocks {(classes == 1).sum()}, non-coronary blocks "
         f"{(classes == 2).sum()}, noise blocks {(classes == 0).sum()} ({time.time() - t0:.0f}s)",
         flush=True,
     )
-    body = train(feats, hearts, classes, centres, args.steps, args.batch, args.seed, args.lr)
+    body = train(feats, hearts, classes, centres, args.steps, args.batch, args.seed, args.lr,
+                 tuple(args.class_weights))
     export_onnx(body, args.out / "model.onnx", SIZE)
     write_manifest(args.out, body, args, len(feats), None)
     print(
