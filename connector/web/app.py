@@ -19,14 +19,14 @@ import secrets
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, current_app, g, redirect, render_template, request, session
+from flask import Flask, Response, g, redirect, request, session
 from flask.sessions import SecureCookieSessionInterface
-from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
-from markupsafe import Markup, escape
+from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
-from connector import __version__
+from connector.web import backfill_page, search, views
 from connector.web.format import FILTERS
+from connector.web.rendering import CSRF_FIELD, csrf_field, message, page, site
 from connector.web.users import UserError
 
 if TYPE_CHECKING:
@@ -36,10 +36,7 @@ log = logging.getLogger(__name__)
 
 FORM_LIMIT = 64 * 1024
 SESSION_COOKIE = "sc_session"
-CSRF_FIELD = "csrf"
 PUBLIC_ENDPOINTS = {"health.healthz", "health.metrics", "static", "health.favicon", "login", "login_post"}
-NAV = [("/", "Overview"), ("/studies", "Studies"), ("/quarantine", "Quarantine"), ("/outbox", "Outbox"),
-       ("/followup", "Follow-up"), ("/backfill", "Backfill")]
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'",
@@ -65,28 +62,6 @@ class _SessionInterface(SecureCookieSessionInterface):
         return request.is_secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
 
 
-def site() -> WebServer:
-    """The :class:`WebServer` this app belongs to (config, state store, users, probes...)."""
-    return current_app.extensions["site_connector"]  # type: ignore[no-any-return]
-
-
-def csrf_field() -> Markup:
-    return Markup('<input type="hidden" name="{}" value="{}">').format(CSRF_FIELD, escape(generate_csrf()))
-
-
-def page(template: str, title: str, current: str = "", status: int = 200, **values: Any) -> tuple[str, int]:
-    """Render a dashboard page with the layout's values (user, navigation, site id)."""
-    web = site()
-    user = g.get("user")
-    nav = NAV + ([("/search", "Find patient")] if user and g.get("role") == "coordinator" else [])
-    return render_template(template, title=title, current=current, user=user, nav=nav, role=g.get("role"),
-                           site=web.config.site.id, version=__version__, **values), status
-
-
-def message(title: str, text: str, status: int) -> tuple[str, int]:
-    return page("message.html", title, status=status, heading=title, text=text)
-
-
 def create_app(web: WebServer) -> Flask:
     app = _App("connector.web", static_folder="static", template_folder="templates")
     lifetime = timedelta(minutes=web.config.http.session_minutes)
@@ -109,8 +84,6 @@ def create_app(web: WebServer) -> Flask:
     app.jinja_env.filters.update(FILTERS)
     app.jinja_env.globals["csrf_field"] = csrf_field
     csrf.init_app(app)
-
-    from connector.web import backfill_page, search, views
 
     app.register_blueprint(views.health_bp)
     app.before_request(_guard)

@@ -13,7 +13,7 @@ from flask import Blueprint, Response, flash, g, redirect
 
 from connector.backfill.summary import job_summaries
 from connector.backfill.worklist import JobNotFound, Worklist
-from connector.web.app import page, site
+from connector.web.rendering import page, site
 
 log = logging.getLogger(__name__)
 

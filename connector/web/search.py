@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import Blueprint, abort, flash, g, request
 
-from connector.web.app import page, site
+from connector.web.rendering import page, site
 from connector.web.study import study_keys_for_pseudonym
 from connector.web.users import COORDINATOR
 

@@ -20,9 +20,9 @@ from connector.store.quarantine import count_quarantine
 from connector.store.state import STUDY_STATES
 from connector.web import cac_picture, integrations
 from connector.web import quarantine_actions as qa
-from connector.web.app import page, site
 from connector.web.health import disk_free_bytes
 from connector.web.metrics import CONTENT_TYPE
+from connector.web.rendering import page, site
 from connector.web.study import KEY_RE, study_view
 
 log = logging.getLogger(__name__)
