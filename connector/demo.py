@@ -232,8 +232,9 @@ def _cac_enabled(config_path: Path) -> bool:
 
 def summary_text(result: DemoResult, *, kept: bool = False) -> str:
     lines = [
-        f"registry received study of {result.pseudonym or '?'}: {result.instances}/{result.instances_sent} instances"
-        f"{' (the extra ones: the CAC SR and SEG)' if result.instances > result.instances_sent else ''}"
+        f"registry received study of {result.pseudonym or '?'}: {result.instances} instances"
+        f" ({min(result.instances, result.instances_sent)} of {result.instances_sent} sent"
+        f"{', plus the CAC SR and SEG' if result.instances > result.instances_sent else ''})"
         f"{', manifest' if result.manifest else ''}",
         f"subject: {json.dumps(result.subject, sort_keys=True)}",
     ]
