@@ -23,27 +23,61 @@ from torch.nn import functional as F
 STRIDE = 4
 SIZE_MULTIPLE = 16  # stem 4x, then two 2x poolings
 WIDTHS = (8, 16, 32)
+DILATIONS_V1 = {"e3a": 1, "e3b": 2, "d2": 1}
+DILATIONS_WIDE_CONTEXT = {"e3a": 2, "e3b": 4, "d2": 2}  # same parameters, about 3x the receptive field
+
+# Two-window stem: the runtime feeds the full CT range, the graph makes a calcium window (the v1
+# model's only one) and a dense window in which metal (stents, wires: 1500-3071 HU) stands apart
+# from calcium; v1's single window clips both to 1 at 1200 HU, so no model can tell them apart.
+FULL_RANGE = (-1024.0, 3071.0)
+STEM_WINDOWS = ((-300.0, 1200.0), (1000.0, 3000.0))
+
+
+class Stem(nn.Module):
+    """Parameter-free 4x reduction: average and max pooling of every input slice (6 channels), or,
+    with ``windows``, of every slice in each window computed from the full-range input (12)."""
+
+    def __init__(self, windows: tuple[tuple[float, float], ...] | None = None) -> None:
+        super().__init__()
+        self.windows = windows
+
+    @property
+    def channels(self) -> int:
+        return 6 * (len(self.windows) if self.windows else 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.windows:
+            return stem(x)
+        lo, hi = FULL_RANGE
+        hu = x * (hi - lo) + lo
+        out = []
+        for wlo, whi in self.windows:
+            w = ((hu - wlo) / (whi - wlo)).clamp(0.0, 1.0)
+            out += [F.avg_pool2d(w, STRIDE), F.max_pool2d(w, STRIDE)]
+        return torch.cat(out, dim=1)
 
 
 def stem(x: torch.Tensor) -> torch.Tensor:
-    """Parameter-free 4x reduction: average and max pooling of every input slice (6 channels)."""
+    """The v1 stem: one window, 6 channels."""
     return torch.cat([F.avg_pool2d(x, STRIDE), F.max_pool2d(x, STRIDE)], dim=1)
 
 
 class CacBody(nn.Module):
     """A three-level U-Net on the pooled grid; trained on precomputed stem features."""
 
-    def __init__(self, widths: tuple[int, int, int] = WIDTHS) -> None:
+    def __init__(self, widths: tuple[int, int, int] = WIDTHS, in_channels: int = 6,
+                 dilations: dict[str, int] | None = None) -> None:
         super().__init__()
         c1, c2, c3 = widths
+        d = dilations or DILATIONS_V1
 
         def conv(i: int, o: int, d: int = 1) -> nn.Conv2d:
             return nn.Conv2d(i, o, 3, padding=d, dilation=d)
 
-        self.e1a, self.e1b = conv(6, c1), conv(c1, c1)
+        self.e1a, self.e1b = conv(in_channels, c1), conv(c1, c1)
         self.e2a, self.e2b = conv(c1, c2), conv(c2, c2)
-        self.e3a, self.e3b = conv(c2, c3), conv(c3, c3, 2)
-        self.d2 = conv(c3 + c2, c2)
+        self.e3a, self.e3b = conv(c2, c3, d["e3a"]), conv(c3, c3, d["e3b"])
+        self.d2 = conv(c3 + c2, c2, d["d2"])
         self.d1 = conv(c2 + c1, c1)
         self.head = nn.Conv2d(c1, 4, 1)
 
@@ -61,12 +95,14 @@ class CacBody(nn.Module):
 class CacNet(nn.Module):
     """Stem + body + output activations: the graph that is exported to ONNX."""
 
-    def __init__(self, body: CacBody) -> None:
+    def __init__(self, body: CacBody, stem_module: Stem | None = None) -> None:
         super().__init__()
         self.body = body
+        self.stem = stem_module or Stem()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.body(stem(x))
+        # The v1 graph calls the plain function, so its exported node names (and bytes) stay the same.
+        logits = self.body(self.stem(x) if self.stem.windows else stem(x))
         return torch.sigmoid(logits[:, :1]), torch.softmax(logits[:, 1:], dim=1)
 
 
@@ -82,10 +118,10 @@ def macs_per_slice(body: CacBody, size: int = 512) -> int:
     return total
 
 
-def export_onnx(body: CacBody, path: Path, size: int = 512) -> None:
+def export_onnx(body: CacBody, path: Path, size: int = 512, stem_module: Stem | None = None) -> None:
     """Write the full network (stem included) as ONNX; batch, height and width are dynamic (any
     multiple of SIZE_MULTIPLE), so the runtime can crop the air around the patient."""
-    net = CacNet(body).eval()
+    net = CacNet(body, stem_module).eval()
     example = torch.zeros(1, 3, size, size)
     torch.onnx.export(
         net,

@@ -1,5 +1,11 @@
 """Held-out evaluation of a CAC model on synthetic phantoms (numpy only; used by training and tests).
 
+    python -m training.evaluate MODEL_DIR [--count 30] [--independent 12] [--json]
+
+reports three columns: the original generator's held-out phantoms, the wide test split (ranges and
+seeds training never drew), and the independent phantoms of ``training.independent`` (another
+generator altogether).
+
 Ground truth for a phantom is the exact Agatston score of its noisy HU volume inside the phantom's
 own coronary-plaque labels, computed by the same scorer the connector uses; the model's score uses
 the mask the model produces. Category agreement is summarised by the linear weighted kappa, the
@@ -115,3 +121,47 @@ def evaluate(runner: object, count: int, maker: object = None, **kw: object) -> 
         scores.append(score_phantom(runner, ph, seed))
     kappa = linear_weighted_kappa([s.truth_category for s in scores], [s.predicted_category for s in scores])
     return kappa, scores
+
+
+SPLITS = ("original", "wide_test", "independent")
+
+
+def evaluate_splits(runner: object, count: int, independent: int) -> dict[str, dict[str, float | int | None]]:
+    """The three columns: original held-out, wide test split, independent phantoms."""
+    from training.independent import independent_phantom
+
+    report = {}
+    for name, maker, n in (("original", held_out_phantom, count), ("wide_test", held_out_wide, count),
+                           ("independent", lambda i: independent_phantom(i), independent)):
+        if n:
+            kappa, scores = evaluate(runner, n, maker=maker)
+            report[name] = summarise(kappa, scores)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    from pathlib import Path
+
+    from connector.infer.runner import CacRunner
+
+    parser = argparse.ArgumentParser(description="Evaluate a CAC model folder on the three synthetic test sets.")
+    parser.add_argument("model", type=Path, help="model folder (manifest.json + model file)")
+    parser.add_argument("--count", type=int, default=30, help="phantoms in each generator split (default 30)")
+    parser.add_argument("--independent", type=int, default=12, help="independent phantoms (default 12)")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    runner = CacRunner.load(args.model, threads=args.threads)
+    report = evaluate_splits(runner, args.count, args.independent)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for name, summary in report.items():
+            print(f"{name}: {json.dumps(summary)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -37,13 +37,17 @@ from connector.infer.agatston import HU_THRESHOLD  # noqa: E402
 from connector.infer.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_file  # noqa: E402
 from connector.infer.preprocess import AIR_HU, GridMap, neighbour_indices, window  # noqa: E402
 from training.cacnet import (  # noqa: E402
+    DILATIONS_V1,
+    DILATIONS_WIDE_CONTEXT,
+    FULL_RANGE,
     SIZE_MULTIPLE,
+    STEM_WINDOWS,
     STRIDE,
     WIDTHS,
     CacBody,
+    Stem,
     export_onnx,
     macs_per_slice,
-    stem,
 )
 from connector.phantoms import (  # noqa: E402
     MODEL_PIXEL_SPACING,
@@ -62,6 +66,7 @@ INCREMENTS = (2.5, 3.0, 3.75, 4.0, 5.0)
 CLASS_WEIGHTS = (1.0, 6.0, 2.0)  # none, coronary, noncoronary (over blocks that hold HU >= 130)
 CROP, CROP_JITTER = 80, 16  # training windows on the 128x128 pooled grid
 BACKGROUND_WEIGHT = 0.05  # blocks without any HU >= 130 voxel: their calcium class never matters
+ORIGINAL_MIX_SEED_BASE = 100_000  # original-generator phantoms mixed into wide training: seeds apart from 0..N
 
 INTENDED_USE = (
     "Demonstration and pipeline testing only. Trained exclusively on synthetic CT attenuation-correction "
@@ -83,7 +88,7 @@ def training_spacing(i: int, wide: bool) -> float:
     return lo + (hi - lo) * ((i * 0.6180339887) % 1.0)
 
 
-def build_dataset(n_phantoms: int, seed_base: int, wide: bool = True
+def build_dataset(n_phantoms: int, seed_base: int, wide: bool = True, stem_module: Stem | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Pooled inputs (S, 6, h, w) float16, heart targets (S, h, w) uint8, calcium classes (S, h, w) int8
     and each sample's heart centre on the pooled grid (S, 2), where training crops are centred.
@@ -113,10 +118,11 @@ def build_dataset(n_phantoms: int, seed_base: int, wide: bool = True
         ph.hu = grid.to_model(ph.hu, AIR_HU)
         ph.heart, ph.coronary, ph.noncoronary = (grid.to_model(a, False) for a in (ph.heart, ph.coronary,
                                                                                   ph.noncoronary))
-        vol = window(ph.hu, *HU_WINDOW)
+        stem_module = stem_module or Stem()
+        vol = window(ph.hu, *(FULL_RANGE if stem_module.windows else HU_WINDOW))
         x = torch.from_numpy(vol[neighbour_indices(n, np.arange(n), SLICES_PER_SAMPLE)])
         with torch.no_grad():
-            feats.append(stem(x).numpy().astype(np.float16))
+            feats.append(stem_module(x).numpy().astype(np.float16))
         calc = ph.hu >= HU_THRESHOLD
         any_calc = _blocks(calc).any(axis=(2, 4))
         cor = _blocks(calc & ph.coronary).any(axis=(2, 4))
@@ -154,10 +160,11 @@ def train(
     seed: int,
     lr: float,
     class_weights: tuple[float, ...] = CLASS_WEIGHTS,
+    dilations: dict[str, int] | None = None,
 ) -> CacBody:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    body = CacBody(WIDTHS)
+    body = CacBody(WIDTHS, in_channels=feats.shape[1], dilations=dilations)
     opt = torch.optim.Adam(body.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     class_w = torch.tensor(class_weights)
@@ -218,7 +225,7 @@ def write_manifest(
             "layout": "NCHW",
             "dtype": "float32",
             "slices_per_sample": SLICES_PER_SAMPLE,
-            "hu_window": list(HU_WINDOW),
+            "hu_window": list(FULL_RANGE if args.two_windows else HU_WINDOW),
             "scaling": "clip((hu - lo) / (hi - lo), 0, 1)",
             "in_plane_size": SIZE,
             "pixel_spacing_mm": MODEL_PIXEL_SPACING,
@@ -238,6 +245,9 @@ def write_manifest(
             "generator": args.generator,
             "class_weights": list(args.class_weights),
             "phantoms": args.phantoms,
+            "original_phantoms": args.original_phantoms,
+            "context": args.context,
+            "stem_windows": [list(w) for w in STEM_WINDOWS] if args.two_windows else [list(HU_WINDOW)],
             "training_slices": train_slices,
             "steps": args.steps,
             "batch": args.batch,
@@ -252,21 +262,17 @@ def write_manifest(
     return manifest
 
 
-def held_out(out: Path, count: int) -> dict:
-    """Both test splits through the real runtime: the original held-out phantoms (seeds 900000+) and
-    the wide test split (seeds 800000+, WIDE_TEST ranges, pixel spacings and noise never trained on)."""
+def held_out(out: Path, count: int, independent: int = 0) -> dict:
+    """The test sets through the real runtime: the original held-out phantoms (seeds 900000+), the
+    wide test split (seeds 800000+, WIDE_TEST ranges, pixel spacings and noise never trained on) and
+    the independent phantoms of another generator (``training.independent``)."""
     from connector.infer.runner import CacRunner
-    from training.evaluate import evaluate, held_out_wide, summarise
+    from training.evaluate import evaluate_splits
 
-    runner = CacRunner.load(out)
-    report: dict[str, object] = {}
-    for name, kw in (("original", {}), ("wide_test", {"maker": held_out_wide})):
-        kappa, scores = evaluate(runner, count, **kw)  # type: ignore[arg-type]
-        summary = summarise(kappa, scores)
+    report = evaluate_splits(CacRunner.load(out), count, independent)
+    for name, summary in report.items():
         print(f"  {name}: {json.dumps(summary)}", flush=True)
-        report[name] = summary
     first = report["original"]
-    assert isinstance(first, dict)
     return {"held_out_phantoms": count, "linear_weighted_kappa": first["linear_weighted_kappa"],
             "category_agreement": first["category_agreement"],
             "noncoronary_score_total": first["noncoronary_score_total"],
@@ -290,7 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (part of the determinism recipe)")
+    parser.add_argument("--original-phantoms", type=int, default=0,
+                        help="with --generator wide: this many original-generator phantoms mixed in (other seeds)")
+    parser.add_argument("--context", choices=("v1", "wide"), default="v1",
+                        help="bottleneck dilations: v1 (e3b 2) or wide (e3a 2, e3b 4, d2 2; same parameters)")
+    parser.add_argument("--two-windows", action="store_true",
+                        help="feed the full CT range and window it twice in the graph (calcium; metal vs calcium)")
     parser.add_argument("--eval", type=int, default=30, help="held-out phantoms to evaluate (0: skip)")
+    parser.add_argument("--eval-independent", type=int, default=12,
+                        help="independent phantoms (training.independent) to evaluate")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -299,15 +313,22 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     print(f"rendering {args.phantoms} training phantoms", flush=True)
-    feats, hearts, classes, centres = build_dataset(args.phantoms, seed_base=0, wide=args.generator == "wide")
+    stem_module = Stem(STEM_WINDOWS if args.two_windows else None)
+    feats, hearts, classes, centres = build_dataset(args.phantoms, seed_base=0, wide=args.generator == "wide",
+                                                    stem_module=stem_module)
+    if args.original_phantoms:
+        extra = build_dataset(args.original_phantoms, seed_base=ORIGINAL_MIX_SEED_BASE, wide=False,
+                              stem_module=stem_module)
+        feats, hearts, classes, centres = (np.concatenate([a, b]) for a, b in zip((feats, hearts, classes, centres),
+                                                                                   extra))
     print(
         f"dataset: {len(feats)} slices, coronary blocks {(classes == 1).sum()}, non-coronary blocks "
         f"{(classes == 2).sum()}, noise blocks {(classes == 0).sum()} ({time.time() - t0:.0f}s)",
         flush=True,
     )
     body = train(feats, hearts, classes, centres, args.steps, args.batch, args.seed, args.lr,
-                 tuple(args.class_weights))
-    export_onnx(body, args.out / "model.onnx", SIZE)
+                 tuple(args.class_weights), DILATIONS_WIDE_CONTEXT if args.context == "wide" else DILATIONS_V1)
+    export_onnx(body, args.out / "model.onnx", SIZE, stem_module)
     write_manifest(args.out, body, args, len(feats), None)
     print(
         f"exported {args.out / 'model.onnx'} ({(args.out / 'model.onnx').stat().st_size} bytes, "
@@ -315,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     if args.eval:
-        evaluation = held_out(args.out, args.eval)
+        evaluation = held_out(args.out, args.eval, args.eval_independent)
         write_manifest(args.out, body, args, len(feats), evaluation)
     print(f"done in {time.time() - t0:.0f}s")
     return 0
