@@ -47,9 +47,9 @@ cp "$HERE"/service/* "$SHARE/service/"
 
 "$PREFIX/bin/site-connector" --version
 MODEL_HINT=""
-if [ -d "$SHARE/models/cac-synthetic-v1" ] && ! "$PREFIX/bin/python" -I -c \
+if [ -d "$SHARE/models/cac-synthetic-v2" ] && ! "$PREFIX/bin/python" -I -c \
     'import sys; from connector.infer.manifest import BUNDLED_MODEL_DIR as d; sys.exit(0 if d.is_dir() else 1)' 2>/dev/null; then
-  MODEL_HINT="The bundled CAC model (synthetic phantoms, not for clinical use) is at $SHARE/models/cac-synthetic-v1:
+  MODEL_HINT="The bundled CAC model (synthetic phantoms, not for clinical use) is at $SHARE/models/cac-synthetic-v2:
 set [cac] model_dir to it (or to your validated model) in the configuration."
 fi
 cat <<EOF

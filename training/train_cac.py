@@ -1,7 +1,10 @@
-"""Train the bundled CAC model on synthetic phantoms, deterministically, on CPU, and export it.
+"""Train a CAC network on synthetic phantoms, deterministically, on CPU, and export it.
 
     pip install -e '.[train]'
-    python -m training.train_cac --out models/cac-synthetic-v1
+    python -m training.train_cac --out models/cac-synthetic-v1     # v1, byte for byte
+
+The bundled model (v2) is the mean of three networks of the wide recipe (seeds 7, 8, 9) built by
+``training.ensemble``; docs/cac.md has the commands.
 
 Why deterministic: the manifest pins the model's SHA-256, so anyone can rebuild the bundled model
 and check they got the same bytes (same seed, same thread count, same torch build and CPU family).
@@ -58,7 +61,7 @@ from connector.phantoms import (  # noqa: E402
 )
 
 MODEL_NAME = "cac-synthetic"
-MODEL_VERSION = "2.0.0"  # 1.0.0: the original generator (models/cac-synthetic-v1); 2.0.0: the wide one
+MODEL_VERSION = "2.0.0"  # 1.0.0: the original generator (models/cac-synthetic-v1); 2.0.0: the wide one (v2 members)
 HU_WINDOW = (-300.0, 1200.0)
 SLICES_PER_SAMPLE = 3
 SIZE = 512

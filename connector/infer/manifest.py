@@ -20,7 +20,7 @@ from connector.infer.errors import ModelError, ModelIntegrityError
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
-BUNDLED_MODEL_NAME = "cac-synthetic-v1"
+BUNDLED_MODEL_NAME = "cac-synthetic-v2"
 
 
 def bundled_model_dir() -> Path:

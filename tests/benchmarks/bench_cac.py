@@ -106,6 +106,7 @@ def main() -> int:
     parser.add_argument(
         "--compressed", action="store_true", help="also time JPEG 2000 lossless and RLE lossless copies of the series"
     )
+    parser.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled model)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -120,7 +121,8 @@ def main() -> int:
         session_s = {}
         for label, providers in configs:
             t0 = time.perf_counter()
-            runner = CacRunner.from_config(CacConfig(providers=providers, threads=args.threads, batch_size=args.batch))
+            runner = CacRunner.from_config(CacConfig(model_dir=args.model, providers=providers, threads=args.threads,
+                                                       batch_size=args.batch))
             session_s[label] = time.perf_counter() - t0
             rows.append((f"{label} uncompressed", run_rounds(runner, plain, args.rounds)))
             if args.compressed and label == "CPU":

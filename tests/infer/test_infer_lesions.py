@@ -189,16 +189,8 @@ def runner():  # type: ignore[no-untyped-def]
     return CacRunner.from_config(CacConfig(threads=2))
 
 
-MODEL_LIMIT = pytest.mark.xfail(
-    strict=True,
-    reason="model limit (issue 15 item 2): the bundled model marks the 170-pixel slice of this 1000 HU "
-    "lesion 96 % non-coronary; the choice rule does not overrule the model",
-)
-
-
 @pytest.mark.parametrize(("area_mm2", "hu_value"), [(1.0, 600.0), (3.0, 350.0), (10.0, 250.0), (30.0, 600.0),
-                                                    (80.0, 480.0), (150.0, 650.0),
-                                                    pytest.param(150.0, 1000.0, marks=MODEL_LIMIT)])
+                                                    (80.0, 480.0), (150.0, 650.0), (150.0, 1000.0)])
 def test_bundled_model_scores_lesions_of_every_size_whole(runner, area_mm2: float, hu_value: float) -> None:  # type: ignore[no-untyped-def]
     from connector.phantoms import Blob, artery_points, random_spec, render
 

@@ -56,7 +56,7 @@ def test_offline_bundle_installs_without_network(tmp_path: Path) -> None:
     model = subprocess.run([str(prefix / "bin" / "python"), "-c",
                             "from connector.infer.manifest import BUNDLED_MODEL_DIR as d; print(d.is_dir())"],
                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    shared_model = prefix / "share" / "site-connector" / "models" / "cac-synthetic-v1" / "manifest.json"
+    shared_model = prefix / "share" / "site-connector" / "models" / "cac-synthetic-v2" / "manifest.json"
     assert shared_model.is_file()
     assert model.stdout.strip() == "True" or "set [cac] model_dir" in install.stdout
 

@@ -105,7 +105,7 @@ def _site_with_a_pushed_study(site: WebSite, tmp_path: Path, pseudonym: str = PS
                    group=DEID_UID)
     outbox.enqueue("result", "r1", "registry", {"status": "ok", "agatston": 187.5, "category": "101-400",
                                                 "volume_mm3": 150.0, "lesions": 3, "pseudonym": PSEUDONYM,
-                                                "model": {"name": "cac-synthetic-v1"}}, group=DEID_UID)
+                                                "model": {"name": "cac-synthetic-v2"}}, group=DEID_UID)
     outbox.enqueue("manifest", f"{DEID_UID}#m", "registry", {"study_instance_uid": DEID_UID, "pseudonym": PSEUDONYM,
                                                             "instance_count": 5}, group=DEID_UID)
     for job in outbox.lease("w", "registry", limit=10):
