@@ -119,11 +119,10 @@ def main(argv: list[str] | None = None) -> int:
           f"sha256 {manifest['sha256']})", flush=True)
     if args.eval or args.eval_independent:
         from connector.infer.runner import CacRunner
-        from training.evaluate import evaluate_splits
+        from training.evaluate import evaluate_splits, print_splits
 
         report = evaluate_splits(CacRunner.load(args.out, threads=args.threads), args.eval, args.eval_independent)
-        for name, summary in report.items():
-            print(f"  {name}: {json.dumps(summary)}", flush=True)
+        print_splits(report)
         manifest["evaluation"] = {"held_out_phantoms": args.eval, "independent_phantoms": args.eval_independent,
                                   "splits": report}
         (args.out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

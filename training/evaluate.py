@@ -123,20 +123,25 @@ def evaluate(runner: object, count: int, maker: object = None, **kw: object) -> 
     return kappa, scores
 
 
-SPLITS = ("original", "wide_test", "independent")
-
-
 def evaluate_splits(runner: object, count: int, independent: int) -> dict[str, dict[str, float | int | None]]:
     """The three columns: original held-out, wide test split, independent phantoms."""
     from training.independent import independent_phantom
 
     report = {}
     for name, maker, n in (("original", held_out_phantom, count), ("wide_test", held_out_wide, count),
-                           ("independent", lambda i: independent_phantom(i), independent)):
+                           ("independent", independent_phantom, independent)):
         if n:
             kappa, scores = evaluate(runner, n, maker=maker)
             report[name] = summarise(kappa, scores)
     return report
+
+
+def print_splits(report: dict[str, dict[str, float | int | None]]) -> None:
+    """One line per column, as the training and ensemble scripts log them."""
+    import json
+
+    for name, summary in report.items():
+        print(f"  {name}: {json.dumps(summary)}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,12 +93,13 @@ def training_spacing(i: int, wide: bool) -> float:
 
 def build_dataset(n_phantoms: int, seed_base: int, wide: bool = True, stem_module: Stem | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Pooled inputs (S, 6, h, w) float16, heart targets (S, h, w) uint8, calcium classes (S, h, w) int8
+    """Pooled inputs (S, C, h, w) float16, heart targets (S, h, w) uint8, calcium classes (S, h, w) int8
     and each sample's heart centre on the pooled grid (S, 2), where training crops are centred.
 
     Calcium class per output block: 1 if it holds a coronary voxel >= 130 HU, else 2 if it holds a
     non-coronary calcium voxel >= 130 HU, else 0; -1 marks blocks without any voxel >= 130 HU.
     """
+    stem_module = stem_module or Stem()
     feats, hearts, classes, centres = [], [], [], []
     for i in range(n_phantoms):
         # More plaques and distractors than the held-out mix: the rare classes need examples.
@@ -121,7 +122,6 @@ def build_dataset(n_phantoms: int, seed_base: int, wide: bool = True, stem_modul
         ph.hu = grid.to_model(ph.hu, AIR_HU)
         ph.heart, ph.coronary, ph.noncoronary = (grid.to_model(a, False) for a in (ph.heart, ph.coronary,
                                                                                   ph.noncoronary))
-        stem_module = stem_module or Stem()
         vol = window(ph.hu, *(FULL_RANGE if stem_module.windows else HU_WINDOW))
         x = torch.from_numpy(vol[neighbour_indices(n, np.arange(n), SLICES_PER_SAMPLE)])
         with torch.no_grad():
@@ -270,11 +270,10 @@ def held_out(out: Path, count: int, independent: int = 0) -> dict:
     wide test split (seeds 800000+, WIDE_TEST ranges, pixel spacings and noise never trained on) and
     the independent phantoms of another generator (``training.independent``)."""
     from connector.infer.runner import CacRunner
-    from training.evaluate import evaluate_splits
+    from training.evaluate import evaluate_splits, print_splits
 
     report = evaluate_splits(CacRunner.load(out), count, independent)
-    for name, summary in report.items():
-        print(f"  {name}: {json.dumps(summary)}", flush=True)
+    print_splits(report)
     first = report["original"]
     return {"held_out_phantoms": count, "linear_weighted_kappa": first["linear_weighted_kappa"],
             "category_agreement": first["category_agreement"],

@@ -48,7 +48,7 @@ def test_independent_phantoms_are_deterministic() -> None:
     assert np.array_equal(a.hu, b.hu) and np.array_equal(a.coronary, b.coronary)
 
 
-def test_evaluate_cli_reports_three_columns_for_the_bundled_model() -> None:
+def test_evaluate_cli_reports_three_columns_for_the_v1_model() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "training.evaluate", str(ROOT / "models" / "cac-synthetic-v1"),
          "--count", "2", "--independent", "2", "--json"],
