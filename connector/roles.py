@@ -193,18 +193,30 @@ def pipeline_main(config: Config, log_queue: Any) -> None:
     from connector.linkage import open_identity_provider
     from connector.store.layout import SiteLayout
     from connector.store.state import StateStore
-    from connector.studyworker import StudyWorker, cac_step, registry_step
+    from connector.store.stage_failures import RetryPolicy, reschedule_other_versions
+    from connector.studyworker import LazyRunner, Stage, StudyWorker, cac_step, registry_step
 
     layout = SiteLayout.from_config(config)
     store = StateStore(layout.state_db)
     provider = open_identity_provider(config)
     engine = DeidEngine.from_config(config, provider)
-    steps: list[tuple[str, Any]] = []
+    # The stages after de-identification, in order. CAC is optional: its failure never holds the images.
+    stages: list[Stage] = []
     if config.cac.enabled:  # first: it adds the CAC SR and SEG to the objects the registry step queues
-        steps.append(("cac", cac_step(config, store, engine, layout)))
-    steps.append(("registry", registry_step(config, store, layout, provider)))
+        runner = LazyRunner(config)
+        stages.append(Stage("cac", cac_step(config, store, engine, layout, runner), required=False,
+                            version=runner.version,
+                            retry=RetryPolicy(config.cac.retry_attempts, config.cac.retry_first_minutes * 60)))
+        model_sha = runner.version()
+        if model_sha:  # a model installed since: the studies the previous one failed on are retried now
+            with store.write() as conn:
+                again = reschedule_other_versions(conn, "cac", model_sha)
+            if again:
+                log.info("new CAC model: failed studies retried", extra={"event": "stage_rescheduled",
+                                                                         "step": "cac", "studies": again})
+    stages.append(Stage("registry", registry_step(config, store, layout, provider)))
     # a study that met a full disk is retried after the quiet period (5 s to 5 min)
-    worker = StudyWorker(store, layout, engine, steps,
+    worker = StudyWorker(store, layout, engine, stages,
                          retry_seconds=min(300.0, max(5.0, config.assemble.stable_seconds)))
     worker.start()
     assembler = StudyAssembler(store, config.assemble.stable_seconds)
@@ -216,6 +228,8 @@ def pipeline_main(config: Config, log_queue: Any) -> None:
     scheduler = BackgroundScheduler(daemon=True)
     scheduler.add_job(sweep, "interval", seconds=config.assemble.sweep_seconds, id="stable-study-sweep",
                       max_instances=1, coalesce=True)
+    scheduler.add_job(worker.retry_due, "interval", seconds=min(15.0, config.assemble.sweep_seconds * 10),
+                      id="optional-stage-retry", max_instances=1, coalesce=True)
     if config.followup.inbox is not None:
         from connector.followup.inbox import process_inbox
         from connector.outbox import Outbox

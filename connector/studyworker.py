@@ -1,8 +1,13 @@
 """The study worker: carries each stable study through the stages after reception.
 
     stable study (leased from the state DB)
-      -> de-identification + PHI guard   (connector.deid)  -> spool/outgoing/<study key>/
-      -> later stages registered as steps (inference, queuing for the registry)
+      -> de-identification + PHI guard   (connector.deid)  -> spool/outgoing/<study key>/   required
+      -> the stages after it, in order (:class:`Stage`), e.g. CAC (optional), registry (required)
+
+Required and optional stages: de-identification and queuing the images for the registry are the
+study's delivery; a failure there marks the study failed. An optional stage (CAC and its SR/SEG) that
+fails is recorded on the study (``connector.store.stage_failures``: stage, exception type, a scrubbed
+one-line reason) and scheduled again with backoff, while the images go on to the registry as usual.
 
 Why a lease: the worker takes a study with a time-limited lease in the DB, so a worker that dies
 leaves nothing stuck: the lease expires (or start-up recovery hands it back) and the study is
@@ -25,10 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from connector.config import Config
+from connector.safe_reason import frames, safe_reason
 from connector.deid.engine import DeidEngine
 from connector.deid.provider import IdentityProvider
 from connector.deid.study import StudyOutcome, deidentify_study
+from connector.store import stage_failures
 from connector.store.layout import SiteLayout
+from connector.store.stage_failures import RetryPolicy
 from connector.store.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -58,16 +66,33 @@ class StudyContext:
 Step = Callable[[StudyContext], None]
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One stage after de-identification.
+
+    ``required``: its failure marks the study failed (the images' own path). An optional stage's
+    failure is recorded and retried under ``retry`` while the study goes on. ``version`` names what
+    the stage runs (the model's SHA-256): a failure recorded under another version is retried at
+    once when the pipeline starts with a new one (a site that installs a fixed model).
+    """
+
+    name: str
+    run: Step
+    required: bool = True
+    version: Callable[[], str] = lambda: ""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
 class StudyWorker:
     def __init__(self, store: StateStore, layout: SiteLayout, engine: DeidEngine,
-                 steps: list[tuple[str, Step]] | None = None, *, name: str = "study-worker",
+                 stages: list[Stage] | None = None, *, name: str = "study-worker",
                  retry_seconds: float = RETRY_SECONDS) -> None:
         self.store = store
         self.retry_seconds = retry_seconds
         self._unrecorded_retries: dict[str, float] = {}  # study -> monotonic time to hand it back
         self.layout = layout
         self.engine = engine
-        self.steps = steps or []
+        self.stages = stages or []
         self.name = name
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -121,24 +146,33 @@ class StudyWorker:
             if is_transient(exc):
                 return self._defer(key, "deid", exc)
             log.error("de-identification failed for study; marked failed",
-                      extra={"event": "deid_failed", "study": key, "error": type(exc).__name__})
+                      extra={"event": "deid_failed", "study": key, "error": type(exc).__name__,
+                             "reason": safe_reason(exc)})
+            log.debug("de-identification failed at", extra={"event": "deid_failed_frames", "study": key,
+                                                            "frames": frames(exc)})
             self.store.set_study_state(key, "failed")
             return True
         self.store.record_privacy_report(key, outcome.privacy.as_dict())
         state = "deidentified" if outcome.written else "quarantined"
         context = StudyContext(key, originals, outcome, out_dir)
-        for step_name, step in self.steps:
+        for stage in self.stages:
             if not outcome.written:
                 break
             try:
-                step(context)
+                stage.run(context)
             except Exception as exc:
                 if is_transient(exc):
-                    return self._defer(key, step_name, exc)
-                log.error("study step failed", extra={"event": "step_failed", "step": step_name, "study": key,
-                                                      "error": type(exc).__name__})
-                state = "failed"
-                break
+                    return self._defer(key, stage.name, exc)
+                self._record_failure(key, stage, exc)
+                if stage.required:
+                    state = "failed"
+                    break
+                continue  # an optional analysis never holds the images back
+            if not stage.required:
+                with self.store.write() as conn:
+                    if stage_failures.clear_failure(conn, key, stage.name):
+                        log.info("optional stage succeeded on retry", extra={"event": "stage_recovered",
+                                                                             "step": stage.name, "study": key})
             state = str(context.notes.get("state", state))
         self.store.set_study_state(key, state, only_if="processing")
         if state == "queued":  # the uploader may have delivered everything already
@@ -147,6 +181,37 @@ class StudyWorker:
         log.info("study processed", extra={"event": "study_processed", "study": key, "state": state,
                                            "seconds": round(time.monotonic() - started, 3), **outcome.summary()})
         return True
+
+    def _record_failure(self, key: str, stage: Stage, exc: BaseException) -> None:
+        """Log what failed in words an operator can act on (scrubbed: no identifier, no UID), with the
+        code locations at DEBUG; an optional stage's failure is also kept and scheduled again."""
+        reason = safe_reason(exc)
+        extra: dict[str, object] = {"event": "step_failed", "step": stage.name, "study": key,
+                                    "error": type(exc).__name__, "reason": reason, "required": stage.required}
+        if not stage.required:
+            try:
+                version = stage.version()
+            except Exception:
+                version = ""
+            with self.store.write() as conn:
+                attempts = stage_failures.record_failure(conn, key, stage.name, type(exc).__name__, reason,
+                                                         version, stage.retry)
+            extra["attempts"] = attempts
+            extra["retry_in_s"] = stage.retry.delay(attempts)
+        log.error("study step failed" if stage.required else "optional stage failed; the images go on",
+                  extra=extra)
+        log.debug("study step failed at", extra={"event": "step_failed_frames", "step": stage.name, "study": key,
+                                                 "frames": frames(exc)})
+
+    def retry_due(self) -> int:
+        """Hand back the studies whose failed optional stage is due (called by the pipeline's scheduler)."""
+        with self.store.write() as conn:
+            keys = stage_failures.take_due(conn)
+        for key in keys:
+            log.info("retrying a failed optional stage", extra={"event": "stage_retry", "study": key})
+        if keys:
+            self.wake()
+        return len(keys)
 
     def _defer(self, key: str, stage: str, exc: BaseException) -> bool:
         """A full disk is not the study's fault: take it again later instead of marking it failed.
@@ -225,7 +290,35 @@ def registry_step(config: Config, store: StateStore, layout: SiteLayout, provide
     return step
 
 
-def cac_step(config: Config, store: StateStore, engine: DeidEngine, layout: SiteLayout | None = None) -> Step:
+class LazyRunner:
+    """The CAC model, loaded on first use and again after a failed load.
+
+    Why lazy: a model that cannot be loaded (missing, damaged, a provider gone) must not stop the
+    pipeline role, or no study would be delivered at all; each study records the CAC failure with
+    the reason instead, and a model fixed on disk is picked up by the next study.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._runner: object | None = None
+
+    def get(self) -> object:
+        if self._runner is None:
+            from connector.infer.runner import CacRunner
+
+            self._runner = CacRunner.from_config(self.config)  # the model is verified and loaded once
+        return self._runner
+
+    def version(self) -> str:
+        """The loaded model's SHA-256 ("" when it could not be loaded)."""
+        try:
+            return str(self.get().manifest.sha256)  # type: ignore[attr-defined]
+        except Exception:
+            return ""
+
+
+def cac_step(config: Config, store: StateStore, engine: DeidEngine, layout: SiteLayout | None = None,
+             runner: LazyRunner | None = None) -> Step:
     """Score coronary calcium on the study's CT attenuation series; queue the result; add its DICOM.
 
     Runs on the original files (the model needs the real pixels; nothing leaves here), then maps
@@ -235,38 +328,52 @@ def cac_step(config: Config, store: StateStore, engine: DeidEngine, layout: Site
     builds a Measurement Report SR and a SEG from the ORIGINAL slices (kept on the site next to the
     map), de-identifies them with the images' pseudonym, date offset and UID mapping, and adds them
     to the study's outputs: runs before the registry step, which queues them with the images.
+
+    Everything is computed before anything is queued or added, so a failure half-way (an SR that
+    cannot be built) leaves the study's outputs as they were: the images go on alone.
     """
     from connector.infer.dicom_results import build_result_objects, read_sources, results_engine
-    from connector.infer.runner import CacRunner
     from connector.infer.scored_calcium import save_scored_calcium
     from connector.infer.study import score_study
     from connector.outbox import Outbox
     from connector.push import queue_result
 
-    runner = CacRunner.from_config(config)  # the model is verified and loaded once per process
+    runner = runner or LazyRunner(config)
     outbox = Outbox(store)
     layout = layout or SiteLayout.from_config(config)
-    results_deid = results_engine(config, engine.provider, runner.manifest.summary())
     to_pacs = outbox if config.results.return_to_pacs else None  # [results] return_to_pacs
+    engines: dict[str, DeidEngine] = {}
 
     def step(ctx: StudyContext) -> None:
         if not ctx.outcome.written:
             return
+        model = runner.get()
+        sha = str(model.manifest.sha256)  # type: ignore[attr-defined]
+        if sha not in engines:
+            engines.clear()
+            engines[sha] = results_engine(config, engine.provider, model.manifest.summary())  # type: ignore[attr-defined]
+        results_deid = engines[sha]
         pseudonym = ctx.outcome.written[0].pseudonym
-        for rank, result in enumerate(score_study(ctx.originals, runner)):
+        done: list[tuple[int, dict[str, object], object, list[object]]] = []
+        for rank, result in enumerate(score_study(ctx.originals, model)):  # type: ignore[arg-type]
             doc = result.to_json(include_uids=True)
             doc["study_instance_uid"] = engine.uid(str(doc["study_instance_uid"]))
             doc["series_instance_uid"] = engine.uid(str(doc["series_instance_uid"]))
             doc["pseudonym"] = pseudonym
+            datasets: list[object] = []
+            if result.ok and result.scored_calcium is not None:
+                datasets = list(build_result_objects(result, read_sources(result.source_paths)).datasets())
+            done.append((rank, doc, result.scored_calcium if result.ok else None, datasets))
+        for rank, doc, scored, datasets in done:
             queue_result(outbox, doc)
             ctx.notes.setdefault("cac", []).append(doc.get("category"))  # type: ignore[union-attr]
-            if result.ok and result.scored_calcium is not None:
-                map_path = layout.scored_calcium_path(ctx.study_key, rank)
-                save_scored_calcium(map_path, result.scored_calcium)
-                objects = build_result_objects(result, read_sources(result.source_paths))
-                for kind, ds in zip(("sr", "seg"), objects.datasets(), strict=False):
-                    _add_result_object(ctx, results_deid, ds, map_path.with_name(f"cac-{rank}-{kind}.dcm"),
-                                       layout, to_pacs)
+            if scored is None:
+                continue
+            map_path = layout.scored_calcium_path(ctx.study_key, rank)
+            save_scored_calcium(map_path, scored)  # type: ignore[arg-type]
+            for kind, ds in zip(("sr", "seg"), datasets, strict=False):
+                _add_result_object(ctx, results_deid, ds, map_path.with_name(f"cac-{rank}-{kind}.dcm"),
+                                   layout, to_pacs)
 
     return step
 

@@ -10,6 +10,7 @@ from connector.cli.common import CommandError, add_config_option, config_from_ar
 from connector.outbox import outbox_counts
 from connector.store.layout import SiteLayout
 from connector.store.quarantine import count_quarantine
+from connector.store.stage_failures import failure_counts, recent_failures
 from connector.store.state import StateStore
 
 
@@ -28,6 +29,8 @@ def collect(layout: SiteLayout) -> dict[str, Any]:
         out.update(outbox_counts(store))
         out["waiting_for_registry"] = store.waiting_for_registry()
         out["last_reconciliation"] = store.last_reconciliation()
+        out["optional_stage_failures"] = failure_counts(store.conn)
+        out["failed_optional_stages"] = recent_failures(store.conn)
     finally:
         store.close()
     out["quarantined"] = count_quarantine(layout.quarantine)
@@ -50,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"outbox pending:     {status['outbox_pending']} (oldest {status['oldest_pending_age_s']:.0f} s)")
     print(f"pushed:             {status['pushed']} jobs")
     print(f"failed:             {status['failed']} jobs (see quarantine/push)")
+    for stage, n in status["optional_stage_failures"].items():
+        print(f"{stage + ' failed:':<20}{n['retrying']} studies retrying, {n['given_up']} given up "
+              "(images delivered regardless; 'site-connector study KEY' says why)")
     last = status["last_reconciliation"]
     if last is not None:
         import datetime as dt
@@ -59,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
                 f"{last['checked']} checked: {last['verified']} verified, {last['requeued']} re-queued, "
                 f"{last['unresolved']} unresolved, {last['errors']} errors")
         print(f"reconciled:         {when}, {what}")
+    for failed in status["failed_optional_stages"]:
+        delivered = {"pushed": "delivered", "verified": "delivered and verified", "queued": "being delivered"}
+        stage = "CAC" if failed["stage"] == "cac" else failed["stage"]
+        retry = "retrying" if failed["next_attempt_at"] else "gave up"
+        print(f"  study {failed['study']} {delivered.get(failed['state'], failed['state'])}, {stage} failed: "
+              f"{failed['reason']} (attempt {failed['attempts']}, {retry})")
     for study in status["waiting_for_registry"]:
         waiting = ", ".join(f"{kind} {'/'.join(f'{n} {st}' for st, n in states.items())}"
                             for kind, states in study["waiting"].items()) or "the manifest"

@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--png", metavar="DIR", type=Path,
                    help="also write the CAC picture of each scored series as DIR/KEY-cac-N.png")
+    p.add_argument("--retry", action="store_true",
+                   help="run the study's failed optional stages (CAC) again now, even after automatic retries "
+                        "gave up (the running daemon takes it within seconds)")
     p.set_defaults(func=run)
 
 
@@ -38,6 +41,11 @@ def _when(ts: float | None) -> str:
 def _print(view: dict[str, Any], pictures: list[Path]) -> None:
     print(f"study {view['study']}  state {view['state']}  instances {view['instances']}")
     print(f"pseudonym {view['pseudonym'] or '(not yet)'}")
+    print(view["summary"])
+    for f in view["stage_failures"]:
+        retry = (f"retried automatically at {_when(f['next_attempt_at'])}" if f["next_attempt_at"]
+                 else "given up: fix the cause, then restart the service or use --retry")
+        print(f"{f['stage']} failed (attempt {f['attempts']}): {f['reason']}; {retry}")
     for r in view["cac"]:
         if r["status"] == "ok":
             print(f"CAC: Agatston {r['agatston']} ({r['category']}), {r['lesions']} lesion(s), "
@@ -80,6 +88,15 @@ def run(args: argparse.Namespace) -> int:
         if view is None:
             raise CommandError(f"no study with key {args.key!r} (or the prefix is not unique): "
                                "'site-connector status' and the dashboard list them", exitcodes.FAILURE)
+        if args.retry:
+            from connector.store.stage_failures import retry_now
+
+            with store.write() as conn:
+                again = retry_now(conn, view["study"])
+            if not again:
+                raise CommandError(f"study {view['study']} has no failed optional stage to retry", exitcodes.FAILURE)
+            print(f"study {view['study']}: {again} failed stage(s) to be retried now by the running daemon")
+            return exitcodes.OK
         pictures: list[Path] = []
         if args.png is not None:
             from connector.infer.scored_calcium import load_scored_calcium

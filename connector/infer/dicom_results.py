@@ -31,6 +31,7 @@ a crash re-sends exactly what the registry may already hold, never a conflicting
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,12 +127,41 @@ def read_sources(paths: Sequence[Path]) -> list[Dataset]:
     return [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
 
 
+# Attributes highdicom reads from the sources to build the SR and SEG: the patient and study ones
+# it copies from the first, and the slice thickness of each (the SEG's pixel measures). PS3.3 makes
+# them type 2 in a CT (present, may be empty) and scanners and PACS do omit them; highdicom reads
+# them as attributes, so one absent raised and, before stages were isolated, held the images back.
+TYPE2_READ = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+              "ReferringPhysicianName", "StudyID", "AccessionNumber", "SliceThickness")
+PATIENT_SEX_VALUES = {"M", "F", "O"}
+
+
+def complete_type2(sources: Sequence[Dataset]) -> list[Dataset]:
+    """Copies of the source headers with every attribute of :data:`TYPE2_READ` present: absent ones
+    become empty (what type 2 allows), and a PatientSex outside M/F/O becomes empty too (highdicom
+    checks the enumeration). The sources themselves are not changed; UIDs and geometry are kept."""
+    out = []
+    for source in sources:
+        ds = copy.copy(source)  # shallow: only top-level elements are added or replaced
+        for keyword in TYPE2_READ:
+            if keyword not in ds or ds[keyword].value is None:
+                setattr(ds, keyword, "")
+        if str(ds.PatientSex).strip().upper() not in PATIENT_SEX_VALUES:
+            ds.PatientSex = ""
+        out.append(ds)
+    return out
+
+
 def build_result_objects(result: SeriesResult, sources: Sequence[Dataset]) -> ResultObjects:
-    """SR (and SEG) for one scored series; ``sources`` are its slices in the volume's order."""
+    """SR (and SEG) for one scored series; ``sources`` are its slices in the volume's order.
+
+    Any valid CT will do: type 2 attributes the slices omit are supplied empty (:func:`complete_type2`).
+    """
     if not result.ok or result.agatston is None or result.scored_calcium is None:
         raise ValueError("only a scored series has DICOM results")
     if len(sources) != (result.slices or len(sources)):
         raise ValueError("one source dataset per scored slice")
+    sources = complete_type2(sources)
     model = result.model
     sha = str(model.get("sha256", ""))
     series_uid = str(sources[0].SeriesInstanceUID)

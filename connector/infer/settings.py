@@ -71,6 +71,16 @@ class CacConfig:
         ["scout", "topogram", "localizer", "localiser", "surview", "scanogram", "mip", "cta", "angio", "bolus"],
         doc="whole words of SeriesDescription that make a series ineligible",
     )
+    retry_attempts: int = setting(
+        5,
+        check(lambda v: 1 <= v <= 50, "must be between 1 and 50"),
+        doc="runs of a study's CAC in all before giving up when it fails (the images are delivered anyway)",
+    )
+    retry_first_minutes: float = setting(
+        10.0,
+        check(lambda v: 0 <= v <= 24 * 60, "must be between 0 and 1440"),
+        doc="wait before the first retry of a failed CAC; doubles each time, at most 6 hours",
+    )
     max_series_per_study: int = setting(
         2,
         check(lambda v: 1 <= v <= 20, "must be between 1 and 20"),

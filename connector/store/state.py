@@ -181,6 +181,7 @@ MIGRATIONS: list[tuple[int, Any]] = [
     (6, "connector.store.state:_add_verified_at"),
     (7, "connector.store.state:_create_reconcile_runs"),
     (8, "connector.backfill.schema:create_schema"),
+    (9, "connector.store.stage_failures:create_schema"),
 ]
 
 

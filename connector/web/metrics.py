@@ -17,6 +17,7 @@ from prometheus_client.core import CollectorRegistry, CounterMetricFamily, Gauge
 
 from connector import __version__
 from connector.store.quarantine import count_quarantine
+from connector.store.stage_failures import failure_counts
 from connector.store.state import STUDY_STATES, StateStore
 from connector.web import integrations
 from connector.web.health import HealthReport, disk_free_bytes
@@ -91,6 +92,15 @@ def collect(store: StateStore, data_dir: Path, quarantine_dir: Path, min_free_by
                figures.get("last_push_at") or 0),
         _counter("cac_runs_total", "CAC results produced and queued for the registry.", integrations.cac_runs(figures)),
     ]
+
+    failed = _gauge("optional_stage_failed_studies",
+                    "Studies whose optional stage (e.g. cac) failed, images delivered regardless: retrying or given up.",
+                    labels=["stage", "outcome"])
+    counts_by_stage = failure_counts(store.conn)
+    for stage in sorted({"cac", *counts_by_stage}):
+        for outcome in ("retrying", "given_up"):
+            failed.add_metric([stage, outcome], counts_by_stage.get(stage, {}).get(outcome, 0))
+    fams.append(failed)
 
     last = store.last_reconciliation() or {}
     reconciled = _gauge("last_reconcile_studies", "Studies of the last reconciliation with the registry, by outcome.",

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from connector.store.layout import SiteLayout
+from connector.store.stage_failures import failures_of
 from connector.store.state import StateStore, study_key
 
 log = logging.getLogger(__name__)
@@ -206,6 +207,10 @@ def study_view(store: StateStore, layout: SiteLayout, key: str,
         journey.append(JourneyStep("study pushed (every job acknowledged)", max(done)))
     if study.get("verified_at"):
         journey.append(JourneyStep("verified with the registry", study["verified_at"]))
+    failures = failures_of(conn, key)
+    for f in failures:
+        journey.append(JourneyStep(f"{stage_label(f['stage'])} failed", f["last_failed_at"],
+                                   f"{f['reason']} (attempt {f['attempts']})"))
     journey.sort(key=lambda s: (s.at is None, s.at or 0))
 
     quarantined = []
@@ -238,7 +243,21 @@ def study_view(store: StateStore, layout: SiteLayout, key: str,
         "cac_maps": scored_maps(layout, key),
         "waiting": pending,
         "privacy": json.loads(report_row[1]) if report_row else None,
+        "stage_failures": failures,
+        "summary": delivery_summary(study["state"], failures),
     }
+
+
+def stage_label(stage: str) -> str:
+    return "CAC" if stage == "cac" else stage
+
+
+def delivery_summary(state: str, failures: list[dict[str, Any]]) -> str:
+    """One line for the study, e.g. "delivered, CAC failed: AttributeError: ..." (images first)."""
+    delivered = {"pushed": "delivered", "verified": "delivered and verified", "queued": "being delivered"}
+    head = delivered.get(state, state)
+    tails = [f"{stage_label(f['stage'])} failed: {f['reason']}" for f in failures]
+    return ", ".join([head, *tails])
 
 
 def study_keys_for_pseudonym(store: StateStore, deid_study_uids: list[str]) -> list[str]:
