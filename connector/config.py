@@ -77,7 +77,30 @@ class DicomConfig:
     receiver_processes: int = _setting(2, _check(lambda v: 1 <= v <= 64, "must be between 1 and 64"),
                                        doc="processes sharing the DICOM port; a crash in one never stops reception")
     max_associations: int = _setting(32, _check(lambda v: 1 <= v <= 1000, "must be between 1 and 1000"),
-                                     doc="simultaneous associations accepted")
+                                     doc="simultaneous associations accepted, per receiver process; a connection "
+                                         "takes one only once its A-ASSOCIATE-RQ passed the allow-lists")
+    max_pending_connections: int = _setting(
+        64, _check(lambda v: 1 <= v <= 1000, "must be between 1 and 1000"),
+        doc="connections not yet associated (TLS handshake, A-ASSOCIATE-RQ), per receiver process; more are "
+            "closed at once; with allowed_hosts set, other addresses get at most half",
+    )
+    max_pending_per_host: int = _setting(
+        32, _check(lambda v: 1 <= v <= 1000, "must be between 1 and 1000"),
+        doc="of those, from one IP address (IPv6: one /64)",
+    )
+    artim_timeout_seconds: float = _setting(
+        5.0, _check(lambda v: 0.1 <= v <= 300, "must be between 0.1 and 300 seconds"),
+        doc="seconds a new connection has for its TLS handshake and A-ASSOCIATE-RQ before it is closed",
+    )
+    max_pdu_length: int = _setting(
+        4 * 1024 * 1024, _check(lambda v: 4096 <= v <= 0xFFFFFFFF, "must be between 4096 and 4294967295"),
+        doc="largest P-DATA-TF PDU accepted, announced to the sender; a longer one is aborted unread",
+    )
+    extra_storage_sop_classes: list[str] = _setting(
+        [], _check(lambda v: all(len(x) <= 64 and re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+", x) for x in v),
+                   "every entry must be a UID: digits and dots, up to 64 characters"),
+        doc="private or newer storage SOP class UIDs to accept besides the standard ones; any other is refused",
+    )
     network_timeout: float = _setting(60.0, _check(lambda v: v > 0, "must be positive"),
                                       doc="seconds of silence before an association is dropped")
     tls_cert_file: Path | None = _setting(None, doc="PEM certificate: set with tls_key_file to require DICOM TLS")

@@ -12,11 +12,11 @@ GIL. The supervisor itself only runs start-up recovery, starts the roles, restar
 
 Start is all or nothing. Everything that can be checked before a role runs is checked first, in
 this order: DICOM TLS files -> DICOM and HTTP ports free -> data folder writable -> site key ->
-state database opens -> start-up recovery. Then the HTTP server binds, the receivers start (and
-must be listening), then the pipeline and the uploader. Any failure stops whatever was started and
-raises :class:`DaemonStartError`: one line saying what failed and how to fix it, with exit code 2
-when the operator must change the configuration, files or permissions, 1 otherwise. SIGTERM during
-start-up stops it the same way.
+registry token file private -> state database opens -> start-up recovery. Then the HTTP server
+binds, the receivers start (and must be listening), then the pipeline and the uploader. Any
+failure stops whatever was started and raises :class:`DaemonStartError`: one line saying what
+failed and how to fix it, with exit code 2 when the operator must change the configuration, files
+or permissions, 1 otherwise. SIGTERM during start-up stops it the same way.
 
 Stop (SIGTERM/SIGINT) is bounded by ``[service] stop_timeout`` (T): every role gets SIGTERM;
 receivers stop accepting and let associations finish for up to T/2, then abort them (the PACS was
@@ -25,6 +25,12 @@ hands it back); the uploader gives its jobs back. A role still running at T-3 s 
 and the supervisor SIGKILLs any still alive at T-1.5 s, then exits 0 (shorter margins for T < 15 s:
 :func:`connector.roles.stop_budget`). Nothing acknowledged to the
 PACS or by the registry is lost: both are recorded durably before the acknowledgement.
+
+Signals only set a flag and wake the main loop through a pipe (:mod:`connector.stop_signals`), so a
+stop can never wait on a lock the interrupted code holds; every role is joined (reaped) before the
+supervisor exits, and so is multiprocessing's resource tracker. The daemon runs with umask 0077
+(:data:`connector.store.layout.PRIVATE_UMASK`): whatever it writes is the service user's alone,
+however it was started.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import sqlite3
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +53,8 @@ from connector.config import Config
 from connector.ingest.intake import Intake
 from connector.ingest.recovery import RecoveryReport, recover
 from connector.roles import EXIT_BIND_FAILED, ROLE_TARGETS, kill_after, spawn_context
-from connector.store.layout import SiteLayout
+from connector.stop_signals import StopSignals
+from connector.store.layout import PRIVATE_UMASK, SiteLayout
 from connector.store.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -98,7 +106,7 @@ class Supervisor:
     recovery: RecoveryReport | None = field(init=False, default=None)
     roles: list[_Role] = field(init=False, default_factory=list)
     _stop: threading.Event = field(init=False, default_factory=threading.Event)
-    _signalled: threading.Event = field(init=False, default_factory=threading.Event)
+    _signals: StopSignals = field(init=False, default_factory=StopSignals)
 
     def __post_init__(self) -> None:
         self.layout = SiteLayout.from_config(self.config)
@@ -130,6 +138,7 @@ class Supervisor:
             self._check_port("HTTP", cfg.http.host, cfg.http.port, "[http] port", "[http] host")
         self._check_data_dir()
         self._check_keys()
+        self._check_registry_token()
         self._interrupted()
         self._recover()
         self._interrupted()
@@ -154,7 +163,7 @@ class Supervisor:
                                           "receivers": cfg.dicom.receiver_processes})
 
     def _interrupted(self) -> None:
-        if self._signalled.is_set():
+        if self._signals.received() is not None:
             raise StartInterrupted()
 
     # -- start-up checks: each raises DaemonStartError naming the fix ---------------------------
@@ -193,6 +202,15 @@ class Supervisor:
         except OSError as exc:
             raise DaemonStartError(f"linkage key or table not readable ({_reason(exc)}): check [keys] dir and "
                                    "[linkage] db_path, and that the service user owns them", EXIT_CONFIG) from None
+
+    def _check_registry_token(self) -> None:
+        """A token file others can read is refused, as the site key is: whoever reads it can push as the site."""
+        from connector.push.client import TokenFileUnsafe, check_token_file
+
+        try:
+            check_token_file(self.config.registry)
+        except TokenFileUnsafe as exc:
+            raise DaemonStartError(str(exc), EXIT_CONFIG) from None
 
     def _check_deid(self) -> None:
         """Rule files and the free-text vocabulary load, so a typo stops the start, not each study."""
@@ -376,22 +394,48 @@ class Supervisor:
 
     def run_forever(self) -> None:
         """Run until SIGTERM or SIGINT (which may also arrive while starting)."""
-        signal.signal(signal.SIGTERM, lambda signum, _f: self._on_signal(signum))
-        signal.signal(signal.SIGINT, lambda signum, _f: self._on_signal(signum))
+        os.umask(PRIVATE_UMASK)  # also when started from a shell with umask 022: PHI files stay 0600
+        self._signals.install()
         try:
-            self.start()
-        except StartInterrupted:
-            log.info("stopped while starting", extra={"event": "start_interrupted"})
-            return
-        try:
-            while not self._signalled.wait(0.5):
+            try:
+                self.start()
+            except StartInterrupted:
+                self._log_signal()
+                log.info("stopped while starting", extra={"event": "start_interrupted"})
+                return
+            while self._signals.wait(0.5) is None:
                 self.supervise_once()
+            self._log_signal()
         finally:
             self.stop()
+            self._reap_resource_tracker()
+            self._signals.ignore()  # stopped: a late SIGTERM must not turn exit code 0 into -15
 
-    def _on_signal(self, signum: int) -> None:
-        log.info("signal received", extra={"event": "signal", "signal": signal.Signals(signum).name})
-        self._signalled.set()
+    def _log_signal(self) -> None:
+        signum = self._signals.received()
+        if signum is not None:
+            log.info("signal received", extra={"event": "signal", "signal": signal.Signals(signum).name})
+
+    def _reap_resource_tracker(self) -> None:
+        """Wait for multiprocessing's resource tracker, a child started with the first role.
+
+        It is meant to outlive its parent and exit when the last role's copy of its pipe closes; the
+        supervisor would leave it an orphan (a zombie under an init that does not reap, such as a
+        container's). With every role gone, the semaphore clean-ups it serves run now, then it is
+        told to stop and waited for. Uses multiprocessing internals, so anything unexpected is
+        skipped: at worst the tracker outlives the supervisor by a moment, as before.
+        """
+        if any(r.process is not None and r.process.is_alive() for r in self.roles):
+            return  # it still serves a role that escaped the stop: do not block on it
+        try:
+            from multiprocessing import resource_tracker, util
+
+            run_finalizers: Callable[[int], None] = util._run_finalizers  # type: ignore[attr-defined]
+            run_finalizers(0)  # the log queue's semaphores, unregistered while the tracker still runs
+            resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]
+        except Exception as exc:
+            log.debug("resource tracker not reaped", extra={"event": "tracker_not_reaped",
+                                                            "error": type(exc).__name__})
 
     def _start_web(self) -> None:
         """Health, metrics and dashboard, served from the supervisor: up as long as the service is."""

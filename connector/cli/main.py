@@ -11,6 +11,7 @@ from connector import __version__
 from connector.cli import exitcodes
 from connector.cli.common import CommandError, add_config_option
 from connector.config import ConfigError
+from connector.store.layout import PRIVATE_UMASK
 
 # Each module registers its sub-commands. Add a line here to add a command group.
 COMMAND_MODULES = [
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except BrokenPipeError:
         return _quiet_broken_pipe()
+    # Every command may write PHI (spool, state DB, logs, results, exports): owner-only, whatever the
+    # shell's umask. Restored afterwards for callers that run main() in their own process (tests).
+    previous_umask = os.umask(PRIVATE_UMASK)
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # here, where a closed pipe can still be handled, not at interpreter exit
@@ -90,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
+    finally:
+        os.umask(previous_umask)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """``site-connector users``: manage the dashboard's staff logins (add, list, role, remove).
 
-Roles: ``it`` (default: every page and action except identifier search) and ``coordinator``
-(may also find a patient's studies by MRN or accession number, an audited linkage lookup).
+Roles: ``it`` (default: every page and action except identifier search and the follow-up import)
+and ``coordinator`` (may also find a patient's studies by MRN or accession number, and import
+follow-up files: both audited linkage lookups).
 
 Passwords are read from the terminal without echo, or from stdin with ``--password-stdin`` (for
 provisioning scripts), never from the command line where ``ps`` and shell history would show them.
+``add`` (and ``add --replace``, the password change) refuses short and common passwords
+(:mod:`connector.web.password_policy`).
 Changes take effect in a running daemon at once: it re-reads the users file on change.
 """
 
@@ -17,7 +20,7 @@ import sys
 from connector.cli import exitcodes
 from connector.cli.common import CommandError, add_config_option, config_from_args, print_json
 from connector.web.settings import users_path
-from connector.web.users import DEFAULT_ROLE, ROLES, UserError, UserFile
+from connector.web.users import DEFAULT_ROLE, MIN_PASSWORD_LENGTH, ROLES, UserError, UserFile
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,20 +31,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     users_sub = p.add_subparsers(dest="users_command", metavar="ACTION")
     users_sub.required = True
 
-    add = users_sub.add_parser("add", help="add a user (asks for the password)",
+    add = users_sub.add_parser("add", help="add a user, or with --replace change a password (asks for it)",
                                description="Add a dashboard user. The password is asked twice on the terminal, "
-                               "or read as the first line of stdin with --password-stdin.")
+                               "or read as the first line of stdin with --password-stdin. It must be at least "
+                               f"{MIN_PASSWORD_LENGTH} characters, not one of the commonest passwords (nor one "
+                               "with digits or symbols added) and not the user name; a passphrase of a few "
+                               "ordinary words is fine.")
     add_config_option(add)
     add.add_argument("name", help="user name (letters, digits, '.', '_', '-')")
     add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     add.add_argument("--replace", action="store_true", help="set a new password for an existing user")
     add.add_argument("--role", choices=ROLES, default=None,
-                     help="it (default for a new user) or coordinator (may search by patient identifiers)")
+                     help="it (default for a new user) or coordinator (may search by patient identifiers and "
+                          "import follow-up files)")
     add.set_defaults(func=run_add)
 
     role = users_sub.add_parser("role", help="change a user's role",
                                 description="Set a dashboard user's role: it, or coordinator (may find a "
-                                "patient's studies by MRN or accession number). Takes effect at the next page.")
+                                "patient's studies by MRN or accession number, and import follow-up files). Takes effect at "
+                                "the next page.")
     add_config_option(role)
     role.add_argument("name", help="user name")
     role.add_argument("role", choices=ROLES, help="the new role")

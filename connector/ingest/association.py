@@ -16,6 +16,12 @@ in the C-STORE-RSP. Nothing is answered "success" that the callback did not comm
 
 Protocol violations (an unexpected PDU, a fragment for an unknown context, a malformed command)
 end the association with an A-ABORT; a half-received object is deleted, never filed.
+
+Memory is bounded whatever the peer sends (issue 24): a PDU longer than the maximum we announced
+is refused from its header, before any of it is read; a command set, the only thing collected in
+memory across fragments, may not grow past :data:`connector.ingest.dimse.MAX_COMMAND_SET`; an
+A-ASSOCIATE-RQ past :data:`connector.ingest.negotiation.MAX_REQUEST_PDU`. Each of these is an
+A-ABORT and a log line naming the limit, never the bytes.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from pathlib import Path
 
 from connector.ingest import dimse, pdu
 from connector.ingest.file_meta import part10_head
-from connector.ingest.negotiation import MAX_REQUEST_PDU, Admission, RequestError, negotiate
+from connector.ingest.negotiation import MAX_REQUEST_PDU, Admission, Offer, RequestError, negotiate
 from connector.store.durable import start_writeback
 
 log = logging.getLogger(__name__)
@@ -71,7 +77,7 @@ NewPart = Callable[[], tuple[Path, int]]  # an open, empty file under spool/part
 @dataclass(frozen=True)
 class AssociationSettings:
     network_timeout: float
-    acse_timeout: float = 30.0
+    artim_timeout: float = 5.0  # per read until the A-ASSOCIATE-RQ is in (the watchdog bounds the whole)
     early_writeback: bool = True  # start writing each chunk to disk at once (when objects are fsync'd)
 
 
@@ -146,21 +152,23 @@ class Association:
     """Serves one connection; :meth:`run` returns when it is released, aborted or dropped."""
 
     def __init__(self, sock: socket.socket, address: str, settings: AssociationSettings, admission: Admission,
-                 on_store: StoreCallback, new_part: NewPart, *, is_busy: Callable[[], bool] = lambda: False) -> None:
+                 offer: Offer, on_store: StoreCallback, new_part: NewPart, *,
+                 claim_slot: Callable[[], bool] = lambda: True) -> None:
         self.stream = pdu.PduStream(sock)
         self.address = address
         self.settings = settings
         self.admission = admission
+        self.offer = offer
         self.on_store = on_store
         self.new_part = new_part
-        self.is_busy = is_busy
+        self.claim_slot = claim_slot
         self.calling_aet = ""
         self.established = False
         self.contexts: dict[int, tuple[str, str]] = {}
         self._command = bytearray()
         self._command_context: int | None = None
         self._incoming: _Incoming | None = None
-        self._buffer = bytearray(_CHUNK)
+        self._buffer: bytearray | None = None  # allocated at the first dataset: pending connections stay small
         self._send_lock = threading.Lock()
         self._closed = False
 
@@ -168,7 +176,7 @@ class Association:
 
     def run(self) -> None:
         try:
-            self.stream.sock.settimeout(self.settings.acse_timeout)
+            self.stream.sock.settimeout(self.settings.artim_timeout)
             if not self._associate():
                 return
             self.stream.sock.settimeout(self.settings.network_timeout)
@@ -229,11 +237,13 @@ class Association:
         if header is None:
             return False  # a port probe: connected and left
         pdu_type, length = header
-        if pdu_type != pdu.A_ASSOCIATE_RQ or length > MAX_REQUEST_PDU:
+        if pdu_type != pdu.A_ASSOCIATE_RQ:
             raise ProtocolError("expected A-ASSOCIATE-RQ")
+        if length > MAX_REQUEST_PDU:
+            raise ProtocolError(f"A-ASSOCIATE-RQ longer than {MAX_REQUEST_PDU} bytes", pdu.REASON_INVALID_PARAMETER)
         raw = pdu.encode_pdu(pdu_type, self.stream.read_exact(length))
         try:
-            outcome = negotiate(raw, self.address, self.admission, busy=self.is_busy())
+            outcome = negotiate(raw, self.address, self.admission, self.offer, claim_slot=self.claim_slot)
         except RequestError as exc:
             raise ProtocolError(f"undecodable A-ASSOCIATE-RQ ({exc})") from None
         self.calling_aet = outcome.calling_aet
@@ -254,6 +264,9 @@ class Association:
             if header is None:
                 raise pdu.PeerClosed("connection closed without release")
             pdu_type, length = header
+            if length > self.offer.max_pdu_length:  # refused from the header: not a byte of it is read
+                raise ProtocolError(f"PDU longer than the maximum announced ({self.offer.max_pdu_length} bytes)",
+                                    pdu.REASON_INVALID_PARAMETER)
             if pdu_type == pdu.P_DATA_TF:
                 self._p_data(length)
             elif pdu_type == pdu.A_RELEASE_RQ:
@@ -292,6 +305,8 @@ class Association:
             raise ProtocolError("command fragment inside a dataset")
         if self._command_context not in (None, context_id):
             raise ProtocolError("command fragments on two presentation contexts")
+        if len(self._command) + size > dimse.MAX_COMMAND_SET:  # checked before reading: nothing piles up
+            raise ProtocolError(f"command set longer than {dimse.MAX_COMMAND_SET} bytes", pdu.REASON_INVALID_PARAMETER)
         self._command_context = context_id
         self._command += self.stream.read_exact(size)
         if last:
@@ -316,6 +331,8 @@ class Association:
         incoming = self._incoming
         if incoming is None or context_id != incoming.context_id:
             raise ProtocolError("dataset fragment without a C-STORE request on its context")
+        if self._buffer is None:
+            self._buffer = bytearray(_CHUNK)
         view = memoryview(self._buffer)
         while size > 0:
             n = min(size, len(view))

@@ -22,6 +22,11 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700  # the sender should retry later
 STATUS_CANNOT_UNDERSTAND = 0xC210  # the object is unusable; it is kept in quarantine
 
+# The receiver collects a command set in memory until its last fragment: cap it. The largest it
+# takes (C-STORE-RQ) is under 300 bytes; 64 KiB leaves room for any optional element, and a peer
+# sending more is not a DICOM sender (issue 24: one endless command fragment grew a receiver by GBs).
+MAX_COMMAND_SET = 64 * 1024
+
 _AFFECTED_SOP_CLASS = 0x00000002
 _COMMAND_FIELD = 0x00000100
 _MESSAGE_ID = 0x00000110

@@ -1,18 +1,26 @@
 """C-STORE / C-ECHO SCP: the PACS-facing door of the connector.
 
 Decisions, and why:
-- Every storage SOP class with every transfer syntax is accepted (pynetdicom's unrestricted-storage
-  negotiation); compressed data is stored as received (decoding is later stages' business, and
-  re-encoding would alter what we received).
-- One thread per association runs the DIMSE loop in :mod:`connector.ingest.association`: datasets
-  stream from the socket to a file under ``spool/partial`` (a 1 GB object never sits in memory),
-  then :meth:`StoreSCP._on_store` runs the durability protocol of :mod:`connector.ingest.intake` and
-  only then answers 0x0000.
+- Every standard storage SOP class (and those in ``extra_storage_sop_classes``) is accepted with
+  the first transfer syntax proposed; any other abstract syntax is refused for its presentation
+  context (:mod:`connector.ingest.negotiation`). Compressed data is stored as received (decoding
+  is later stages' business, and re-encoding would alter what we received).
+- A worker thread per connection runs the DIMSE loop in :mod:`connector.ingest.association`:
+  datasets stream from the socket to a file under ``spool/partial`` (a 1 GB object never sits in
+  memory), then :meth:`StoreSCP._on_store` runs the durability protocol of
+  :mod:`connector.ingest.intake` and only then answers 0x0000. The workers come from a pool of at
+  most ``max_associations + max_pending_connections`` threads (:mod:`connector.ingest.worker_pool`).
+- Capacity is counted by :mod:`connector.ingest.connection_limits` (issue 24): a connection is
+  pending (capped in total and per source, closed after the ARTIM timeout) until its A-ASSOCIATE-RQ
+  passes the allow-lists; only then does it take an association place, so a host that is not
+  allowed cannot lock the PACS out with idle connections. Over a cap, a connection is closed at
+  accept, before a thread is spent on it.
 - Callers are filtered at association time: a calling AE title or IP address that is not on the
   allow-list gets an A-ASSOCIATE-RJ, never an accepted association whose data is thrown away.
 - TCP_NODELAY on every accepted socket: without it each C-STORE response waits ~40 ms on
   Nagle's algorithm and delayed ACKs.
-- TLS handshakes run in the association's own thread, so a stalled client never blocks accepting.
+- TLS handshakes run on the connection's worker thread, within the ARTIM timeout, so a stalled
+  client never blocks accepting nor holds a worker for long.
 """
 
 from __future__ import annotations
@@ -29,9 +37,11 @@ from pydicom import config as pydicom_config
 
 from connector.config import DicomConfig
 from connector.ingest.association import Association, AssociationSettings, ReceivedObject
+from connector.ingest.connection_limits import ConnectionLimits, Limits, Ticket
 from connector.ingest.dimse import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS
 from connector.ingest.intake import DiskFull, Intake, UnreadableObject, header_from_head
-from connector.ingest.negotiation import Admission
+from connector.ingest.negotiation import Admission, Offer
+from connector.ingest.worker_pool import WorkerPool
 from connector.store.spare_files import SpareFiles
 
 log = logging.getLogger(__name__)
@@ -46,19 +56,18 @@ def configure_receiver_process() -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
-class _Server(socketserver.ThreadingTCPServer):
-    """TCP acceptor: one daemon thread per connection, TCP_NODELAY, optional SO_REUSEPORT."""
+class _Server(socketserver.TCPServer):
+    """TCP acceptor: TCP_NODELAY, optional SO_REUSEPORT; each connection goes to :meth:`StoreSCP.dispatch`."""
 
-    daemon_threads = True
-    block_on_close = False
     allow_reuse_address = True
+    request_queue_size = 128  # a burst of connections waits in the kernel, not refused there
 
     def __init__(self, address: tuple[str, int], scp: StoreSCP, *, reuse_port: bool) -> None:
         self.scp = scp
         self.reuse_port = reuse_port
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        super().__init__(address, _Connection)
+        super().__init__(address, socketserver.BaseRequestHandler)
 
     def server_bind(self) -> None:
         if self.reuse_port:  # several receiver processes share the port; the kernel balances them
@@ -70,12 +79,9 @@ class _Server(socketserver.ThreadingTCPServer):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, address
 
-
-class _Connection(socketserver.BaseRequestHandler):
-    server: _Server
-
-    def handle(self) -> None:
-        self.server.scp.serve_connection(self.request, str(self.client_address[0]))
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.scp.dispatch(request, str(client_address[0])):
+            request.close()  # over a cap: closed before anything is read or a thread is spent
 
 
 def tls_context(cfg: DicomConfig) -> ssl.SSLContext | None:
@@ -97,7 +103,15 @@ class StoreSCP:
         self.intake = intake
         self.reuse_port = reuse_port
         self.admission = Admission(cfg.allowed_ae_titles, cfg.allowed_hosts)
-        self.settings = AssociationSettings(network_timeout=cfg.network_timeout, early_writeback=intake.fsync)
+        self.offer = Offer(max_pdu_length=cfg.max_pdu_length,
+                           extra_storage_classes=frozenset(cfg.extra_storage_sop_classes))
+        self.settings = AssociationSettings(network_timeout=cfg.network_timeout,
+                                            artim_timeout=cfg.artim_timeout_seconds, early_writeback=intake.fsync)
+        self.limits = ConnectionLimits(
+            Limits(max_associations=cfg.max_associations, max_pending=cfg.max_pending_connections,
+                   max_pending_per_host=cfg.max_pending_per_host, artim_timeout=cfg.artim_timeout_seconds),
+            is_known=self.admission.host_allowed if self.admission.networks else None)
+        self._pool: WorkerPool | None = None
         self._spares: SpareFiles | None = None
         self._tls = tls_context(cfg)
         self._server: _Server | None = None
@@ -116,6 +130,8 @@ class StoreSCP:
     def start(self) -> None:
         self._spares = SpareFiles(self.intake.partial_dir)
         server = _Server((self.cfg.host, self.cfg.port), self, reuse_port=self.reuse_port)
+        self._pool = WorkerPool(self.limits.limits.max_connections, name="scp-conn")
+        self.limits.start()
         thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="scp-acceptor", daemon=True)
         thread.start()
         self._server = server
@@ -131,11 +147,15 @@ class StoreSCP:
         server.server_close()  # and the listening socket
         deadline = time.monotonic() + drain_seconds
         # Established associations may be mid-transfer: let them finish. Connections that never
-        # sent an A-ASSOCIATE-RQ (port probes) have nothing to lose and are dropped at once.
+        # sent an A-ASSOCIATE-RQ (port probes, TLS handshakes) have nothing to lose: dropped at once.
+        self.limits.drop_pending()
         while any(a.established for a in self._snapshot()) and time.monotonic() < deadline:
             time.sleep(0.05)
         for assoc in self._snapshot():
             assoc.abort()  # still sending after the drain period: the sender retries later
+        self.limits.stop()
+        if self._pool is not None:
+            self._pool.close()
         self._server = None
         if self._spares is not None:
             self._spares.close()
@@ -147,20 +167,40 @@ class StoreSCP:
 
     # -- connections ---------------------------------------------------------------------------
 
-    def serve_connection(self, sock: socket.socket, address: str) -> None:
-        """Run one connection to its end (called in the connection's own thread)."""
+    def dispatch(self, sock: socket.socket, address: str) -> bool:
+        """Take a just-accepted connection if the limits allow (acceptor thread); False: close it."""
+        ticket = self.limits.open(sock, address)
+        if ticket is None:
+            return False
+        try:
+            assert self._pool is not None
+            self._pool.submit(lambda: self.serve_connection(sock, address, ticket))
+        except RuntimeError:  # the pool is closing, or no thread could be started
+            self.limits.release(ticket)
+            return False
+        return True
+
+    def serve_connection(self, sock: socket.socket, address: str, ticket: Ticket) -> None:
+        """Run one connection to its end (on a worker thread), then give its place back."""
+        try:
+            self._serve(sock, address, ticket)
+        finally:
+            self.limits.release(ticket)
+
+    def _serve(self, sock: socket.socket, address: str, ticket: Ticket) -> None:
         if self._tls is not None:
             try:
-                sock.settimeout(self.settings.acse_timeout)
+                sock.settimeout(self.settings.artim_timeout)
                 sock = self._tls.wrap_socket(sock, server_side=True)
             except (OSError, ssl.SSLError) as exc:
-                log.warning("TLS handshake failed", extra={"event": "tls_handshake_failed", "peer": address,
-                                                           "error": type(exc).__name__})
+                if not ticket.expired:  # an expiry was logged by the ARTIM watchdog
+                    log.warning("TLS handshake failed", extra={"event": "tls_handshake_failed", "peer": address,
+                                                               "error": type(exc).__name__})
                 sock.close()
                 return
         assert self._spares is not None
-        assoc = Association(sock, address, self.settings, self.admission, self._on_store, self._spares.take,
-                            is_busy=self._busy)
+        assoc = Association(sock, address, self.settings, self.admission, self.offer, self._on_store,
+                            self._spares.take, claim_slot=lambda: self.limits.associate(ticket))
         with self._active_lock:
             self._active.add(assoc)
         try:
@@ -168,10 +208,6 @@ class StoreSCP:
         finally:
             with self._active_lock:
                 self._active.discard(assoc)
-
-    def _busy(self) -> bool:
-        with self._active_lock:  # this association counts itself, as pynetdicom did
-            return len(self._active) > self.cfg.max_associations
 
     # -- C-STORE ---------------------------------------------------------------------------------
 

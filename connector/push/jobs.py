@@ -29,7 +29,7 @@ from urllib.parse import quote
 import httpx
 
 from connector.outbox import FAILED, Item, Job, parse_retry_after
-from connector.push.client import RegistryClient
+from connector.push.client import RegistryClient, ResponseRefused
 from connector.push.settings import RegistryConfig
 from connector.push.stow import (
     CHUNK,
@@ -128,6 +128,8 @@ class JobRunner:
             return Outcome("fail", None, f"unknown-kind:{job.kind}")
         except UploadAborted:
             return Outcome("release", error="stopping", count_attempt=False)
+        except ResponseRefused as exc:  # an answer not read (too long, compressed): the job fails, quarantined
+            return Outcome("fail", exc.status, str(exc))
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             return Outcome("down", error=f"network:{type(exc).__name__}", count_attempt=False)
         except httpx.TransportError as exc:  # reset, timeout or protocol error mid-request

@@ -41,7 +41,7 @@ from urllib.parse import quote
 import httpx
 
 from connector.outbox import Outbox
-from connector.push.client import RegistryClient
+from connector.push.client import RegistryClient, ResponseRefused
 from connector.push.queueing import DESTINATION, make_batches, read_outgoing
 from connector.store.durable import write_file_durably
 from connector.store.state import StateStore
@@ -134,7 +134,10 @@ class RegistryReader:
     def __init__(self, config: Config, client: RegistryClient | None = None) -> None:
         self.cfg = config.registry
         self._own = client is None
-        self.client = client or RegistryClient(self.cfg, connections=WORKERS)
+        # a series' instance list is longer than an upload's answer: its own, documented bound
+        self.client = client or RegistryClient(self.cfg, connections=WORKERS,
+                                               max_response_bytes=self.cfg.reconcile_max_response_bytes,
+                                               limit_key="reconcile_max_response_bytes")
 
     def close(self) -> None:
         if self._own:
@@ -147,6 +150,8 @@ class RegistryReader:
             raise RegistryUnreachable(f"network:{type(exc).__name__}") from None
         except httpx.TransportError as exc:
             raise ReconcileError(f"network:{type(exc).__name__}") from None
+        except ResponseRefused as exc:  # too long (reconcile_max_response_bytes) or compressed: not read
+            raise ReconcileError(str(exc)) from None
         if resp.status_code in (401, 403):
             self.client.reload_token()
             raise ReconcileError(f"http-{resp.status_code}: the registry refused the credentials")

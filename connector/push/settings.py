@@ -24,6 +24,10 @@ from pathlib import Path
 from connector.config_fields import check, setting
 
 DEV_REGISTRY_URL = "http://127.0.0.1:8042"
+# Bounds on what is read of a registry's answer (issue 24): far above what a conforming registry sends
+# (a STOW-RS answer for a 50-instance batch is about 20 kB; a QIDO-RS list of 5,000 instances about 10 MB).
+MAX_RESPONSE_BYTES = 1024**2
+RECONCILE_MAX_RESPONSE_BYTES = 32 * 1024**2
 TOKEN_ENV = "SITE_CONNECTOR_REGISTRY_TOKEN"
 COMPRESSIONS = ("none", "gzip")
 _WINDOW_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
@@ -127,6 +131,18 @@ class RegistryConfig:
                                             doc="the scheduled reconciliation also checks verified studies again "
                                                 "once they were verified this many days ago (a registry can lose "
                                                 "data later); 0 = never")
+    max_response_bytes: int = setting(MAX_RESPONSE_BYTES, check(lambda v: 64 * 1024 <= v <= 1024**3,
+                                                                 "must be between 65536 and 1073741824"),
+                                      doc="longest registry answer read to an upload or a JSON API request; "
+                                          "a longer one is not read and the job fails with response-too-large "
+                                          "(a STOW-RS answer takes about 450 bytes per instance: raise this "
+                                          "with batch_max_instances above 2000)")
+    reconcile_max_response_bytes: int = setting(RECONCILE_MAX_RESPONSE_BYTES,
+                                                check(lambda v: 64 * 1024 <= v <= 1024**3,
+                                                      "must be between 65536 and 1073741824"),
+                                                doc="longest registry answer read while reconciling (a QIDO-RS "
+                                                    "instance list of one series, a stored manifest); a longer "
+                                                    "one is not read and the study's reconciliation fails")
 
     # -- derived values ------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ def write_file_durably(path: Path, data: bytes, *, mode: int = 0o600, sync: bool
     tmp = path.with_name(path.name + PART_SUFFIX)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        os.fchmod(fd, mode)  # exactly ``mode``: neither the process umask nor a leftover .part widens or narrows it
         view = memoryview(data)
         while view:
             written = os.write(fd, view)

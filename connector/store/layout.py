@@ -8,6 +8,9 @@
     <data_dir>/logs/               JSON log files when file logging is on
     <data_dir>/results/<study>/    local CAC artefacts (scored-calcium maps for the study page; never pushed)
     <key_dir>                      key files (default <data_dir>/keys)
+
+Every file under these is the service user's alone (0600, folders 0700): the daemon and the
+commands that write data run with :data:`PRIVATE_UMASK`, whatever umask they were started with.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from pathlib import Path
 from connector.config import Config
 
 SHARDS = 256  # incoming/<2 hex digits>/ keeps directories small for months of data
+# Owner-only files and folders. Set once per process rather than per file: SQLite (state.db, -wal,
+# -shm), numpy, shutil and logging create files with the umask and no mode of their own.
+PRIVATE_UMASK = 0o077
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,12 @@ class SiteLayout:
     @classmethod
     def from_config(cls, config: Config) -> SiteLayout:
         return cls(config.storage.data_dir, config.key_dir)
+
+    @classmethod
+    def of_quarantine(cls, quarantine_dir: Path) -> SiteLayout:
+        """The layout a quarantine folder belongs to, for code handed only that folder. Its key
+        folder cannot be known from it: the default one is assumed (do not use it for keys)."""
+        return cls(quarantine_dir.parent, quarantine_dir.parent / "keys")
 
     @property
     def state_db(self) -> Path:
@@ -74,7 +86,7 @@ class SiteLayout:
     def ensure(self) -> None:
         """Create the folders with owner-only permissions (PHI lives here)."""
         for folder in (self.data_dir, self.state_db.parent, self.spool, self.partial, self.incoming, self.outgoing,
-                       self.quarantine, self.logs, self.key_dir):
+                       self.quarantine, self.logs, self.results, self.key_dir):
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             if folder.stat().st_mode & 0o077:
                 os.chmod(folder, 0o700)

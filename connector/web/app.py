@@ -1,4 +1,4 @@
-"""The dashboard as a Flask application: sign-in, sessions, CSRF, security headers and errors.
+"""The dashboard as a Flask application: sign-in, sessions, CSRF, permissions, security headers, errors.
 
 Why Flask: the dashboard grows (roles, identifier search, study pages with pictures, backfill),
 and hand-written request parsing, cookies and string-built HTML is where web security bugs come
@@ -6,28 +6,37 @@ from. Flask gives the request parsing (werkzeug), a signed session cookie (itsda
 templates that escape every value; Flask-WTF's ``CSRFProtect`` checks the token of every POST.
 The app is served by waitress (:mod:`connector.web.server`), inside the supervisor process.
 
-``/healthz``, ``/metrics`` and ``/static`` need no login (counts only; monitoring must reach
-them); every other page needs a session, and every POST (sign-in included) a CSRF token. The
-order of the checks on a request is: signed in (else 303 to ``/login``), body size, CSRF token
-(else 403), then the page.
+Every view declares who may call it (:mod:`connector.web.permissions`): ``/healthz``, ``/metrics``,
+``/static`` and the sign-in form are public (counts only; monitoring must reach them); every other
+page needs a session and one of the roles it names, and a view that declares nothing is refused.
+The order of the checks on a request is: signed in (else 303 to ``/login``), role (else 403), body
+size, CSRF token (else 403), then the page.
+
+Sign-in attempts are slowed per (user name, source address) pair (:class:`LoginThrottle`), and each
+failure is logged with the user name (when it is a user's: a password typed into the name field
+stays out of the log) and the source address. Over HTTPS (the server's own TLS, or a trusted proxy
+that says so) the session cookie is ``Secure`` and responses carry HSTS.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, g, redirect, request, session
+from flask import Flask, Response, abort, current_app, g, redirect, request, session
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
-from connector.web import backfill_page, search, views
+from connector.web import backfill_page, permissions, search, views
 from connector.web.format import FILTERS
+from connector.web.linkage_access import source_address
+from connector.web.permissions import PUBLIC, STAFF, allow, public
 from connector.web.rendering import CSRF_FIELD, csrf_field, message, page, site
-from connector.web.users import UserError
+from connector.web.users import NAME_RE, UserError
 
 if TYPE_CHECKING:
     from connector.web.server import WebServer
@@ -36,7 +45,6 @@ log = logging.getLogger(__name__)
 
 FORM_LIMIT = 64 * 1024
 SESSION_COOKIE = "sc_session"
-PUBLIC_ENDPOINTS = {"health.healthz", "health.metrics", "static", "health.favicon", "login", "login_post"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'",
@@ -56,10 +64,15 @@ class _App(Flask):
 
 
 class _SessionInterface(SecureCookieSessionInterface):
-    """Flask's signed cookie session, marked Secure when the reverse proxy says the browser used HTTPS."""
+    """Flask's signed cookie session, marked Secure when the browser used HTTPS.
+
+    ``request.is_secure`` is the WSGI scheme: https with the server's own TLS, or when a trusted
+    proxy's ``X-Forwarded-Proto`` said so (:mod:`connector.web.proxies`; from anyone else the
+    header is dropped before the app sees it).
+    """
 
     def get_cookie_secure(self, app: Flask) -> bool:  # type: ignore[override]
-        return request.is_secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
+        return request.is_secure
 
 
 def create_app(web: WebServer) -> Flask:
@@ -75,6 +88,10 @@ def create_app(web: WebServer) -> Flask:
         WTF_CSRF_FIELD_NAME=CSRF_FIELD,
         WTF_CSRF_CHECK_DEFAULT=False,  # checked in _guard, after the sign-in check
         WTF_CSRF_TIME_LIMIT=None,  # a form is good as long as its session
+        # Flask-WTF's HTTPS-only Referer check needs a Referer (the pages send none: no-referrer)
+        # and the Host the browser used (a proxy may rewrite it), so every POST over HTTPS would fail.
+        # The token is bound to the signed session, whose cookie is SameSite=Strict and Secure there.
+        WTF_CSRF_SSL_STRICT=False,
         MAX_CONTENT_LENGTH=web.config.http.max_upload_bytes + FORM_LIMIT,
         SEND_FILE_MAX_AGE_DEFAULT=3600,
         TRAP_HTTP_EXCEPTIONS=False,
@@ -85,11 +102,12 @@ def create_app(web: WebServer) -> Flask:
     app.jinja_env.globals["csrf_field"] = csrf_field
     csrf.init_app(app)
 
+    app.view_functions["static"] = _static
     app.register_blueprint(views.health_bp)
     app.before_request(_guard)
-    app.add_url_rule("/login", "login", _login_form, methods=["GET"])
-    app.add_url_rule("/login", "login_post", _login, methods=["POST"])
-    app.add_url_rule("/logout", "logout", _logout, methods=["POST"])
+    app.add_url_rule("/login", "login", public(_login_form_page), methods=["GET"])
+    app.add_url_rule("/login", "login_post", public(_login), methods=["POST"])
+    app.add_url_rule("/logout", "logout", allow(*STAFF)(_logout), methods=["POST"])
     app.register_blueprint(views.dashboard_bp)
     app.register_blueprint(search.search_bp)
     app.register_blueprint(backfill_page.backfill_bp)
@@ -97,25 +115,47 @@ def create_app(web: WebServer) -> Flask:
     app.register_error_handler(CSRFError, _csrf_failed)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _internal_error)
+    permissions.freeze(app)
     return app
 
 
 # -- request checks -----------------------------------------------------------------------------
 
 
+@public
+def _static(filename: str) -> Response:
+    """Flask's static files (the stylesheet), declared public like every other view."""
+    return current_app.send_static_file(filename)
+
+
 def _guard() -> Any:
-    """Sign-in, body size and CSRF, before any page runs."""
-    endpoint = request.endpoint or ""
-    if endpoint not in PUBLIC_ENDPOINTS:
+    """Sign-in, the view's declared roles, body size and CSRF, before any page runs."""
+    permission = None if request.routing_exception is not None else \
+        permissions.required(current_app, request.endpoint or "")
+    if permission != PUBLIC:
         user = _signed_in_user()
         if user is None:
             return redirect("/login", code=303)
         g.user, g.role = user
+        if request.routing_exception is None and (permission is None or g.role not in permission):
+            _refuse(permission)
     if request.method == "POST":
         if request.path != "/followup/preview":
             request.max_content_length = FORM_LIMIT
         csrf.protect()
     return None
+
+
+def _refuse(permission: frozenset[str] | str | None) -> None:
+    """403 for a role the view does not allow, or a view that declares nothing (fail closed)."""
+    log.warning("dashboard request refused", extra={"event": "http_forbidden", "user": g.user, "role": g.role,
+                                                    "endpoint": request.endpoint, "source": source_address(),
+                                                    "declared": permission is not None})
+    if permission is None:
+        abort(403, description="This page declares no permission, so nobody may use it.")
+    roles = " or ".join(sorted(permission))
+    abort(403, description=f"This is for users with the {roles} role (site-connector users role NAME {roles}); "
+                           f"you are signed in with the {g.role} role.")
 
 
 def _signed_in_user() -> tuple[str, str] | None:
@@ -132,6 +172,9 @@ def _signed_in_user() -> tuple[str, str] | None:
 def _headers(response: Response) -> Response:
     for k, v in SECURITY_HEADERS.items():
         response.headers.setdefault(k, v)
+    hsts = site().config.http.hsts_seconds
+    if request.is_secure and hsts > 0:  # over plain HTTP the header means nothing (and may not be sent)
+        response.headers["Strict-Transport-Security"] = f"max-age={hsts}"
     if request.endpoint != "static":
         response.headers["Cache-Control"] = "no-store"
     log.debug("http", extra={"event": "http_request", "method": request.method, "path": request.path,
@@ -146,36 +189,51 @@ def _login_form(error: str = "", status: int = 200) -> tuple[str, int]:
     return page("login.html", "Sign in", status=status, error=error)
 
 
+def _login_form_page() -> tuple[str, int]:
+    return _login_form()
+
+
 def _login() -> Any:
     web = site()
     name, password = request.form.get("username", "").strip(), request.form.get("password", "")
-    client = f"ip:{request.remote_addr}"
-    user_key = f"user:{name.lower()}"
-    if web.throttle.blocked(client, user_key):
-        log.warning("login throttled", extra={"event": "login_throttled"})
-        return _login_form("Too many failed attempts. Wait a few minutes and try again.", 429)
+    source = source_address()
+    wait = web.throttle.attempt(name, source)
+    if wait > 0:
+        seconds = math.ceil(wait)
+        log.warning("login throttled", extra={"event": "login_throttled", "user": _loggable_name(name),
+                                              "source": source, "retry_after_s": round(wait, 3)})
+        body, status = _login_form(f"Too many failed attempts for this user name from this address. "
+                                   f"Wait {seconds} second{'s' if seconds != 1 else ''} and try again.", 429)
+        return body, status, {"Retry-After": str(seconds)}
     try:
         ok = web.users.verify(name, password)
     except UserError:
+        web.throttle.release(name, source)
         return _login_form("The users file is damaged; ask IT to check the service log.", 500)
     if not ok:
-        web.throttle.failed(client, user_key)
-        log.warning("login failed", extra={"event": "login_failed"})
+        failures, delay = web.throttle.failed(name, source)
+        log.warning("login failed", extra={"event": "login_failed", "user": _loggable_name(name), "source": source,
+                                           "failures": failures, "next_attempt_in_s": round(delay, 3)})
         return _login_form("Wrong user name or password.", 401)
-    web.throttle.succeeded(client, user_key)
+    web.throttle.succeeded(name, source)
     session.clear()  # a fresh session (and CSRF token) at sign-in: no fixation
     session.permanent = True
     session["user"] = name
     session["sid"] = secrets.token_urlsafe(16)
-    log.info("login", extra={"event": "login", "user": name})
+    log.info("login", extra={"event": "login", "user": name, "source": source})
     return redirect("/", code=303)
+
+
+def _loggable_name(name: str) -> str:
+    """The typed name when it is a user's; otherwise a placeholder (it may be a password typed there)."""
+    return name if NAME_RE.match(name) and site().users.role(name) is not None else "(not a user)"
 
 
 def _logout() -> Any:
     sid = session.get("sid")
     if isinstance(sid, str):
         site().revoked.revoke(sid)
-    log.info("logout", extra={"event": "logout", "user": g.get("user")})
+    log.info("logout", extra={"event": "logout", "user": g.get("user"), "source": source_address()})
     session.clear()
     return redirect("/login", code=303)
 

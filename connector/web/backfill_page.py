@@ -13,6 +13,7 @@ from flask import Blueprint, Response, flash, g, redirect
 
 from connector.backfill.summary import job_summaries
 from connector.backfill.worklist import JobNotFound, Worklist
+from connector.web.permissions import STAFF, allow
 from connector.web.rendering import page, site
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ ACTIONS = ("pause", "resume", "cancel")
 
 
 @backfill_bp.get("/backfill")
+@allow(*STAFF)
 def backfill() -> Any:
     web = site()
     return page("backfill.html", "Backfill", "/backfill", jobs=job_summaries(web.store),
@@ -29,6 +31,7 @@ def backfill() -> Any:
 
 
 @backfill_bp.post("/backfill/<int:job>/<action>")
+@allow(*STAFF)
 def backfill_action(job: int, action: str) -> Response:
     if action not in ACTIONS:
         flash("Unknown action.", "error")

@@ -21,6 +21,7 @@ from typing import Any
 
 from connector.ingest.intake import DiskFull, Intake, UnreadableObject
 from connector.store.durable import fsync_dir
+from connector.store.quarantine import purge_entry
 from connector.store.state import PROCESSING, RECEIVING, STABLE, StateStore
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,7 @@ def _find(quarantine_dir: Path, entry_id: str) -> tuple[Path, Path, dict[str, An
 def purge(quarantine_dir: Path, entry_id: str, *, user: str) -> None:
     """Delete an entry for good (reason file first, so a listing never shows an entry without data)."""
     data_path, meta_path, meta = _find(quarantine_dir, entry_id)
-    meta_path.unlink(missing_ok=True)
-    data_path.unlink(missing_ok=True)
-    fsync_dir(meta_path.parent)
+    purge_entry(data_path, meta_path)  # and every other copy of the object: spool original, its row, results
     log.info("quarantine entry purged", extra={"event": "quarantine_purged", "entry": entry_id,
                                                 "stage": meta_path.parent.name, "reason": meta.get("reason"),
                                                 "user": user})

@@ -5,7 +5,9 @@ The identifiers typed in are resolved through the linkage table, never through t
 accession number by decrypting the stored accession numbers of the linked studies. That gives the
 pseudonym, whose de-identified study UIDs (kept in clear in the linkage table) lead to the site's
 study keys through ``study_outputs``. Every search, found or not, is written to the linkage audit
-log with the user's name (never the identifier); results are shown only once that entry is written.
+log with the user's name and source address (never the identifier; see
+:mod:`connector.web.linkage_access`); results are shown only once that entry is written. Every
+route here is declared for coordinators only (:mod:`connector.web.permissions`).
 
 The form is a POST so that no identifier reaches a URL, a proxy log or the browser history.
 """
@@ -17,21 +19,15 @@ from typing import Any
 
 from flask import Blueprint, abort, flash, g, request
 
+from connector.web.linkage_access import for_request
+from connector.web.permissions import COORDINATORS, allow
 from connector.web.rendering import page, site
 from connector.web.study import study_keys_for_pseudonym
-from connector.web.users import COORDINATOR
 
 log = logging.getLogger(__name__)
 
 search_bp = Blueprint("search", __name__)
 MAX_IDENTIFIER = 64
-
-
-def _coordinator_only() -> None:
-    if g.get("role") != COORDINATOR:
-        log.warning("identifier search refused", extra={"event": "web_search_refused", "user": g.get("user")})
-        abort(403, description="Searching by patient identifiers is for users with the coordinator role "
-                               "(site-connector users role NAME coordinator).")
 
 
 def _unavailable() -> str | None:
@@ -42,19 +38,19 @@ def _unavailable() -> str | None:
 
 
 @search_bp.get("/search")
+@allow(*COORDINATORS)
 def search_form() -> Any:
-    _coordinator_only()
     return page("search.html", "Find patient", "/search", unavailable=_unavailable(), results=None)
 
 
 @search_bp.post("/search")
+@allow(*COORDINATORS)
 def search() -> Any:
-    _coordinator_only()
     why_not = _unavailable()
     if why_not:
         return page("search.html", "Find patient", "/search", unavailable=why_not, results=None)
     web = site()
-    provider = web.provider
+    provider = for_request(web.provider)
     kind = request.form.get("by", "patient")
     patient_id = request.form.get("patient_id", "").strip()[:MAX_IDENTIFIER]
     issuer = request.form.get("issuer", "").strip()[:MAX_IDENTIFIER]
@@ -68,13 +64,13 @@ def search() -> Any:
             subject = provider.lookup_patient(patient_id, issuer, audit=False)
             pseudonyms = [subject.pseudonym] if subject is not None else []
             matched_uids: set[str] = set()
-            provider.audit("web.search.patient_id", user=g.user, with_issuer=bool(issuer),
+            provider.audit("web.search.patient_id", with_issuer=bool(issuer),
                            found=bool(pseudonyms), pseudonym=pseudonyms[0] if pseudonyms else None)
         else:
             found = provider.lookup_accession(accession, audit=False)
             pseudonyms = sorted({p for p, _ in found})
             matched_uids = {uid for _, uid in found}
-            provider.audit("web.search.accession", user=g.user, found=len(found),
+            provider.audit("web.search.accession", found=len(found),
                            pseudonym=",".join(pseudonyms) or None)
     except Exception as exc:  # the audit log or the table failed: show nothing
         log.error("identifier search failed", extra={"event": "web_search_failed", "user": g.user,
@@ -100,6 +96,7 @@ def search() -> Any:
 
 
 @search_bp.post("/studies/<key>/identifiers")
+@allow(*COORDINATORS)
 def show_identifiers(key: str) -> Any:
     """The patient's identifiers on this study's page, once, for a coordinator; audited before reading.
 
@@ -108,7 +105,6 @@ def show_identifiers(key: str) -> Any:
     from connector.web import cac_picture
     from connector.web.study import KEY_RE, study_view
 
-    _coordinator_only()
     web = site()
     view = study_view(web.store, web.layout, key, web.quarantine_index) if KEY_RE.match(key) else None
     if view is None:
@@ -119,10 +115,8 @@ def show_identifiers(key: str) -> Any:
     if why_not or not view["pseudonym"]:
         flash(why_not or "This study has no pseudonym yet (not de-identified and queued).", "error")
         return page("study.html", f"Study {key}", "/studies", **values)
-    provider = web.provider
     try:
-        provider.audit("web.show_identifiers", user=g.user, study=key, pseudonym=view["pseudonym"])
-        subject = provider.store.find_by_pseudonym(view["pseudonym"])
+        subject = for_request(web.provider).identifiers_of(view["pseudonym"], study=key)
     except Exception as exc:
         log.error("identifier display failed", extra={"event": "web_identifiers_failed", "user": g.user,
                                                       "error": type(exc).__name__})

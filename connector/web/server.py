@@ -5,6 +5,11 @@ production WSGI server in pure Python, on a thread of the supervisor process. Wa
 requests from a fixed pool of threads, so the state DB, which keeps one connection per thread,
 sees a bounded number of connections however often monitoring scrapes.
 
+HTTPS: either a reverse proxy in front (named in ``[http] trusted_proxies``, whose
+``X-Forwarded-Proto`` then says the browser used HTTPS; :mod:`connector.web.proxies`), or the
+server's own TLS with ``[http] tls_cert`` / ``tls_key`` (:mod:`connector.web.tls`). Either way the
+app sees ``wsgi.url_scheme = https`` and marks the session cookie ``Secure`` and sends HSTS.
+
 Wiring (the daemon)::
 
     web = WebServer(config, store, layout, probes={"registry": reach.probe, "scp": scp_probe},
@@ -16,10 +21,12 @@ Wiring (the daemon)::
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +39,7 @@ from connector.config import Config
 from connector.ingest.intake import Intake
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
-from connector.web import metrics
+from connector.web import metrics, proxies, tls
 from connector.web.app import create_app
 from connector.web.auth import LoginThrottle, RevokedSessions
 from connector.web.health import HealthReport, Probe, check_disk, check_state_db, run_probe
@@ -87,7 +94,7 @@ class WebServer:
         self.wake = wake
         self.workers = workers
         self.users = UserFile(users_path(config))
-        self.throttle = LoginThrottle()
+        self.throttle = LoginThrottle(config.http.login_delay_seconds, config.http.login_max_delay_seconds)
         self.revoked = RevokedSessions(config.http.session_minutes * 60)
         self.quarantine_index = QuarantineIndex()
         self._intake = intake
@@ -104,19 +111,43 @@ class WebServer:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Bind the port (raises OSError when it is taken) and serve on a background thread."""
+        """Bind the port and serve on a background thread.
+
+        Raises OSError when the port is taken or the TLS certificate or key cannot be used (then
+        nothing listens: no silent fall-back to plain HTTP).
+        """
         http = self.config.http
         self._stopping.clear()
+        context = self._tls_context()
         sock = _bind(http.host, http.port)
+        if context is not None:
+            try:
+                sock = tls.listening_socket(sock, context)
+            except BaseException:
+                sock.close()
+                raise
         self._server = create_server(
-            self.app, sockets=[sock], threads=self.workers, ident="site-connector",
+            proxies.proxy_gate(self.app, http.trusted_proxies), sockets=[sock], threads=self.workers,
+            ident="site-connector", url_scheme="https" if context is not None else "http",
             channel_timeout=15,  # seconds a client may stay silent: idle sockets do not pile up
             connection_limit=200, asyncore_use_poll=True,  # poll(): no select() limit on descriptors
-            expose_tracebacks=False, log_socket_errors=False)
+            expose_tracebacks=False, log_socket_errors=False, **proxies.WAITRESS_OFF)
+        if context is not None:
+            self._server.channel_class = tls.TlsChannel
         self._thread = threading.Thread(target=self._serve, name="http-server", daemon=True)
         self._thread.start()
         self._clean_uploads(max_age=0)  # staging files of a previous run are never committed
-        log.info("http server listening", extra={"event": "http_listening", "host": http.host, "port": self.port})
+        log.info("http server listening", extra={"event": "http_listening", "host": http.host, "port": self.port,
+                                                  "tls": context is not None,
+                                                  "trusted_proxies": len(http.trusted_proxies)})
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        http = self.config.http
+        if http.tls_cert is None:
+            if http.tls_key is not None:
+                raise OSError(errno.EINVAL, "[http] tls_key is set without tls_cert")
+            return None
+        return tls.server_context(http.tls_cert, http.tls_key)
 
     def _serve(self) -> None:
         server = self._server
@@ -156,7 +187,8 @@ class WebServer:
     def url(self) -> str:
         host = self.config.http.host
         host = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
-        return f"http://{host}:{self.port}/"
+        scheme = "https" if self.config.http.tls_cert is not None else "http"
+        return f"{scheme}://{host}:{self.port}/"
 
     @property
     def intake(self) -> Intake:

@@ -1,13 +1,17 @@
 """Dashboard users: a small JSON file of names and scrypt password hashes.
 
-Each user has a role: ``it`` (runs the connector: pages, quarantine, outbox, follow-up upload) or
-``coordinator`` (the same, and may also find a patient's studies by MRN or accession number). A
-user written before roles existed reads as ``it``: identifier search is granted only when asked for.
+Each user has a role: ``it`` (runs the connector: pages, quarantine, outbox, backfill) or
+``coordinator`` (the same, and may also find a patient's studies by MRN or accession number and
+import follow-up files, whose preview resolves MRNs to pseudonyms). A user written before roles
+existed reads as ``it``: what resolves identifiers is granted only when asked for. Who may use
+which page is declared on each route (:mod:`connector.web.permissions`).
 
 Why a local file and not the hospital directory: the connector must work on an isolated server
 on day one; a site with LDAP can put a reverse proxy in front. The file is written atomically
 with mode 0600, and only hashes are stored (scrypt, a fresh salt per password, parameters stored
-with the hash so they can be raised later without breaking old entries).
+with the hash so they can be raised later without breaking old entries). A new password (``users
+add``, also with ``--replace``) must pass :mod:`connector.web.password_policy`: long enough, not
+one of the commonest passwords, not the user's name.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from connector.store.durable import write_file_durably
+from connector.web.password_policy import MAX_LENGTH as MAX_PASSWORD_LENGTH
+from connector.web.password_policy import MIN_LENGTH as MIN_PASSWORD_LENGTH
+from connector.web.password_policy import password_problem
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-MIN_PASSWORD_LENGTH = 10
-MAX_PASSWORD_LENGTH = 1024
 # scrypt N=2**15, r=8, p=1: 32 MiB and ~0.1 s per check, dear enough for an offline guesser.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 _MAXMEM = 64 * 1024**2
@@ -82,11 +87,11 @@ def validate_name(name: str) -> str:
     return name
 
 
-def validate_password(password: str) -> str:
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise UserError(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
-    if len(password) > MAX_PASSWORD_LENGTH:
-        raise UserError(f"password must be at most {MAX_PASSWORD_LENGTH} characters")
+def validate_password(password: str, name: str = "") -> str:
+    """The password, or UserError saying why it is refused (:mod:`connector.web.password_policy`)."""
+    problem = password_problem(password, name)
+    if problem:
+        raise UserError(problem)
     return password
 
 
@@ -152,7 +157,7 @@ class UserFile:
     def add(self, name: str, password: str, *, replace: bool = False, role: str | None = None) -> None:
         """Add a user (role ``it`` unless given); with ``replace``, a new password and, if given, role."""
         validate_name(name)
-        validate_password(password)
+        validate_password(password, name)
         if role is not None:
             validate_role(role)
         with self._lock:

@@ -21,7 +21,9 @@ from connector.store.state import STUDY_STATES
 from connector.web import cac_picture, integrations
 from connector.web import quarantine_actions as qa
 from connector.web.health import disk_free_bytes
+from connector.web.linkage_access import for_request
 from connector.web.metrics import CONTENT_TYPE
+from connector.web.permissions import COORDINATORS, STAFF, allow, public
 from connector.web.rendering import page, site
 from connector.web.study import KEY_RE, study_view
 
@@ -44,6 +46,7 @@ def _back(location: str) -> Response:
 
 
 @health_bp.get("/healthz")
+@public
 def healthz() -> Response:
     report = site().health()
     return Response(json.dumps(report.to_json(), sort_keys=True), 200 if report.ok else 503,
@@ -51,11 +54,13 @@ def healthz() -> Response:
 
 
 @health_bp.get("/metrics")
+@public
 def metrics() -> Response:
     return Response(site().metrics_text(), 200, content_type=CONTENT_TYPE)
 
 
 @health_bp.get("/favicon.ico")
+@public
 def favicon() -> Response:
     return Response(b"", 204, content_type="image/x-icon")
 
@@ -64,6 +69,7 @@ def favicon() -> Response:
 
 
 @dashboard_bp.get("/")
+@allow(*STAFF)
 def overview() -> Any:
     web = site()
     figures = integrations.outbox_figures(web.store)
@@ -80,6 +86,7 @@ def overview() -> Any:
 
 
 @dashboard_bp.get("/studies")
+@allow(*STAFF)
 def studies() -> Any:
     state = request.args.get("state", "")
     if state not in STUDY_STATES:
@@ -102,6 +109,7 @@ def studies() -> Any:
 
 
 @dashboard_bp.get("/studies/<key>")
+@allow(*STAFF)
 def study(key: str) -> Any:
     web = site()
     view = study_view(web.store, web.layout, key, web.quarantine_index) if KEY_RE.match(key) else None
@@ -112,6 +120,7 @@ def study(key: str) -> Any:
 
 
 @dashboard_bp.get("/studies/<key>/cac-<int:number>.png")
+@allow(*STAFF)
 def study_cac_picture(key: str, number: int) -> Response:
     """The picture of one scored series, drawn from its scored-calcium map at each request."""
     from connector.infer.scored_calcium import load_scored_calcium
@@ -130,11 +139,13 @@ def study_cac_picture(key: str, number: int) -> Response:
 
 
 @dashboard_bp.get("/quarantine")
+@allow(*STAFF)
 def quarantine() -> Any:
     return page("quarantine.html", "Quarantine", "/quarantine", entries=qa.list_entries(site().layout.quarantine))
 
 
 @dashboard_bp.get("/outbox")
+@allow(*STAFF)
 def outbox() -> Any:
     store = site().store
     return page("outbox.html", "Outbox", "/outbox", figures=integrations.outbox_figures(store),
@@ -142,16 +153,19 @@ def outbox() -> Any:
 
 
 @dashboard_bp.get("/followup")
+@allow(*STAFF)
 def followup() -> Any:
+    """The upload form for coordinators; role ``it`` is told who may import (the preview resolves MRNs)."""
     web = site()
     return page("followup.html", "Follow-up", "/followup", unavailable=integrations.followup_available(web.provider),
-                max_bytes=web.config.http.max_upload_bytes)
+                may_import=g.role in COORDINATORS, max_bytes=web.config.http.max_upload_bytes)
 
 
 # -- actions (POST, CSRF checked) -----------------------------------------------------------------
 
 
 @dashboard_bp.post("/quarantine/release")
+@allow(*STAFF)
 def quarantine_release() -> Response:
     web = site()
     try:
@@ -165,6 +179,7 @@ def quarantine_release() -> Response:
 
 
 @dashboard_bp.post("/quarantine/purge")
+@allow(*STAFF)
 def quarantine_purge() -> Response:
     if request.form.get("confirm") != "yes":
         flash("Tick 'delete for good' to purge an entry.", "error")
@@ -179,6 +194,7 @@ def quarantine_purge() -> Response:
 
 
 @dashboard_bp.post("/outbox/retry")
+@allow(*STAFF)
 def outbox_retry() -> Response:
     web = site()
     try:
@@ -190,6 +206,12 @@ def outbox_retry() -> Response:
         flash(f"{n} job(s) will be retried now.", "ok")
         web.notify("outbox")
     return _back("/outbox")
+
+
+def _linkage() -> Any:
+    """The provider for this user's import: its audit entry names the user and the source address."""
+    provider = site().provider
+    return None if provider is None else for_request(provider)
 
 
 def _staged(token: str) -> Path | None:
@@ -208,6 +230,7 @@ def _forget(token: str) -> None:
 
 
 @dashboard_bp.post("/followup/preview")
+@allow(*COORDINATORS)
 def followup_preview() -> Any:
     web = site()
     upload = request.files.get("file")
@@ -220,7 +243,7 @@ def followup_preview() -> Any:
         flash("Upload a .csv or .xlsx file.", "error")
         return _back("/followup")
     token, path = web.stage_upload(data, suffix)
-    outcome = integrations.run_followup_import(web.config, web.store, web.provider, path, dry_run=True)
+    outcome = integrations.run_followup_import(web.config, web.store, _linkage(), path, dry_run=True)
     if not outcome.ok:
         path.unlink(missing_ok=True)
         flash(outcome.message, "error")
@@ -231,6 +254,7 @@ def followup_preview() -> Any:
 
 
 @dashboard_bp.post("/followup/commit")
+@allow(*COORDINATORS)
 def followup_commit() -> Response:
     web = site()
     token = request.form.get("token", "")
@@ -242,7 +266,7 @@ def followup_commit() -> Response:
     web.reports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     report = web.reports_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{path.stem[:8]}.report.csv"
     try:
-        outcome = integrations.run_followup_import(web.config, web.store, web.provider, path, dry_run=False,
+        outcome = integrations.run_followup_import(web.config, web.store, _linkage(), path, dry_run=False,
                                                    report=report)
     finally:
         path.unlink(missing_ok=True)
@@ -259,6 +283,7 @@ def followup_commit() -> Response:
 
 
 @dashboard_bp.post("/followup/cancel")
+@allow(*COORDINATORS)
 def followup_cancel() -> Response:
     token = request.form.get("token", "")
     path = _staged(token)

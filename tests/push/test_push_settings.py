@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import logging
 import os
 import ssl
 import time
@@ -83,15 +82,17 @@ def test_rate_limiter_shares_one_cap() -> None:
     assert not RateLimiter(0).enabled
 
 
-def test_token_sources(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_token_sources(tmp_path: Path) -> None:
     assert read_token(RegistryConfig(), {TOKEN_ENV: " from-env \n"}) == "from-env"
     assert read_token(RegistryConfig(), {}) is None
     token_file = tmp_path / "token"
     token_file.write_text("from-file\n")
-    os.chmod(token_file, 0o644)
-    with caplog.at_level(logging.WARNING):
-        assert read_token(RegistryConfig(token_file=token_file), {TOKEN_ENV: "ignored"}) == "from-file"
-    assert "readable by others" in caplog.text and "from-file" not in caplog.text
+    os.chmod(token_file, 0o600)
+    assert read_token(RegistryConfig(token_file=token_file), {TOKEN_ENV: "ignored"}) == "from-file"
+    os.chmod(token_file, 0o644)  # readable by others: refused, not sent (issue 24)
+    with pytest.raises(TokenError) as unsafe:
+        read_token(RegistryConfig(token_file=token_file), {TOKEN_ENV: "ignored"})
+    assert "chmod 600" in str(unsafe.value) and "from-file" not in str(unsafe.value)
     with pytest.raises(TokenError) as err:
         read_token(RegistryConfig(token_file=tmp_path / "missing"), {})
     assert "missing" in str(err.value)

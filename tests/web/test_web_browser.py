@@ -16,7 +16,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from connector.outbox import Outbox
 from tests.web.browser import flash as _flash
 from tests.web.browser import shot, submit as _submit
-from tests.web.conftest import PASSWORD, USER, WebSite, add_patient
+from tests.web.conftest import COORD, COORD_PASSWORD, WebSite, add_patient
 
 def test_dashboard_in_chromium(web_site: WebSite, browser: WebDriver, tmp_path: Path, artefacts: Path) -> None:
     study, _ = web_site.receive(tmp_path / "s1", ct=3, pet=2)
@@ -33,8 +33,8 @@ def test_dashboard_in_chromium(web_site: WebSite, browser: WebDriver, tmp_path: 
 
     d.get(base + "/")
     assert d.current_url.endswith("/login")
-    d.find_element(By.ID, "username").send_keys(USER)
-    d.find_element(By.ID, "password").send_keys(PASSWORD)
+    d.find_element(By.ID, "username").send_keys(COORD)  # the follow-up import below is for coordinators
+    d.find_element(By.ID, "password").send_keys(COORD_PASSWORD)
     _submit(d, d.find_element(By.CSS_SELECTOR, "form[action='/login'] button"))
     assert d.find_element(By.TAG_NAME, "h1").text == "Overview"
     assert d.find_element(By.CSS_SELECTOR, "#instances .value").text == "8"

@@ -8,7 +8,7 @@ from datetime import date, timedelta
 
 import httpx
 
-from tests.web.conftest import WebSite, add_patient, csrf_of
+from tests.web.conftest import COORD, COORD_PASSWORD, WebSite, add_patient, csrf_of
 
 
 def _csv(rows: list[tuple[str, str, str, str]]) -> bytes:
@@ -31,7 +31,7 @@ def test_preview_then_queue(web_site: WebSite) -> None:
     data = _csv([("MRN-4711", "HOSP-A", "death", "2023-03-01"),
                  ("MRN-0000", "HOSP-A", "death", "2023-03-01"),
                  ("MRN-4711", "HOSP-A", "mi", future)])
-    c = web_site.login()
+    c = web_site.login(COORD, COORD_PASSWORD)  # the preview resolves MRNs: coordinators only
     r = _preview(c, data)
     assert r.status_code == 200
     page = r.text
@@ -64,7 +64,7 @@ def test_preview_then_queue(web_site: WebSite) -> None:
 
 def test_cancel_and_bad_uploads(web_site: WebSite) -> None:
     add_patient(web_site.provider, "MRN-1", "HOSP-A", "20200115")
-    c = web_site.login()
+    c = web_site.login(COORD, COORD_PASSWORD)  # the preview resolves MRNs: coordinators only
     page = _preview(c, _csv([("MRN-1", "HOSP-A", "death", "2022-01-01")])).text
     token = re.search(r'name="token" value="([0-9a-f]+)"', page).group(1)
     c.post("/followup/cancel", data={"csrf": csrf_of(page), "token": token})

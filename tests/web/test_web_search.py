@@ -105,7 +105,8 @@ def test_coordinator_may_show_identifiers_on_a_study_page_audited(web_site: WebS
     assert r.status_code == 200 and MRN in r.text and ISSUER in r.text and "SYNTHFAMILY" in r.text
     assert r.headers["Cache-Control"] == "no-store"
     [entry] = [e for e in web_site.provider.audit_log.entries() if e.get("action") == "web.show_identifiers"]
-    assert entry["details"] == {"user": COORD, "study": key, "pseudonym": pseudonym, "role": "test"}
+    assert entry["details"] == {"user": COORD, "source": "127.0.0.1", "study": key, "pseudonym": pseudonym,
+                                "role": "test"}
     assert MRN not in coord.get(f"/studies/{key}").text  # once, in that response only
     it = web_site.login()
     page = it.get(f"/studies/{key}").text
