@@ -20,10 +20,13 @@ import os
 import shutil
 import signal
 import threading
+import time
 from typing import Any
 
 from connector.config import Config
 from connector.logsetup import quiet_libraries
+from connector.stop_signals import StopSignals
+from connector.store.layout import PRIVATE_UMASK
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,12 @@ def _die_with_parent() -> None:
 
 
 def _child_setup(config: Config, log_queue: Any, role: str) -> threading.Event:
-    """Logging through the supervisor, SIGTERM = stop, SIGINT ignored (the supervisor forwards)."""
+    """Logging through the supervisor, SIGTERM = stop, SIGINT ignored (the supervisor forwards).
+
+    The returned event is set by a watcher thread, never by the signal handler: a handler that
+    sets an event the main thread is waiting on can deadlock it (:mod:`connector.stop_signals`).
+    """
+    os.umask(PRIVATE_UMASK)  # inherited from the supervisor already; a role started otherwise gets it too
     _die_with_parent()
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -96,27 +104,28 @@ def _child_setup(config: Config, log_queue: Any, role: str) -> threading.Event:
     quiet_libraries()
     log.info("role started", extra={"event": "role_pid", "pid": os.getpid()})
     stop = threading.Event()
-
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signals = StopSignals((signal.SIGTERM,))
+    signals.install()
     _, exit_after = stop_budget(config)
 
-    def on_term(*_: object) -> None:
-        if stop.is_set():
-            return
+    def watch() -> None:
+        # woken through the signal pipe at once, even while the main thread is busy (loading a model)
+        while signals.wait(1.0) is None:
+            pass
         stop.set()
         # a role that cannot finish its clean-up in time (a hung request, a long study) must still
         # exit: its work is leased in the state DB and handed back at the next start
-        timer = threading.Timer(exit_after, lambda: os._exit(EXIT_STOP_OVERDUE))
-        timer.daemon = True
-        timer.start()
+        time.sleep(exit_after)
+        os._exit(EXIT_STOP_OVERDUE)
 
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=watch, name="stop-signal", daemon=True).start()
     return stop
 
 
 def _wait_for_stop(stop: threading.Event) -> None:
-    """Wait in short slices: a signal the kernel delivers to another thread only runs its Python
-    handler when the main thread next wakes, so an unbounded wait could miss SIGTERM for good."""
+    """Block until SIGTERM. The event is set by the watcher thread of :func:`_child_setup`, not by a
+    signal handler, so waiting on it cannot deadlock; the slices only keep the main thread waking."""
     while not stop.wait(0.25):
         pass
 
@@ -217,7 +226,7 @@ def pipeline_main(config: Config, log_queue: Any) -> None:
     stages.append(Stage("registry", registry_step(config, store, layout, provider)))
     # a study that met a full disk is retried after the quiet period (5 s to 5 min)
     worker = StudyWorker(store, layout, engine, stages,
-                         retry_seconds=min(300.0, max(5.0, config.assemble.stable_seconds)))
+                         retry_seconds=min(300.0, max(5.0, config.assemble.stable_seconds)), ocr=config.deid.ocr)
     worker.start()
     assembler = StudyAssembler(store, config.assemble.stable_seconds)
 

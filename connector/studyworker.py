@@ -86,8 +86,9 @@ class Stage:
 class StudyWorker:
     def __init__(self, store: StateStore, layout: SiteLayout, engine: DeidEngine,
                  stages: list[Stage] | None = None, *, name: str = "study-worker",
-                 retry_seconds: float = RETRY_SECONDS) -> None:
+                 retry_seconds: float = RETRY_SECONDS, ocr: str = "at-risk-and-sample") -> None:
         self.store = store
+        self.ocr = ocr  # [deid] ocr: which images are read for burned-in text
         self.retry_seconds = retry_seconds
         self._unrecorded_retries: dict[str, float] = {}  # study -> monotonic time to hand it back
         self.layout = layout
@@ -141,7 +142,7 @@ class StudyWorker:
         originals = [self.layout.spool / r["path"] for r in rows]
         out_dir = self.layout.outgoing / key
         try:
-            outcome = deidentify_study(originals, out_dir, self.layout.quarantine, self.engine)
+            outcome = deidentify_study(originals, out_dir, self.layout.quarantine, self.engine, ocr=self.ocr)
         except Exception as exc:
             if is_transient(exc):
                 return self._defer(key, "deid", exc)

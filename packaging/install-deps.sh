@@ -17,6 +17,10 @@ command -v /usr/bin/storescu >/dev/null 2>&1 || need+=(dcmtk)
 ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so >/dev/null 2>&1 || need+=(orthanc-dicomweb)
 [ -x /usr/bin/chromium ] || need+=(chromium)  # the dashboard's browser test (headless)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+# OpenCV (the burned-in text OCR's image steps, from rapidocr-onnxruntime) links libGL and GLib
+libs="$(/sbin/ldconfig -p 2>/dev/null || true)"
+grep -q 'libGL\.so\.1 ' <<<"$libs" || need+=(libgl1)
+grep -q 'libgthread-2\.0\.so\.0 ' <<<"$libs" || need+=(libglib2.0-0)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing Debian packages: ${need[*]}"
   $SUDO apt-get update -qq

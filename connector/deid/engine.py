@@ -20,6 +20,7 @@ from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset
 
 from connector import phi_guard
+from connector.deid.codestream import CodestreamRefused, clean_pixel_codestreams
 from connector.deid.compiler import CompiledRules
 from connector.deid.filters import (
     ObjectFilters,
@@ -84,6 +85,15 @@ class ObjectResult:
     free_text_tokens: frozenset[str] = field(default=frozenset(), repr=False)
 
 
+_NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
+                              "1.2.840.10008.1.2.1.99", ""})
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
+
+
 def _codec(ds: Dataset) -> str | None:
     """The one Python codec of the object's text, or None for multi-codec (ISO 2022) character sets."""
     raw = ds.get("SpecificCharacterSet")
@@ -116,7 +126,9 @@ class DeidEngine:
         self.guard_policy = phi_guard.GuardPolicy(uids="113110" not in codes, institution="113112" not in codes,
                                                   device_uids="113109" not in codes, vocabulary=self.vocabulary,
                                                   allowed_classes=profile.accepted_sop_classes(),
-                                                  allowed_texts=allowed_texts)
+                                                  allowed_texts=allowed_texts,
+                                                  permitted_classes=profile.permitted_sop_classes())
+        self._permitted_classes = profile.permitted_sop_classes()
         self._filters = ObjectFilters(profile.filters, profile.pixel_regions)
         self._walker = ElementWalker(self.rules, self.uid, raw_sequences=raw_sequences)
         self._markers = Markers(profile)
@@ -167,6 +179,11 @@ class DeidEngine:
         if verdict.action != "accept":
             return ObjectResult(verdict.action, verdict.reason, {"filter": verdict.filter_id},
                                 person_names=identifiers.person_names)
+        refused = self._refused_class(ds)
+        if refused is not None:
+            return ObjectResult("quarantine", f"object-class-not-allowed:{refused}",
+                                {"sop_class_uid": refused, "sop_class": sop_class_name(refused)},
+                                person_names=identifiers.person_names)
         try:
             identity, study_date, study_uid, accession = self._identity(ds)
             deny = self._deny_tokens(ds)
@@ -185,11 +202,14 @@ class DeidEngine:
                 clean_pixel_regions(ds, verdict.pixel_rule)
                 extra_codes.append(CLEAN_PIXEL_CODE)
             self._walker.walk(ds, ctx)
+            ctx.codestream_segments += clean_pixel_codestreams(ds, _transfer_syntax(ds))
             retained = retained_graphics(ds)
             if retained:
                 return ObjectResult("quarantine", retained, {"privacy": ctx.report()})
             self._markers.apply(ds, extra_codes)
             data = encode_file(ds)
+        except CodestreamRefused as exc:
+            return ObjectResult("quarantine", exc.code, {"privacy": ctx.report()})
         except PixelCleaningRefused as exc:
             return ObjectResult("quarantine", exc.code, {"rule": verdict.pixel_rule.id if verdict.pixel_rule else ""})
         except RuleFailure as exc:
@@ -205,6 +225,8 @@ class DeidEngine:
         report = ctx.report()
         seen: set[str] = set()
         findings = phi_guard.check_output(data, identifiers, self.guard_policy, seen)
+        if _transfer_syntax(ds) not in _NATIVE_SYNTAXES and "PixelData" in ds:
+            findings += phi_guard.codestream_findings(ds.PixelData, int(ds.get("NumberOfFrames", 1) or 1))
         if findings:
             log.warning("PHI guard stopped an object", extra={"event": "phi_guard_hit",
                                                                "codes": sorted({f.code for f in findings})})
@@ -226,6 +248,19 @@ class DeidEngine:
             person_names=identifiers.person_names,
             free_text_tokens=frozenset(seen),
         )
+
+    def _refused_class(self, ds: Dataset) -> str | None:
+        """The object's SOP Class UID when the profile's allow-list does not name it (fail closed:
+        an absent or unreadable class is refused too); None when it may go on."""
+        if self._permitted_classes is None:
+            return None
+        try:
+            sop_class = str(ds.get("SOPClassUID", "") or "").strip(" \x00")
+        except Exception:
+            sop_class = ""
+        if sop_class in self._permitted_classes:
+            return None
+        return sop_class if re.fullmatch(r"[0-9.]{1,64}", sop_class) else "invalid"
 
     # -- identity ---------------------------------------------------------------------------------
 
@@ -259,6 +294,14 @@ class DeidEngine:
                 for v in value_strings(ds[tag].value):
                     tokens.extend(_WORDS.findall(v))
         return [t.upper() for t in tokens]
+
+
+def sop_class_name(uid: str) -> str:
+    """The SOP class's name from the DICOM registry ("" for a private or unknown class)."""
+    from pydicom.uid import UID_dictionary
+
+    entry = UID_dictionary.get(uid)
+    return str(entry[0]) if entry else ""
 
 
 def retained_graphics(ds: Dataset) -> str:

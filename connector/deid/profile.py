@@ -63,6 +63,8 @@ class Profile:
     defaults: dict[str, tuple[str, Location | None]]
     codes: tuple[MethodCode, ...]
     methods: tuple[str, ...]
+    # SOP classes that may leave, added up over the files (None: no file lists any, no class check)
+    object_classes: frozenset[str] | None = None
 
     @property
     def name(self) -> str:
@@ -71,6 +73,13 @@ class Profile:
     @property
     def code_values(self) -> frozenset[str]:
         return frozenset(c.value for c in self.codes)
+
+    def permitted_sop_classes(self) -> frozenset[str] | None:
+        """Every class that may leave: the object-class lists plus the classes a filter accepts;
+        None when no loaded file lists object classes (a bare PS3.15 profile)."""
+        if self.object_classes is None:
+            return None
+        return self.object_classes | self.accepted_sop_classes()
 
     def accepted_sop_classes(self) -> frozenset[str]:
         """SOP classes a filter explicitly lets through (``action: accept`` naming SOPClassUID): the
@@ -128,7 +137,10 @@ def load_profile(paths: Sequence[str | Path] | None = None) -> Profile:
     defaults = dict(BUILTIN_DEFAULTS)
     codes: dict[str, MethodCode] = {}
     methods: list[str] = []
+    classes: set[str] | None = None
     for rf in loaded:
+        if rf.object_classes is not None:
+            classes = (classes or set()) | set(rf.object_classes)
         for key, action, where in rf.defaults:
             defaults[key] = (action, where)
         for rule in rf.rules:
@@ -149,4 +161,5 @@ def load_profile(paths: Sequence[str | Path] | None = None) -> Profile:
         defaults=defaults,
         codes=tuple(codes.values()),
         methods=tuple(methods),
+        object_classes=None if classes is None else frozenset(classes),
     )

@@ -39,7 +39,8 @@ TEMPLATE_FIELDS = frozenset({"pseudonym", "site"})
 MISSING = "<missing>"  # filter value that matches an absent or empty attribute
 
 _TOP_KEYS = {"format", "name", "description", "method", "codes", "include", "defaults", "rules", "filters",
-             "pixel_regions"}
+             "pixel_regions", "object_classes"}
+_UID_RE = re.compile(r"^[0-9]+(?:\.[0-9]+)+$")
 _RULE_META = {"action", "value", "template", "max_years", "note", "table", "row", "name"}
 _SELECTORS = ("keyword", "tag", "vr", "private")
 _VRS = frozenset(["AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV"])
@@ -174,6 +175,9 @@ class RuleFile:
     rules: tuple[Rule, ...] = ()
     filters: tuple[Filter, ...] = ()
     pixel_regions: tuple[PixelRegionRule, ...] = ()
+    # SOP classes that may leave (None: this file says nothing about object classes). Every file's
+    # list is added up; with any list loaded, a class on none of them is quarantined.
+    object_classes: tuple[str, ...] | None = None
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
 
 
@@ -347,6 +351,15 @@ def parse_rule_file(path: Path) -> RuleFile:
     regions = [p for node in (r.items(top["pixel_regions"][1], "pixel_regions") if "pixel_regions" in top else [])
                if (p := _pixel_rule(r, node)) is not None]
     _check_duplicates(r, rules)
+    object_classes: list[str] | None = None
+    if "object_classes" in top:
+        object_classes = []
+        for node in r.items(top["object_classes"][1], "object_classes"):
+            uid = r.text(node, "object_classes entry")
+            if uid is not None and not _UID_RE.match(uid.strip()):
+                r.error(node, f"object_classes entries are SOP Class UIDs (digits and dots), not {uid!r}")
+            elif uid:
+                object_classes.append(uid.strip())
 
     if r.problems:
         raise RuleFileError(r.problems)
@@ -361,6 +374,7 @@ def parse_rule_file(path: Path) -> RuleFile:
         rules=tuple(rules),
         filters=tuple(filters),
         pixel_regions=tuple(regions),
+        object_classes=None if object_classes is None else tuple(object_classes),
         warnings=tuple(r.warnings),
     )
 

@@ -12,6 +12,12 @@ when the configuration is loaded, so a bad word stops start-up with the key name
 ``rules`` empty (the default) means the shipped ``rules/registry-default.yaml``. Entries are loaded
 in order, like includes: a later file overrides an earlier one at the same level of precedence.
 A bare name is looked up next to the configuration file, then among the shipped rule files.
+
+``ocr`` chooses which de-identified images are read for burned-in text (names and MRNs drawn into
+localizers and screen captures, which no tag check sees): ``at-risk-and-sample`` (localizers and
+scouts, secondary and screen captures, classes the profile accepts that may carry text, and the
+first, middle and last image of every other series), ``all``, or ``off``. See
+:mod:`connector.phi_guard.burned_in_text` and docs/rules.md.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from connector.config_fields import check, setting
+from connector.phi_guard.burned_in_text import DEFAULT_OCR_SCOPE, OCR_SCOPES
 from connector.vocabulary import VocabularyError, read_word_file, word_problem
 
 if TYPE_CHECKING:
@@ -42,6 +49,12 @@ class DeidConfig:
         [], check(lambda v: all(_vocabulary_file_ok(p) for p in v),
                   "every entry must be a readable vocabulary file of letter-only words (see docs/rules.md)"),
         doc="files of the site's own words (one or more a line, # comments), relative to the config file",
+    )
+    ocr: str = setting(
+        DEFAULT_OCR_SCOPE, check(lambda v: v in OCR_SCOPES, f"must be one of {', '.join(OCR_SCOPES)}"),
+        doc="images read for burned-in text (OCR; a hit is quarantined): at-risk-and-sample = localizers, "
+            "scouts, screen and secondary captures, accepted text-bearing classes, and the first, middle and "
+            "last image of every other series; all; off",
     )
 
 

@@ -4,11 +4,17 @@ Outputs are written durably (temporary name, fsync, rename) under the de-identif
 UID, which identifies nobody. An object that fails anywhere is quarantined with a reason code and
 never written to ``out_dir``. Disk errors while writing outputs propagate, so the caller retries
 the study later: outputs are idempotent (the same input gives the same file name and bytes).
+
+Text burned into pixels is looked for here, per study, not per object in the engine: which
+instances to read (localizers, secondary captures, a sample of every series) needs the study, and
+OCR costs too much for every slice (:mod:`connector.phi_guard.burned_in_text`). It runs in the
+pipeline's de-identification stage, never in the receiver, before an output is written.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,6 +23,7 @@ from pathlib import Path
 from connector import phi_guard
 from connector.deid.engine import DeidEngine, ObjectResult
 from connector.deid.provider import IdentityProvider
+from connector.phi_guard import burned_in_text
 from connector.store.durable import fsync_dir, write_file_durably
 from connector.store.quarantine import quarantine
 
@@ -59,6 +66,7 @@ class PrivacyReport:
     tokens_replaced: int = 0
     spans_replaced: int = 0
     removed: Counter[str] = field(default_factory=Counter)  # tag -> number of objects it was removed from
+    pixels_read_for_text: int = 0  # objects whose de-identified pixels were read for burned-in text
 
     def add(self, details: dict[str, object]) -> None:
         report = details.get("privacy")
@@ -73,7 +81,8 @@ class PrivacyReport:
     def as_dict(self) -> dict[str, object]:
         return {"objects": self.objects, "text_values_cleaned": self.text_values_cleaned,
                 "tokens_replaced": self.tokens_replaced, "spans_replaced": self.spans_replaced,
-                "elements_removed": sum(self.removed.values()), "removed_tags": dict(sorted(self.removed.items()))}
+                "elements_removed": sum(self.removed.values()), "removed_tags": dict(sorted(self.removed.items())),
+                "pixels_read_for_text": self.pixels_read_for_text}
 
 
 @dataclass
@@ -82,6 +91,7 @@ class StudyOutcome:
     quarantined: list[QuarantinedObject] = field(default_factory=list)
     skipped: list[SkippedObject] = field(default_factory=list)
     privacy: PrivacyReport = field(default_factory=PrivacyReport)
+    ocr_seconds: float = 0.0  # time spent reading pixels for burned-in text (headers, decoding, OCR)
 
     @property
     def study_uids(self) -> list[str]:
@@ -100,6 +110,8 @@ class StudyOutcome:
             "skipped": dict(Counter(s.reason for s in self.skipped)),
             "tokens_replaced": self.privacy.tokens_replaced + self.privacy.spans_replaced,
             "elements_removed": sum(self.privacy.removed.values()),
+            "ocr_images": self.privacy.pixels_read_for_text,
+            "ocr_seconds": round(self.ocr_seconds, 3),
         }
 
 
@@ -153,14 +165,42 @@ def output_name(result: ObjectResult) -> str:
     return f"{result.sop_instance_uid}.dcm"
 
 
-def deidentify_study(paths: Iterable[Path], out_dir: Path, quarantine_dir: Path, engine: DeidEngine) -> StudyOutcome:
-    """De-identify every object of a stable study into ``out_dir``; quarantine what must not go on."""
+def check_burned_in_text(source: Path, result: ObjectResult) -> ObjectResult:
+    """``result`` as it was, or a quarantine result when its de-identified pixels show text that
+    must not leave (the patient's identifiers; any text in CT/PT/NM/MR): the PHI guard's OCR
+    check (:func:`connector.phi_guard.burned_in_text.check_object`). Reasons and boxes, no text."""
+    assert result.data is not None
+    findings = burned_in_text.check_object(result.data, source)
+    if not findings:
+        return result
+    log.warning("burned-in text stopped an object", extra={"event": "burned_in_text_hit",
+                                                           "codes": sorted({f.code for f in findings})})
+    return ObjectResult("quarantine", findings[0].code,
+                        {"findings": [f.as_dict() for f in findings[:50]], **result.details},
+                        person_names=result.person_names)
+
+
+def deidentify_study(paths: Iterable[Path], out_dir: Path, quarantine_dir: Path, engine: DeidEngine, *,
+                     ocr: str = burned_in_text.DEFAULT_OCR_SCOPE) -> StudyOutcome:
+    """De-identify every object of a stable study into ``out_dir``; quarantine what must not go on.
+
+    ``ocr``: which objects' pixels are read for burned-in text (``[deid] ocr``: at-risk-and-sample,
+    all, off)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     outcome = StudyOutcome()
     recorder = StudyRecorder(engine.provider)
     names = StudyNameCheck()
-    for source in map(Path, paths):
+    sources = [Path(p) for p in paths]
+    started = time.perf_counter()
+    to_read = burned_in_text.instances_to_read(sources, ocr, engine.guard_policy.allowed_classes)
+    outcome.ocr_seconds += time.perf_counter() - started
+    for source in sources:
         result = engine.process_path(source, names.names)
+        if result.status == "ok" and source in to_read:
+            started = time.perf_counter()
+            result = check_burned_in_text(source, result)
+            outcome.ocr_seconds += time.perf_counter() - started
+            outcome.privacy.pixels_read_for_text += 1
         outcome.privacy.add(result.details)
         if result.status == "ok":
             assert result.data is not None

@@ -52,7 +52,8 @@ class ObjectContext:
     which elements were removed (tags and counts, never values).
     """
 
-    __slots__ = ("_cleaner", "_deny", "_vocabulary", "codec", "offset", "pseudonym", "removed", "site")
+    __slots__ = ("_cleaner", "_deny", "_vocabulary", "codec", "codestream_segments", "offset", "pseudonym",
+                 "removed", "site")
 
     def __init__(self, pseudonym: str, offset: int, site: str, codec: str | None, vocabulary: frozenset[str],
                  deny: list[str]) -> None:
@@ -60,6 +61,7 @@ class ObjectContext:
         self._vocabulary, self._deny = vocabulary, deny
         self._cleaner: AllowListCleaner | None = None
         self.removed: Counter[int] = Counter()
+        self.codestream_segments = 0  # COM/APPn segments removed from compressed pixel data
 
     def scrub(self, text: str) -> str:
         """Free text through the allow-list cleaner (built on first use: most objects have none)."""
@@ -78,6 +80,7 @@ class ObjectContext:
             "tokens_replaced": stats.tokens_replaced if stats else 0,
             "spans_replaced": stats.spans_replaced if stats else 0,
             "removed": {f"({t >> 16:04X},{t & 0xFFFF:04X})": n for t, n in sorted(self.removed.items())},
+            "codestream_segments_removed": self.codestream_segments,
         }
 
 

@@ -118,6 +118,7 @@ class FollowupImporter:
         self._aliases = alias_table(self.settings)
         self._id_key = hmac.new(provider.uid_secret(), _EVENT_ID_LABEL, hashlib.sha256).digest()
         self._text_fields = tuple(f for f in ("cause", "source") if f in self.settings.allowed_free_text)
+        self._vocabulary: frozenset[str] | None = None  # the images' text vocabulary, loaded on first use
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -210,7 +211,7 @@ class FollowupImporter:
                 raise _Rejected("unknown_source")
             cause = None  # dropped unless the site allows it to leave
             if "cause" in s.allowed_free_text:
-                cause = " ".join(row.text("cause").split()) or None
+                cause = self._clean_text(row.text("cause"), subject.pseudonym, patient_id, issuer) or None
             if any(len(v or "") > s.max_text_length for v in (cause, source)):
                 raise _Rejected("text_too_long")
             content = EventContent(subject.pseudonym, event, shifted, (real - index).days, source, False, cause)
@@ -218,6 +219,23 @@ class FollowupImporter:
         occurrence = "" if event in SINGLE_EVENTS else (f"ref:{event_ref.upper()}" if event_ref else f"date:{shifted}")
         return _Candidate(row.number, event, self._event_id(subject.pseudonym, event, occurrence), retract, content,
                           (patient_id, issuer, row.extra, real, index))
+
+    def _clean_text(self, text: str, pseudonym: str, patient_id: str, issuer: str) -> str:
+        """Free text through the same allow-list cleaner as the images' text: only known words and
+        shapes stay, and never a word of this patient's name or IDs (from the linkage table, in
+        whatever script it was written), so a name, a phone number or another person in the cause
+        becomes ``***``."""
+        from connector.deid.freetext import AllowListCleaner
+
+        if self._vocabulary is None:
+            from connector.deid.settings import vocabulary_files
+            from connector.vocabulary import load_vocabulary
+
+            self._vocabulary = load_vocabulary(self.config.deid.extra_vocabulary, vocabulary_files(self.config))
+        names = getattr(self.provider, "name_tokens", None)
+        deny = set(names(pseudonym)) if names is not None else set()
+        deny.update(w.upper() for w in (patient_id, issuer) if w)
+        return AllowListCleaner(self._vocabulary, deny).clean(" ".join(text.split()))
 
     def _event_id(self, pseudonym: str, event: str, occurrence: str) -> str:
         """Opaque and keyed (the occurrence may be a real date or a chart reference): 128 bits, hex."""

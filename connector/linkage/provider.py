@@ -99,6 +99,11 @@ class LinkageProvider:
         """De-identified study UIDs of a pseudonym's studies (no identifier read: not audited)."""
         return self.store.study_uids_of(pseudonym)
 
+    def name_tokens(self, pseudonym: str) -> frozenset[str]:
+        """Words of the patient's name and IDs, for the follow-up text cleaner to refuse (a machine
+        check: nothing is shown or sent, so it is not an audited read)."""
+        return self.store.name_tokens(pseudonym)
+
     def lookup_pseudonym(self, pseudonym: str) -> SubjectIdentifiers | None:
         """The identifiers behind a pseudonym (to resolve discrepancies). Always audited, before reading."""
         canonical = normalise_pseudonym(pseudonym)

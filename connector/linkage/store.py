@@ -22,6 +22,8 @@ instead of writing with a retired key.
 
 from __future__ import annotations
 
+import re
+
 import logging
 import os
 import sqlite3
@@ -429,6 +431,17 @@ class LinkageStore:
             out.append(StudyLink(deid_uid, c.dec_study("original_study_uid", orig, deid_uid, pseud),
                                  c.dec_study("accession_number", acc, deid_uid, pseud)))
         return tuple(out)
+
+    def name_tokens(self, pseudonym: str) -> frozenset[str]:
+        """The words of the patient's name, ID and issuer (upper case), for cleaners to refuse in text
+        about this patient; empty when unknown. Read for a machine check, never shown or sent."""
+        with self._read() as (db, c):
+            row = db.execute(f"SELECT {_SUBJECT_COLS} FROM subjects WHERE pseudonym = ?", [pseudonym]).fetchone()
+            if row is None:
+                return frozenset()
+            who = self._identifiers(c, row)
+        words = re.findall(r"[^\W_]+", " ".join((who.name, who.patient_id, who.issuer)))
+        return frozenset(w.upper() for w in words if w)
 
     def find_by_pseudonym(self, pseudonym: str) -> SubjectIdentifiers | None:
         with self._read() as (db, c):

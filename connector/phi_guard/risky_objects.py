@@ -34,8 +34,12 @@ CLEAN_PIXEL_CODE = "113101"
 _ICON = "(0088,0200)"
 
 
-def risky_object_findings(elements: Iterable[tuple[str, int, str]], allowed: frozenset[str]) -> list[Finding]:
-    """``elements``: (path prefix, tag, short text value or '') for every element of the output."""
+def risky_object_findings(elements: Iterable[tuple[str, int, str]], allowed: frozenset[str],
+                          permitted: frozenset[str] | None = None) -> list[Finding]:
+    """``elements``: (path prefix, tag, short text value or '') for every element of the output.
+
+    ``permitted``: the profile's object-class allow-list (None: no list); a class not on it is refused.
+    """
     findings: list[Finding] = []
     sop_class = modality = ""
     image_type: list[str] = []
@@ -54,6 +58,8 @@ def risky_object_findings(elements: Iterable[tuple[str, int, str]], allowed: fro
             image_type = [v.strip().upper() for v in text.split("\\")]
         elif tag == 0x00080100 and "(0012,0064)" in prefix:
             codes.add(text)
+    if permitted is not None and sop_class not in permitted:
+        findings.append(Finding("phi-guard:object-class", "(0008,0016)"))
     if sop_class in allowed:
         return findings[:1] if findings else []
     if sop_class in DOCUMENT_CLASSES:

@@ -53,6 +53,9 @@ class GuardPolicy:
     # Whole text values the connector itself wrote (the model's name, version and SHA-256 in its own
     # CAC report): exempt from the free-text shape check only, still searched for every identifier.
     allowed_texts: frozenset[str] = frozenset()
+    # Every SOP class that may leave at all (the profile's object-class allow-list); any other class
+    # is refused. None: the profile lists none (a bare PS3.15 profile), no class check.
+    permitted_classes: frozenset[str] | None = None
 
     def words(self) -> frozenset[str]:
         return shipped_vocabulary() if self.vocabulary is None else self.vocabulary
@@ -299,7 +302,7 @@ def check_dataset(ds: Dataset, identifiers: Identifiers, policy: GuardPolicy = G
     if meta is not None:
         scan(meta, ["iso8859"], "meta:", 0)
     scan(ds, ["iso8859"], "", 0)
-    return (findings + risky_object_findings(elements, policy.allowed_classes)
+    return (findings + risky_object_findings(elements, policy.allowed_classes, policy.permitted_classes)
             + _free_text_findings(texts, identifiers, policy, seen_tokens)
             + _search_texts(matcher, [t[:3] for t in texts]))
 
@@ -396,7 +399,7 @@ def check_output(data: bytes, identifiers: Identifiers, policy: GuardPolicy = Gu
              for prefix, tag, vr, value in meta + values if vr in _TEXT_VRS]
     structure = risky_object_findings(
         ((prefix, tag, value.decode("latin-1").strip(" \x00") if tag in _SHORT_VALUES else "")
-         for prefix, tag, _vr, value in values), policy.allowed_classes)
+         for prefix, tag, _vr, value in values), policy.allowed_classes, policy.permitted_classes)
     return (structure + _free_text_findings(texts, identifiers, policy, seen_tokens)
             + _search_texts(_text_matcher(identifiers, policy), [t[:3] for t in texts])
             + check_bytes(data, identifiers, policy, skip=span, codecs=tuple(codecs)))

@@ -697,7 +697,7 @@ def write_corpus(folder: Path) -> Corpus:
     corpus.plant(name, "ContentSequence > CONTAINER > PNAME PersonName", "BILBYWORTH", "CORNELIUSSA")
     corpus.plant(name, "ContentSequence > CONTAINER > DATE Date", "19700619")
     corpus.plant(name, "ContentSequence > CONTAINER > CONTAINER > TEXT TextValue", "SPOONBILLIA", "kelpfordmail")
-    _write(corpus, folder, name, ds, WRITTEN, "SR: structured content cleaned (TEXT, PNAME, DATE), still written")
+    _write(corpus, folder, name, ds, QUARANTINED, "report SR: not on the default object-class allow-list")
 
     # -- study 1: Encapsulated PDF whose document names the patient and another person
     name = "s1_pdf_report.dcm"

@@ -219,13 +219,18 @@ def sr_dataset() -> Dataset:
     return ds
 
 
-def test_sr_text_never_leaves_under_the_default(engine: DeidEngine) -> None:
-    out = run(engine, sr_dataset())
+def test_sr_text_never_leaves_under_the_default(engine: DeidEngine, provider, tmp_path) -> None:
+    # a report SR is not on the default object-class allow-list: it does not leave at all
+    assert engine.process_bytes(encode(sr_dataset())).reason == "object-class-not-allowed:1.2.840.10008.5.1.4.1.1.88.22"
+    site = tmp_path / "site.yaml"  # a site that lets report SRs through, without the SR content option
+    site.write_text('format: 1\ninclude: [registry-default.yaml]\nobject_classes: ["1.2.840.10008.5.1.4.1.1.88.22"]\n')
+    out = run(DeidEngine.from_rules([site], provider, fsync=False), sr_dataset())
     assert len(out.ContentSequence) == 0  # basic profile: content sequence emptied
 
 
 def test_sr_text_is_cleaned_under_clean_structured_content(provider) -> None:
-    rules = [shipped_rules_dir() / "registry-default.yaml", shipped_rules_dir() / "ps3.15-clean-structured-content.yaml"]
+    rules = [shipped_rules_dir() / "registry-default.yaml", shipped_rules_dir() / "ps3.15-clean-structured-content.yaml",
+             shipped_rules_dir() / "object-classes-structured-reports.yaml"]
     engine = DeidEngine.from_rules(rules, provider, fsync=False)
     out = run(engine, sr_dataset())
     text = out.ContentSequence[0]
@@ -251,7 +256,8 @@ def test_burned_in_annotation_is_quarantined(engine: DeidEngine) -> None:
 def test_a_device_pixel_region_rule_cleans_ultrasound(provider, tmp_path) -> None:
     rules = tmp_path / "site.yaml"
     rules.write_text(
-        "format: 1\ninclude: [registry-default.yaml]\npixel_regions:\n"
+        "format: 1\ninclude: [registry-default.yaml]\nobject_classes: ['1.2.840.10008.5.1.4.1.1.6.1']\n"
+        "pixel_regions:\n"
         "  - id: acme-banner\n    when: {Manufacturer: [SYNTHETIC], Rows: ['16']}\n    regions: [[0, 0, 16, 4]]\n")
     engine = DeidEngine.from_rules([rules], provider, fsync=False)
     us = base_dataset(modality="US", sop_class="1.2.840.10008.5.1.4.1.1.6.1")

@@ -76,7 +76,8 @@ def test_the_corpus_is_dangerous(corpus: Corpus) -> None:
     written = corpus.written
     assert sum(n.startswith("s1_ct_clean") for n in written) >= 2
     assert sum(n.startswith("s1_pet_clean") for n in written) >= 2
-    assert {"s1_pdf_report.dcm", "s1_us_image.dcm", "s1_sc_screensave.dcm"} == set(corpus.quarantined)
+    assert {"s1_pdf_report.dcm", "s1_us_image.dcm", "s1_sc_screensave.dcm", "s1_sr_comprehensive.dcm"} \
+        == set(corpus.quarantined)
     # the classes of issue 12 are all there
     wheres = " ".join(w for ws in corpus.where.values() for w in ws)
     for needle in ("StudyDescription", "SeriesDescription", "ProtocolName", "ImageComments", "PatientComments",
@@ -154,8 +155,8 @@ def test_structured_content_option_cleans_sr_items_without_leaking(corpus: Corpu
                                                                     provider: EphemeralIdentityProvider) -> None:
     """With the Clean Structured Content option on top of the default, the SR keeps its content tree
     (TEXT, PNAME, DATE items inside nested CONTAINERs) cleaned: no canary, the DATE shifted."""
-    engine = DeidEngine.from_rules([RULES / "registry-default.yaml", RULES / "ps3.15-clean-structured-content.yaml"],
-                                   provider, fsync=False)
+    engine = DeidEngine.from_rules([RULES / "registry-default.yaml", RULES / "ps3.15-clean-structured-content.yaml",
+                                    RULES / "object-classes-structured-reports.yaml"], provider, fsync=False)
     result = engine.process_path(corpus.folder / "s1_sr_comprehensive.dcm")
     assert result.status == "ok", (result.reason, result.details)
     assert result.data is not None

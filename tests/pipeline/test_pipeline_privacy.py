@@ -27,6 +27,16 @@ def identifiers(study: SyntheticStudy) -> list[bytes]:
 def test_site_folder_holds_no_identifier_outside_originals(tmp_path: Path) -> None:
     study = SyntheticStudy(patient=SyntheticPatient(family="QUIXOTEZ", given="WILHELMINA"))
     _, files = write_pet_ct_study(tmp_path / "study", study, ct_count=8, pet_count=4, ct_rows=64)
+    # a modern PET writes RadiopharmaceuticalAdministrationEventUID (no table row names it): it was
+    # kept, and the guard quarantined every PET slice for it (issue 25); now every UID is remapped
+    event_uid = "1.2.826.0.1.3680043.10.1432.77.5551234"
+    for path in files:
+        ds = pydicom.dcmread(path)
+        if ds.Modality == "PT":
+            ds.RadiopharmaceuticalAdministrationEventUID = event_uid
+            for item in ds.get("RadiopharmaceuticalInformationSequence", []):
+                item.RadiopharmaceuticalAdministrationEventUID = event_uid
+            ds.save_as(path, enforce_file_format=True)
     with ConnectorProcess(tmp_path / "site", logging__file=str(tmp_path / "site" / "data" / "logs" / "c.log")) as d:
         subprocess.run([dcmtk("storescu"), "-aec", "SITECONN", "127.0.0.1", str(d.port), *map(str, files)],
                        check=True, capture_output=True)
@@ -36,7 +46,7 @@ def test_site_folder_holds_no_identifier_outside_originals(tmp_path: Path) -> No
         assert len(outgoing) == len(files)
         # the daemon is still running: the WAL files are live
         scanned = 0
-        needles = identifiers(study)
+        needles = identifiers(study) + [event_uid.encode()]  # (the state DB holds original study UIDs by design)
         for path in sorted((tmp_path / "site").rglob("*")):
             rel = path.relative_to(tmp_path / "site").as_posix()
             if not path.is_file() or rel.startswith(("data/spool/incoming/", "data/quarantine/")):

@@ -89,3 +89,22 @@ def test_no_quoted_value_survives_unless_it_is_a_keyword_or_code_name(value: str
 @pytest.mark.parametrize("message", ["", "   "])
 def test_reason_of_an_empty_message_is_the_type(message: str) -> None:
     assert safe_reason(RuntimeError(message)) == "RuntimeError"
+
+
+def test_third_party_log_lines_are_scrubbed_and_ours_untouched() -> None:
+    """highdicom logged an original SOP Instance UID while building the CAC SR (issue 25): a library's
+    line loses UIDs, quoted values and paths before it is written; our own lines are left as they are."""
+    import json
+    import logging
+
+    from connector.logsetup import JsonFormatter
+
+    def line(logger: str, msg: str) -> str:
+        record = logging.LogRecord(logger, logging.INFO, __file__, 1, msg, (), None)
+        return str(json.loads(JsonFormatter().format(record))["msg"])
+
+    uid = "1.2.826.0.1.3680043.2.1125.1.23456789"
+    out = line("highdicom.sr.sop", f"referenced instance {uid} of 'DOE^JANE' read from /srv/pacs/DOE/1.dcm")
+    assert uid not in out and "DOE" not in out and out == "referenced instance <uid> of '…' read from <path>"
+    assert line("connector.infer.runner", "cac model loaded: cac-synthetic 2.0.0") \
+        == "cac model loaded: cac-synthetic 2.0.0"
