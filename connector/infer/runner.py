@@ -25,6 +25,7 @@ import numpy as np
 import onnxruntime as ort
 from connector.infer.agatston import CORONARY, NO_MARK, OTHER, AgatstonResult, agatston, select_coronary
 from connector.infer.errors import ModelError
+from connector.infer.heart_region import find_heart
 from connector.infer.manifest import ModelManifest, load_verified_model
 from connector.infer.preprocess import (
     AIR_HU,
@@ -64,6 +65,7 @@ class ScoredVolume:
     inference_s: float
     scoring_s: float
     crop: tuple[int, int, int, int]
+    heart_found: bool = True  # False: no heart in the scan (connector.infer.heart_region); nothing scored
 
 
 def choose_providers(requested: Sequence[str]) -> list[str]:
@@ -181,9 +183,15 @@ class CacRunner:
     def score_hu(self, hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increment: float) -> ScoredVolume:
         """Segment and score a HU volume (slices, rows, columns) already sorted along the normal."""
         t0 = time.perf_counter()
+        region = find_heart(hu, pixel_spacing, slice_increment)  # without the model: where scoring may happen
+        if not region.found:
+            empty = np.zeros(hu.shape, dtype=bool)
+            return ScoredVolume(agatston=agatston(hu, empty, pixel_spacing, slice_increment), mask=empty,
+                                inference_s=0.0, scoring_s=time.perf_counter() - t0, crop=(0, 0, 0, 0),
+                                heart_found=False)
         seg = self.segment(hu, pixel_spacing)
         t1 = time.perf_counter()
-        mask = self.coronary_mask(hu, seg)
+        mask = region.restrict(self.coronary_mask(hu, seg))  # a lesion off the heart is never scored
         result = agatston(hu, mask, pixel_spacing, slice_increment)
         t2 = time.perf_counter()
         return ScoredVolume(agatston=result, mask=mask, inference_s=t1 - t0, scoring_s=t2 - t1, crop=seg.crop)
@@ -191,6 +199,9 @@ class CacRunner:
     def score_volume(self, volume: CtVolume, load_s: float = 0.0) -> SeriesResult:
         """Score a loaded series and wrap it as a :class:`SeriesResult`."""
         scored = self.score_hu(volume.hu, volume.pixel_spacing, volume.slice_increment_mm)
+        if not scored.heart_found:  # a number here would read as "no calcium": say why there is none
+            log.warning("cac series not scored: no heart found in the scan")
+            return self.failed(volume.study_uid, volume.series_uid, "heart_not_found", load_s)
         weights = scored.agatston.weights
         assert weights is not None
         return SeriesResult(
