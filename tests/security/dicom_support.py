@@ -17,13 +17,8 @@ from pydicom.filewriter import write_dataset
 from pynetdicom.pdu import A_ASSOCIATE_AC
 from pynetdicom.pdu_primitives import MaximumLengthNotification
 
-from connector.config import load_config
 from connector.ingest import pdu
-from connector.ingest.intake import Intake
-from connector.ingest.scp import StoreSCP, configure_receiver_process
-from connector.store.layout import SiteLayout
-from connector.store.state import StateStore
-from tests.support.net import free_port
+from tests.ingest.test_ingest_protocol import Receiver as ProtocolReceiver
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 VERIFICATION = "1.2.840.10008.1.1"
@@ -33,30 +28,19 @@ IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
-class Receiver:
-    """The real StoreSCP on 127.0.0.1, configured like the daemon (``SITE_CONNECTOR__DICOM__*``)."""
+class Receiver(ProtocolReceiver):
+    """The protocol tests' in-process StoreSCP on 127.0.0.1, given ``[dicom]`` settings by name and
+    used as a context manager."""
 
     def __init__(self, tmp: Path, **dicom: str) -> None:
-        self.port = free_port()
-        environ = {"SITE_CONNECTOR__STORAGE__MIN_FREE_BYTES": "0", "SITE_CONNECTOR__DICOM__PORT": str(self.port),
-                   "SITE_CONNECTOR__DICOM__HOST": "127.0.0.1", "SITE_CONNECTOR__STORAGE__DATA_DIR": str(tmp / "site"),
-                   **{f"SITE_CONNECTOR__DICOM__{k.upper()}": v for k, v in dicom.items()}}
-        cfg = load_config(None, environ=environ)
-        self.layout = SiteLayout.from_config(cfg)
-        self.layout.ensure()
-        self.store = StateStore(self.layout.state_db)
-        configure_receiver_process()
-        self.intake = Intake(self.layout, self.store)
-        self.scp = StoreSCP(cfg.dicom, self.intake)
+        super().__init__(tmp, **{f"SITE_CONNECTOR__DICOM__{k.upper()}": v for k, v in dicom.items()})
 
     def __enter__(self) -> Receiver:
         self.scp.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.scp.stop(drain_seconds=2)
-        self.intake.close()
-        self.store.close()
+        self.close()
 
 
 # -- PDUs built by hand ----------------------------------------------------------------------------

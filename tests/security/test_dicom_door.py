@@ -19,7 +19,17 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from connector.ingest import dimse, pdu
-from tests.security.dicom_support import CT, EXPLICIT_LE, Receiver, accepted, associate, associate_rq, pdv, read_pdu
+from tests.security.dicom_support import (
+    CT,
+    EXPLICIT_LE,
+    Receiver,
+    accepted,
+    associate,
+    associate_rq,
+    pdv,
+    read_pdu,
+    wait_until,
+)
 
 DEFAULT_MAX_PDU = 4 * 1024 * 1024
 
@@ -170,7 +180,7 @@ def test_a_connection_without_a_request_is_closed_after_the_artim_timeout(tmp_pa
         trickle.close()
         assert set(closed) == {"idle", "trickle"}, closed
         assert all(0.9 <= seconds < 2.5 for seconds in closed.values()), closed
-        assert _wait(lambda: r.scp.limits.pending == 0) and r.scp.limits.associated == 0
+        assert wait_until(lambda: r.scp.limits.pending == 0) and r.scp.limits.associated == 0
 
 
 def test_idle_connections_do_not_take_association_places(tmp_path: Path) -> None:
@@ -198,7 +208,7 @@ def test_pending_connections_are_capped_per_host_and_for_hosts_not_allowed(tmp_p
                   allowed_hosts='["127.0.0.1"]', artim_timeout_seconds="30") as r:
         flood = [socket.create_connection(("127.0.0.1", r.port), timeout=10, source_address=("127.0.0.2", 0))
                  for _ in range(10)]
-        assert _wait(lambda: r.scp.limits.pending == 3)
+        assert wait_until(lambda: r.scp.limits.pending == 3)
         refused = [s for s in flood if _closed_within(s, 0.5)]
         assert len(refused) == 7  # over the per-host cap: closed at once, not after the ARTIM timeout
         other = [socket.create_connection(("127.0.0.1", r.port), timeout=10, source_address=("127.0.0.3", 0))
@@ -213,11 +223,3 @@ def test_pending_connections_are_capped_per_host_and_for_hosts_not_allowed(tmp_p
         for s in [*flood, *other, sock]:
             s.close()
 
-
-def _wait(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
