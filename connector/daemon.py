@@ -467,6 +467,9 @@ class Supervisor:
         except OSError as exc:
             self.web = None
             port = self.config.http.port
+            if str(exc.strerror or "").startswith("[http] tls"):  # a TLS file problem, not a taken port
+                raise DaemonStartError(f"cannot serve the dashboard over HTTPS: {exc.strerror}",
+                                       code=EXIT_CONFIG) from None
             raise DaemonStartError(f"cannot listen on HTTP port {port} ({_reason(exc)}): stop the program "
                                    "holding it, or set [http] port to a free port") from None
         log.info("dashboard and health endpoints listening", extra={"event": "http_listening", "url": self.web.url})

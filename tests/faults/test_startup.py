@@ -192,3 +192,18 @@ def test_port_freed_after_a_failed_start_lets_the_next_start_succeed(tmp_path: P
     finally:
         code, _ = stop_timed(daemon)
     assert code == 0
+
+
+def test_unusable_dashboard_tls_files(tmp_path: Path) -> None:
+    """[http] TLS problems are configuration (exit 2) and said as such, not "port in use"."""
+    from tests.ingest.test_ingest_tls import self_signed
+
+    cert, key = self_signed(tmp_path)
+    os.chmod(key, 0o644)  # readable by every local user
+    assert_failed_start(ConnectorProcess(tmp_path / "site", http__tls_cert=str(cert), http__tls_key=str(key)), 2,
+                        "over HTTPS", "[http] tls_key is readable by every local user")
+    os.chmod(key, 0o600)
+    broken = tmp_path / "broken.pem"
+    broken.write_text("not a certificate\n")
+    assert_failed_start(ConnectorProcess(tmp_path / "site2", http__tls_cert=str(broken), http__tls_key=str(key)), 2,
+                        "over HTTPS", "[http] tls_cert/tls_key unusable")
