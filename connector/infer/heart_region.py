@@ -20,8 +20,9 @@ The method, per axial slice on a ~3 mm grid (cheap: a few ms a slice):
    far less), widened by ``Z_MARGIN_MM``; in-plane, the mediastinum of those slices widened by
    ``XY_MARGIN_MM`` (epicardial fat and the coronaries on the surface).
 
-Bone that lies mostly outside the cavity (sternum, costal cartilage, ribs) is cut out of the
-widened region, so widening never brings the chest wall in. A scan in which no heart is found
+Dense pieces larger than any coronary plaque (>= 1.5 cm2: sternum, costal cartilage, ribs, spine)
+lying mostly outside the cavity are cut out of the widened region at the series' own resolution,
+so widening never brings the chest wall in, while a plaque near the sternum stays. A scan in which no heart is found
 (no lungs on both sides anywhere, e.g. a head or abdomen CT) is not scored at all: the result
 says ``heart_not_found`` rather than a number.
 """
@@ -42,7 +43,7 @@ RUN_FRACTION = 0.45
 Z_MARGIN_MM = 12.0
 XY_MARGIN_MM = 10.0
 ANTERIOR_MM = 30.0  # the heart's front lies beyond the lungs' hull, up to the sternum: reach this far for it
-CHEST_WALL_MIN_MM2 = 60.0  # bone pieces this large mostly outside the cavity are chest wall (coronary plaques are smaller)
+CHEST_WALL_MIN_MM2 = 150.0  # bone pieces this large are skeleton (sternum, ribs, vertebrae); coronary plaques are smaller
 
 
 @dataclass(frozen=True)
@@ -130,9 +131,10 @@ def _slice_cavity(hu: np.ndarray, px_mm: float) -> tuple[np.ndarray, float]:
         return np.zeros_like(body), 0.0
     hull = _hull(np.argwhere(lungs), lungs.shape)
     cavity = hull & body & ~lungs & (hu > SOFT_HU)
-    bone = _largest(cavity & (hu > BONE_HU) & (np.arange(hu.shape[0])[:, None] > np.argwhere(hull)[:, 0].mean()))
-    if bone.any():
-        cavity &= np.arange(hu.shape[0])[:, None] < np.argwhere(bone)[:, 0].min()  # in front of the spine
+    behind = np.arange(hu.shape[0])[:, None] > np.argwhere(hull)[:, 0].mean()
+    spine = _largest(cavity & _large_bone(hu, px_mm) & behind)  # never a plaque: those are smaller
+    if spine.any():
+        cavity &= np.arange(hu.shape[0])[:, None] < np.argwhere(spine)[:, 0].min()  # in front of the spine
     cavity = _largest(cavity)
     return cavity, float(np.count_nonzero(cavity) * cm2)
 
@@ -163,39 +165,60 @@ def find_heart(hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increme
     outline = cavities[first : last + 1].any(axis=0)
     outline = ndimage.binary_fill_holes(outline)
     grow = max(1, int(round(XY_MARGIN_MM / px_mm)))
-    region_small = np.zeros(small.shape, dtype=bool)
-    for k in range(first, last + 1):
-        extended = _forward_to_chest_wall(outline, small[k], int(round(ANTERIOR_MM / px_mm)))
-        grown = ndimage.binary_dilation(extended, iterations=grow)
-        region_small[k] = grown & ~_chest_wall_bone(small[k], extended, px_mm)
     mask = np.zeros(hu.shape, dtype=bool)
-    up = np.repeat(np.repeat(region_small, step, axis=1), step, axis=2)[:, :rows, :cols]
-    mask[:, : up.shape[1], : up.shape[2]] = up
+    full_px = float(pixel_spacing[0]) * float(pixel_spacing[1])
+    for k in range(first, last + 1):
+        skeleton = _large_bone(small[k], px_mm)
+        extended = _forward_to_chest_wall(outline, small[k], skeleton, int(round(ANTERIOR_MM / px_mm)))
+        grown = _to_series_grid(ndimage.binary_dilation(extended, iterations=grow), step, rows, cols)
+        if not grown.any():
+            continue
+        # the skeleton is cut at the series' own resolution (on the coarse grid a plaque that nearly
+        # touches the sternum would merge with it), within the region's bounding box only
+        (r0, c0), (r1, c1) = np.argwhere(grown).min(axis=0), np.argwhere(grown).max(axis=0) + 1
+        box = (slice(r0, r1), slice(c0, c1))
+        skeleton_full = _large_bone(hu[k][box], full_px ** 0.5)
+        cut = _outside_pieces(skeleton_full, _to_series_grid(extended, step, rows, cols)[box])
+        mask[k][box] = grown[box] & ~cut
     return HeartRegion(mask, first, last, tuple(areas.round(1)))
 
 
-def _forward_to_chest_wall(outline: np.ndarray, hu: np.ndarray, reach: int) -> np.ndarray:
-    """``outline`` extended towards the front (lower row numbers), column by column, through soft
-    tissue and fat until bone (the sternum, cartilage) or air, at most ``reach`` pixels: the front of
-    the heart and the LAD lie in front of the lungs, behind the sternum."""
-    out = outline.copy()
-    tissue = (hu > SOFT_HU) & (hu <= BONE_HU)
-    for col in np.flatnonzero(outline.any(axis=0)):
-        top = int(np.argmax(outline[:, col]))
-        for row in range(top - 1, max(-1, top - 1 - reach), -1):
-            if not tissue[row, col]:
-                break
-            out[row, col] = True
+def _to_series_grid(small: np.ndarray, step: int, rows: int, cols: int) -> np.ndarray:
+    out = np.zeros((rows, cols), dtype=bool)
+    up = np.repeat(np.repeat(small, step, axis=0), step, axis=1)[:rows, :cols]
+    out[: up.shape[0], : up.shape[1]] = up
     return out
 
 
-def _chest_wall_bone(hu: np.ndarray, cavity: np.ndarray, px_mm: float) -> np.ndarray:
-    """Bone pieces (> 180 HU) lying mostly outside the cavity: sternum, cartilage, ribs, spine."""
+def _outside_pieces(pieces: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """The connected pieces of ``pieces`` lying mostly outside ``inside``."""
+    labels, n = ndimage.label(pieces)
+    if n == 0:
+        return pieces
+    total = np.bincount(labels.ravel(), minlength=n + 1)
+    within = np.bincount(labels[inside], minlength=n + 1)
+    return np.isin(labels, np.flatnonzero((within < 0.5 * total) & (np.arange(n + 1) > 0)))
+
+
+def _large_bone(hu: np.ndarray, px_mm: float) -> np.ndarray:
+    """Dense pieces (> 180 HU) of at least ``CHEST_WALL_MIN_MM2``: the skeleton, never a plaque."""
     labels, n = ndimage.label(hu > BONE_HU)
     if n == 0:
-        return np.zeros_like(cavity)
-    total = np.bincount(labels.ravel(), minlength=n + 1)
-    inside = np.bincount(labels[cavity], minlength=n + 1)
-    big = total * px_mm * px_mm >= CHEST_WALL_MIN_MM2
-    outside_ids = np.flatnonzero((inside < 0.5 * total) & (np.arange(n + 1) > 0) & big)
-    return np.isin(labels, outside_ids)
+        return np.zeros(hu.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1) * px_mm * px_mm
+    return np.isin(labels, np.flatnonzero(sizes >= CHEST_WALL_MIN_MM2)) & (labels > 0)
+
+
+def _forward_to_chest_wall(outline: np.ndarray, hu: np.ndarray, skeleton: np.ndarray, reach: int) -> np.ndarray:
+    """``outline`` extended towards the front (lower row numbers), column by column, through soft
+    tissue, fat and small dense pieces (plaques) until the skeleton (sternum, cartilage) or air, at
+    most ``reach`` pixels: the front of the heart and the LAD lie in front of the lungs."""
+    out = outline.copy()
+    passable = (hu > SOFT_HU) & ~skeleton
+    for col in np.flatnonzero(outline.any(axis=0)):
+        top = int(np.argmax(outline[:, col]))
+        for row in range(top - 1, max(-1, top - 1 - reach), -1):
+            if not passable[row, col]:
+                break
+            out[row, col] = True
+    return out
