@@ -3,8 +3,9 @@
 - ``receiver``: a C-STORE SCP on the shared DICOM port (SO_REUSEPORT: the kernel spreads
   associations over the receivers, so one crashing never stops reception), plus the drop folder in
   receiver 0. Receivers write the spool and the state DB and nothing else.
-- ``pipeline``: the stable-study sweep and the study worker (de-identification, inference, queuing)
-  and the periodic jobs (apscheduler). It reads what receivers wrote and never talks to them.
+- ``pipeline``: the stable-study sweep and the study worker running the stages of
+  :mod:`connector.pipeline.stages` (de-identification, CAC, registry queuing), and the periodic jobs
+  (apscheduler). It reads what receivers wrote and never talks to them.
 - ``push``: drains the outbox to the registry (STOW-RS and the JSON API), with its own retries.
 
 Roles are started by :mod:`connector.daemon` in fresh interpreters (multiprocessing "spawn"), so
@@ -200,30 +201,16 @@ def pipeline_main(config: Config, log_queue: Any) -> None:
     from connector.assemble.stability import StudyAssembler
     from connector.deid.engine import DeidEngine
     from connector.linkage import open_identity_provider
+    from connector.pipeline.stages import build_stages
+    from connector.pipeline.worker import StudyWorker
     from connector.store.layout import SiteLayout
     from connector.store.state import StateStore
-    from connector.store.stage_failures import RetryPolicy, reschedule_other_versions
-    from connector.studyworker import LazyRunner, Stage, StudyWorker, cac_step, registry_step
 
     layout = SiteLayout.from_config(config)
     store = StateStore(layout.state_db)
     provider = open_identity_provider(config)
     engine = DeidEngine.from_config(config, provider)
-    # The stages after de-identification, in order. CAC is optional: its failure never holds the images.
-    stages: list[Stage] = []
-    if config.cac.enabled:  # first: it adds the CAC SR and SEG to the objects the registry step queues
-        runner = LazyRunner(config)
-        stages.append(Stage("cac", cac_step(config, store, engine, layout, runner), required=False,
-                            version=runner.version,
-                            retry=RetryPolicy(config.cac.retry_attempts, config.cac.retry_first_minutes * 60)))
-        model_sha = runner.version()
-        if model_sha:  # a model installed since: the studies the previous one failed on are retried now
-            with store.write() as conn:
-                again = reschedule_other_versions(conn, "cac", model_sha)
-            if again:
-                log.info("new CAC model: failed studies retried", extra={"event": "stage_rescheduled",
-                                                                         "step": "cac", "studies": again})
-    stages.append(Stage("registry", registry_step(config, store, layout, provider)))
+    stages = build_stages(config, store, layout, engine, provider)  # the pipeline, as one list
     # a study that met a full disk is retried after the quiet period (5 s to 5 min)
     worker = StudyWorker(store, layout, engine, stages,
                          retry_seconds=min(300.0, max(5.0, config.assemble.stable_seconds)), ocr=config.deid.ocr)

@@ -79,7 +79,7 @@ def frames(exc: BaseException, limit: int = 6) -> list[str]:
 
 
 def _short(filename: str) -> str:
-    """A source file relative to its package (``connector/studyworker.py``, ``highdicom/sr/sop.py``)."""
+    """A source file relative to its package (``connector/pipeline/worker.py``, ``highdicom/sr/sop.py``)."""
     parts = filename.replace("\\", "/").split("/")
     for anchor in ("site-packages", "dist-packages"):
         if anchor in parts:

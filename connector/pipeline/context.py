@@ -1,0 +1,45 @@
+"""What the stages after de-identification share: the study in hand and the stage contract.
+
+A stage is a name and one function of a :class:`StudyContext`; ``required`` says whether its
+failure fails the study (the images' own path) or is only recorded and retried (an analysis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from connector.deid.study import StudyOutcome
+from connector.store.stage_failures import RetryPolicy
+
+
+@dataclass
+class StudyContext:
+    """What the steps after de-identification get to see about one study."""
+
+    study_key: str
+    originals: list[Path]  # identified files on the spool (never leave the site)
+    outcome: StudyOutcome  # de-identified files, their new UIDs and the pseudonym
+    out_dir: Path
+    notes: dict[str, object] = field(default_factory=dict)
+
+
+Step = Callable[[StudyContext], None]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage after de-identification.
+
+    ``required``: its failure marks the study failed (the images' own path). An optional stage's
+    failure is recorded and retried under ``retry`` while the study goes on. ``version`` names what
+    the stage runs (the model's SHA-256): a failure recorded under another version is retried at
+    once when the pipeline starts with a new one (a site that installs a fixed model).
+    """
+
+    name: str
+    run: Step
+    required: bool = True
+    version: Callable[[], str] = lambda: ""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
