@@ -28,7 +28,9 @@ ROUNDS = 3
 POINTS = ["receive", "deid", "cac", "upload"] * ROUNDS  # twelve kills
 STUDIES = ROUNDS + 2  # one study released at each "receive" kill, two more for the last run
 CT, PET = 40, 5
-CAC_OBJECTS = STUDIES  # the daemon adds a CAC SR to each study (the synthetic CT scores 0: no SEG)
+# The synthetic CT is a soft-tissue body without a chest: CAC finds no heart and reports heart_not_found
+# (one result per study, counted below), with no SR or SEG to add to the study's instances.
+CAC_OBJECTS = 0
 
 
 class Pacs(threading.Thread):
