@@ -442,6 +442,7 @@ class Supervisor:
         from connector.linkage import open_identity_provider
         from connector.outbox import outbox_counts
         from connector.web import WebServer
+        from connector.web.site_context import SiteContext
 
         store = StateStore(self.layout.state_db)
         self._web_store = store
@@ -460,8 +461,8 @@ class Supervisor:
         intake = Intake(self.layout, store, min_free_bytes=self.config.storage.min_free_bytes,
                         fsync=self.config.storage.fsync)
         # the pipeline and push roles poll the DB every second: nothing to wake across processes
-        self.web = WebServer(self.config, store, self.layout, {"registry": registry_probe, "scp": scp_probe},
-                             intake=intake, provider=self._web_provider, wake=lambda _what: None)
+        self.web = WebServer(SiteContext(self.config, store, self.layout, {"registry": registry_probe, "scp": scp_probe},
+                                         intake=intake, provider=self._web_provider, wake=lambda _what: None))
         try:
             self.web.start()
         except OSError as exc:

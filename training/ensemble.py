@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from connector.infer.manifest import MANIFEST_NAME, sha256_file  # noqa: E402
+from connector.infer.manifest import MANIFEST_NAME  # noqa: E402
+from connector.store.digests import file_sha256  # noqa: E402
 
 SHARED_KEYS = ("schema", "name", "input", "outputs", "intended_use", "validated_for_clinical_use", "license")
 
@@ -36,7 +37,7 @@ class MemberMismatch(ValueError):
 
 def _member_manifest(folder: Path) -> dict:
     manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
-    if sha256_file(folder / manifest["file"]) != manifest["sha256"]:
+    if file_sha256(folder / manifest["file"]) != manifest["sha256"]:
         raise MemberMismatch(f"{folder}: model file does not match its manifest's sha256")
     return manifest
 
@@ -78,7 +79,7 @@ def build_ensemble(members: list[Path], out: Path, version: str) -> dict:
     manifest.update({
         "version": version,
         "file": "model.onnx",
-        "sha256": sha256_file(out / "model.onnx"),
+        "sha256": file_sha256(out / "model.onnx"),
         "description": f"Mean of {len(members)} 2.5D CAC segmentation networks (same recipe, different training "
                        "seeds): heart region, coronary vs non-coronary calcium, for CT attenuation-correction scans.",
     })

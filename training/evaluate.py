@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from connector.infer.agatston import CATEGORIES, agatston, category_for
-from connector.phantoms import NOISE_WIDE, WIDE_TEST, Phantom, make_phantom
+from connector.synthetic.phantoms import NOISE_WIDE, WIDE_TEST, Phantom, make_phantom
 
 HELD_OUT_SEED_BASE = 900_000  # training uses seeds below this
 WIDE_TEST_SEED_BASE = 800_000  # the wide test split: its own seeds, and ranges training never drew from

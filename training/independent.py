@@ -1,9 +1,9 @@
 """Independent chest phantoms: a second, deliberately different synthetic world for CAC evaluation.
 
 Why: a model trained and tested on one generator can look perfect on that generator's test split and
-still fail on anatomy it never saw (issue 15: on chest phantoms built without ``connector.phantoms``,
+still fail on anatomy it never saw (issue 15: on chest phantoms built without ``connector.synthetic.phantoms``,
 the bundled model scored half of the large lesions; wider models scored a sternum or the spine). This
-module shares no code or parameters with ``connector.phantoms`` (only numpy/scipy), so its anatomy,
+module shares no code or parameters with ``connector.synthetic.phantoms`` (only numpy/scipy), so its anatomy,
 densities, blur and noise differ from anything a model here was trained on. It is never used for
 training; ``training.evaluate`` reports it as its own column.
 
@@ -34,7 +34,7 @@ SIZE = 512
 
 @dataclass
 class IndependentPhantom:
-    """The fields :func:`training.evaluate.score_phantom` reads, like ``connector.phantoms.Phantom``."""
+    """The fields :func:`training.evaluate.score_phantom` reads, like ``connector.synthetic.phantoms.Phantom``."""
 
     hu: np.ndarray
     heart: np.ndarray

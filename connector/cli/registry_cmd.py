@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from connector.logsetup import setup_logging
-    from connector.registry import RegistryServer, load_or_create_token
+    from devregistry import RegistryServer, load_or_create_token
 
     setup_logging("INFO")
     try:

@@ -12,6 +12,8 @@ from connector.store.layout import SiteLayout
 from connector.store.quarantine import count_quarantine
 from connector.store.stage_failures import failure_counts, recent_failures
 from connector.store.state import StateStore
+from connector.outbox.delivery import waiting_for_registry
+from connector.push.reconcile_runs import last_reconciliation
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,8 +29,8 @@ def collect(layout: SiteLayout) -> dict[str, Any]:
     try:
         out = store.counts()
         out.update(outbox_counts(store))
-        out["waiting_for_registry"] = store.waiting_for_registry()
-        out["last_reconciliation"] = store.last_reconciliation()
+        out["waiting_for_registry"] = waiting_for_registry(store)
+        out["last_reconciliation"] = last_reconciliation(store)
         out["optional_stage_failures"] = failure_counts(store.conn)
         out["failed_optional_stages"] = recent_failures(store.conn)
     finally:

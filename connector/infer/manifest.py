@@ -83,13 +83,6 @@ class ModelManifest:
         }
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def load_manifest(model_dir: Path) -> ModelManifest:
     """Parse and validate ``model_dir/manifest.json`` (does not read the model)."""

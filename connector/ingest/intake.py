@@ -13,7 +13,6 @@ SeriesInstanceUID); pixel data is never parsed here.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -32,6 +31,7 @@ from connector.store.group_commit import GroupCommitter
 from connector.store.layout import SiteLayout
 from connector.store.quarantine import QuarantineEntry, quarantine
 from connector.store.state import InstanceRecord, StateStore, StoreOutcome, instance_key, study_key
+from connector.store.digests import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +171,7 @@ def _dataset_offset(fh: object, meta: object) -> int:
 
 def dataset_sha256(path: Path, offset: int) -> str:
     """SHA-256 of the dataset bytes, ignoring preamble and file meta (which each channel rewrites)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        while chunk := fh.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path, offset)
 
 
 def _stored_digest(path: Path) -> str:

@@ -9,6 +9,7 @@ from connector.deid.provider import IdentityProvider
 from connector.pipeline.context import Step, StudyContext
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
+from connector.outbox.delivery import record_study_outputs
 
 
 def subject_record(deidentified: Path, original: Path, provider: IdentityProvider) -> dict[str, object] | None:
@@ -50,7 +51,7 @@ def registry_step(config: Config, store: StateStore, layout: SiteLayout, provide
                         files=[w.path for w in written], layout=layout,
                         max_instances=config.registry.batch_max_instances,
                         max_bytes=config.registry.batch_max_bytes)
-        store.record_study_outputs(ctx.study_key, ctx.outcome.study_uids)
+        record_study_outputs(store, ctx.study_key, ctx.outcome.study_uids)
         ctx.notes["state"] = "queued"
 
     return step

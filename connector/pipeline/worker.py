@@ -32,6 +32,7 @@ from connector.safe_reason import frames, safe_reason
 from connector.store import stage_failures
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
+from connector.outbox.delivery import promote_delivered
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class StudyWorker:
             state = str(context.notes.get("state", state))
         self.store.set_study_state(key, state, only_if="processing")
         if state == "queued":  # the uploader may have delivered everything already
-            self.store.promote_pushed()
+            promote_delivered(self.store)
         self.processed += 1
         log.info("study processed", extra={"event": "study_processed", "study": key, "state": state,
                                            "seconds": round(time.monotonic() - started, 3), **outcome.summary()})
@@ -169,8 +170,7 @@ class StudyWorker:
 
     def retry_due(self) -> int:
         """Hand back the studies whose failed optional stage is due (called by the pipeline's scheduler)."""
-        with self.store.write() as conn:
-            keys = stage_failures.take_due(conn)
+        keys = stage_failures.take_due(self.store)
         for key in keys:
             log.info("retrying a failed optional stage", extra={"event": "stage_retry", "study": key})
         if keys:

@@ -41,6 +41,7 @@ from connector.push.stow import (
     parse_stow_response,
 )
 from connector.push.throttle import RateLimiter
+from connector.store.digests import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,6 @@ def idempotency_key(*parts: str) -> str:
 def canonical_json(payload: Any) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1024 * 1024), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def response_record(resp: httpx.Response) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from connector.push.client import RegistryClient, ResponseRefused
 from connector.push.queueing import DESTINATION, make_batches, read_outgoing
 from connector.store.durable import write_file_durably
 from connector.store.state import StateStore
+from connector.push.reconcile_runs import record_reconciliation
 
 if TYPE_CHECKING:
     from connector.config import Config
@@ -343,7 +344,7 @@ class Reconciler:
         keys = self.targets(include_verified=include_verified, study_keys=study_keys, verified_before=verified_before)
         if not keys:
             report.seconds = time.monotonic() - started
-            self.store.record_reconciliation(report.summary())
+            record_reconciliation(self.store, report.summary())
             return report
         sent = self.sent(keys)
         reader = self.reader or RegistryReader(self.config)
@@ -368,14 +369,14 @@ class Reconciler:
                         checked[key] = outcome
         except RegistryUnreachable:  # nothing was changed; remembered for status
             report.seconds = time.monotonic() - started
-            self.store.record_reconciliation({**Report(api=report.api, seconds=report.seconds).summary(),
+            record_reconciliation(self.store, {**Report(api=report.api, seconds=report.seconds).summary(),
                                               "registry_unreachable": True})
             raise
         finally:
             if self.reader is None:
                 reader.close()
         matching = [k for k, comps in checked.items() if all(c.ok for _, c in comps)]
-        self._mark_verified(matching)
+        self.store.mark_verified(matching)
         for key, comps in checked.items():
             unexpected = sum(c.unexpected for _, c in comps)
             manifest = _worst(c.manifest for _, c in comps)
@@ -389,9 +390,7 @@ class Reconciler:
                 self._mend(key, comps, result)
             except Exception as exc:  # one study's trouble must not stop the others; retried at the next run
                 result.outcome, result.error = "error", f"resend-failed:{type(exc).__name__}"
-                with self.store.write() as conn:  # known incomplete: not verified any more
-                    conn.execute("UPDATE studies SET state='pushed', verified_at=NULL, updated_at=? "
-                                 "WHERE study_key=? AND state='verified'", (time.time(), key))
+                self.store.mark_unverified(key, only_if=("verified",))  # known incomplete: not verified any more
             report.results.append(result)
             log.warning("registry lacks part of a study", extra={
                 "event": "reconcile_mismatch", "study": key, "outcome": result.outcome, "missing": result.missing,
@@ -399,15 +398,9 @@ class Reconciler:
                 "manifest": manifest, "error": result.error})
         report.results.sort(key=lambda r: r.study)
         report.seconds = time.monotonic() - started
-        self.store.record_reconciliation(report.summary())
+        record_reconciliation(self.store, report.summary())
         log.info("reconciliation done", extra={"event": "reconcile_done", **report.summary()})
         return report
-
-    def _mark_verified(self, keys: list[str]) -> None:
-        now = time.time()
-        with self.store.write() as conn:
-            conn.executemany("UPDATE studies SET state='verified', verified_at=?, updated_at=? "
-                             "WHERE study_key=? AND state IN ('pushed', 'verified')", [(now, now, k) for k in keys])
 
     # -- mending ---------------------------------------------------------------------------------
 
@@ -459,12 +452,8 @@ class Reconciler:
                     self.outbox.enqueue("manifest", job_key, self.destination, sent.manifest, after=job_ids,
                                         group=sent.study_uid)
                     queued_manifests += 1
-            if queued_instances or queued_manifests:
-                conn.execute("UPDATE studies SET state='queued', verified_at=NULL, updated_at=? WHERE study_key=?",
-                             (time.time(), key))
-            else:  # known incomplete and nothing to send: not verified any more
-                conn.execute("UPDATE studies SET state='pushed', verified_at=NULL, updated_at=? WHERE study_key=?",
-                             (time.time(), key))
+            # queued again; or known incomplete with nothing to send: not verified any more
+            self.store.mark_unverified(key, "queued" if queued_instances or queued_manifests else "pushed")
         result.requeued, result.manifests_requeued = queued_instances, queued_manifests
         if queued_instances < len(missing):
             result.outcome = "unresolved"

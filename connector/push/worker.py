@@ -29,6 +29,7 @@ from connector.push.jobs import JobRunner, Outcome
 from connector.push.throttle import RateLimiter
 from connector.store.quarantine import quarantine
 from connector.store.state import StateStore
+from connector.outbox.delivery import promote_delivered
 
 if TYPE_CHECKING:
     from connector.config import Config
@@ -204,7 +205,7 @@ class PushWorker:
         if outcome.action == "done":
             ob.complete(job.id, owner, outcome.status, acked=[i.id for i in outcome.acked])
             if job.kind in ("manifest", "result", "stow"):  # maybe a study's last job
-                self.store.promote_pushed()
+                promote_delivered(self.store)
             self._destination_up()
             self.sent_jobs += 1
             self.sent_bytes += outcome.bytes_sent

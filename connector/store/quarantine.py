@@ -13,13 +13,11 @@ instances row, and re-processing the study would otherwise bring the object back
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import secrets
 import shutil
-import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 
 from connector.store.durable import fsync_dir, write_file_durably
 from connector.store.layout import SiteLayout
+from connector.store.digests import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +166,6 @@ def purge_entry(data_path: Path, meta_path: Path) -> PurgeReport:
     return report
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1024 * 1024), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _study_key(study_uid: str) -> str:
     from connector.store.state import study_key
@@ -197,7 +189,7 @@ def _object_of(data_path: Path) -> tuple[str, str, str] | None:
         return None
     if not sop_uid:
         return None
-    return _sha256(data_path), sop_uid, study_uid
+    return file_sha256(data_path), sop_uid, study_uid
 
 
 def _purge_original(layout: SiteLayout, digest: str, sop_uid: str) -> tuple[int, int, str, str]:
@@ -215,7 +207,7 @@ def _purge_original(layout: SiteLayout, digest: str, sop_uid: str) -> tuple[int,
         study, modality = (row[1], row[2] or "") if row is not None else ("", "")
         original = layout.spool / rel
         try:
-            same = original.is_file() and _sha256(original) == digest
+            same = original.is_file() and file_sha256(original) == digest
         except OSError:
             same = False
         if not same:
@@ -224,18 +216,11 @@ def _purge_original(layout: SiteLayout, digest: str, sop_uid: str) -> tuple[int,
         fsync_dir(original.parent)
         rows = 0
         if row is not None:
-            with store.write() as conn:
-                rows = _forget_instance(conn, sop_uid, study)
+            rows = store.forget_instance(sop_uid, study)
         return 1, rows, study, modality
     finally:
         store.close()
 
-
-def _forget_instance(conn: sqlite3.Connection, sop_uid: str, study: str) -> int:
-    gone = conn.execute("DELETE FROM instances WHERE sop_instance_uid=?", (sop_uid,)).rowcount
-    if gone:
-        conn.execute("UPDATE studies SET instance_count=MAX(instance_count-1, 0) WHERE study_key=?", (study,))
-    return gone
 
 
 def _purge_results(folder: Path, digest: str, *, maps: bool) -> int:
@@ -246,7 +231,7 @@ def _purge_results(folder: Path, digest: str, *, maps: bool) -> int:
     for path in sorted(folder.iterdir()):
         if not path.is_file():
             continue
-        if (maps and path.suffix == ".npz") or (path.suffix == ".dcm" and _sha256(path) == digest):
+        if (maps and path.suffix == ".npz") or (path.suffix == ".dcm" and file_sha256(path) == digest):
             path.unlink()
             removed += 1
     if removed:

@@ -26,6 +26,8 @@ from typing import Any
 
 import sqlite_utils
 
+from connector.store.state import StateStore
+
 # Study states from which a failed optional stage may be run again (the study is not in hand).
 RETRYABLE_STATES = ("queued", "pushed", "verified")
 
@@ -132,7 +134,7 @@ def retry_now(conn: sqlite3.Connection, key: str, now: float | None = None) -> i
                         "WHERE study_key=?", (now, key)).rowcount
 
 
-def take_due(conn: sqlite3.Connection, now: float | None = None, limit: int = 50) -> list[str]:
+def take_due(store: StateStore, now: float | None = None, limit: int = 50) -> list[str]:
     """Hand studies whose failed stage is due back to the worker (state ``stable``); returns their keys.
 
     Only studies at rest are taken (queued, pushed or verified): one being received or processed is
@@ -140,11 +142,10 @@ def take_due(conn: sqlite3.Connection, now: float | None = None, limit: int = 50
     """
     now = time.time() if now is None else now
     placeholders = ",".join("?" * len(RETRYABLE_STATES))
-    keys = [r[0] for r in conn.execute(
-        f"""SELECT DISTINCT f.study_key FROM stage_failures f JOIN studies s ON s.study_key = f.study_key
-            WHERE f.next_attempt_at IS NOT NULL AND f.next_attempt_at <= ? AND s.state IN ({placeholders})
-            ORDER BY f.next_attempt_at LIMIT ?""", (now, *RETRYABLE_STATES, int(limit)))]
-    for key in keys:
-        conn.execute(f"UPDATE studies SET state='stable', stable_at=?, verified_at=NULL, updated_at=? "
-                     f"WHERE study_key=? AND state IN ({placeholders})", (now, now, key, *RETRYABLE_STATES))
+    with store.writing() as conn:
+        keys = [r[0] for r in conn.execute(
+            f"""SELECT DISTINCT f.study_key FROM stage_failures f JOIN studies s ON s.study_key = f.study_key
+                WHERE f.next_attempt_at IS NOT NULL AND f.next_attempt_at <= ? AND s.state IN ({placeholders})
+                ORDER BY f.next_attempt_at LIMIT ?""", (now, *RETRYABLE_STATES, int(limit)))]
+        store.hand_back(keys, RETRYABLE_STATES, now)
     return keys

@@ -150,24 +150,10 @@ def _create_privacy_reports(db: sqlite_utils.Database) -> None:
     )
 
 
-def _create_study_outputs(db: sqlite_utils.Database) -> None:
-    """Which de-identified Study Instance UIDs each study became: the outbox groups its registry jobs
-    by that UID, so this is how a study learns that everything it produced was delivered."""
-    db["study_outputs"].create({"study_key": str, "study_uid": str}, pk=("study_key", "study_uid"),
-                               if_not_exists=True)
-    db["study_outputs"].create_index(["study_uid"], if_not_exists=True)
-
-
 def _add_verified_at(db: sqlite_utils.Database) -> None:
     """When reconciliation last found the registry holding everything a study sent (NULL = not since
     it was last queued)."""
     db.execute("ALTER TABLE studies ADD COLUMN verified_at REAL")
-
-
-def _create_reconcile_runs(db: sqlite_utils.Database) -> None:
-    """One row per reconciliation with the registry: when, how long, and counts (no identifiers)."""
-    db.execute("CREATE TABLE IF NOT EXISTS reconcile_runs (id INTEGER PRIMARY KEY, at REAL NOT NULL, "
-               "seconds REAL, summary TEXT NOT NULL)")
 
 
 # Schema steps, each run once, in order, in one transaction. A stage that owns tables adds a
@@ -177,9 +163,9 @@ MIGRATIONS: list[tuple[int, Any]] = [
     (2, "connector.outbox.schema:create_schema"),
     (3, "connector.followup.schema:create_schema"),
     (4, "connector.store.state:_create_privacy_reports"),
-    (5, "connector.store.state:_create_study_outputs"),
+    (5, "connector.outbox.delivery:create_schema"),
     (6, "connector.store.state:_add_verified_at"),
-    (7, "connector.store.state:_create_reconcile_runs"),
+    (7, "connector.push.reconcile_runs:create_schema"),
     (8, "connector.backfill.schema:create_schema"),
     (9, "connector.store.stage_failures:create_schema"),
 ]
@@ -393,6 +379,57 @@ class StateStore:
                 args += (only_if,)
             return conn.execute(sql, args).rowcount == 1
 
+    # -- state changes after delivery (reconciliation, retries, purge) ---------------------------
+
+    def writing(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """This thread's write transaction: the caller's when one is open (e.g. the outbox's), else a new one."""
+        conn = self.conn
+        return contextlib.nullcontext(conn) if conn.in_transaction else self.write()
+
+    def mark_pushed(self, keys: list[str], now: float | None = None) -> None:
+        """Every registry job of these queued studies is acknowledged (see :mod:`connector.outbox.delivery`)."""
+        now = time.time() if now is None else now
+        with self.writing() as conn:
+            conn.executemany("UPDATE studies SET state='pushed', updated_at=? WHERE study_key=? AND state='queued'",
+                             [(now, k) for k in keys])
+
+    def mark_verified(self, keys: list[str], now: float | None = None) -> None:
+        """Reconciliation found the registry holding everything these delivered studies sent."""
+        now = time.time() if now is None else now
+        with self.writing() as conn:
+            conn.executemany("UPDATE studies SET state='verified', verified_at=?, updated_at=? "
+                             "WHERE study_key=? AND state IN ('pushed', 'verified')", [(now, now, k) for k in keys])
+
+    def mark_unverified(self, key: str, state: str = "pushed", *, only_if: tuple[str, ...] = ()) -> bool:
+        """The registry lacks part of a delivered study: back to ``pushed`` (or ``queued`` when parts were
+        queued again), no longer verified; with ``only_if``, only from those states."""
+        if state not in ("pushed", "queued"):
+            raise ValueError(f"a delivered study goes back to pushed or queued, not {state!r}")
+        sql = "UPDATE studies SET state=?, verified_at=NULL, updated_at=? WHERE study_key=?"
+        args: tuple[Any, ...] = (state, time.time(), key)
+        if only_if:
+            sql += f" AND state IN ({','.join('?' * len(only_if))})"
+            args += only_if
+        with self.writing() as conn:
+            return conn.execute(sql, args).rowcount == 1
+
+    def hand_back(self, keys: list[str], from_states: tuple[str, ...], now: float | None = None) -> None:
+        """Studies at rest in ``from_states`` go back to ``stable`` for the worker (a stage to retry)."""
+        now = time.time() if now is None else now
+        placeholders = ",".join("?" * len(from_states))
+        with self.writing() as conn:
+            conn.executemany(f"UPDATE studies SET state='{STABLE}', stable_at=?, verified_at=NULL, updated_at=? "
+                             f"WHERE study_key=? AND state IN ({placeholders})",
+                             [(now, now, key, *from_states) for key in keys])
+
+    def forget_instance(self, sop_instance_uid: str, key: str) -> int:
+        """Remove an instance's row (a purged original) and count it out of its study; returns rows removed."""
+        with self.writing() as conn:
+            gone = conn.execute("DELETE FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,)).rowcount
+            if gone:
+                conn.execute("UPDATE studies SET instance_count=MAX(instance_count-1, 0) WHERE study_key=?", (key,))
+            return int(gone)
+
     def record_privacy_report(self, key: str, report: dict[str, Any]) -> None:
         """Keep a study's privacy report (the latest run of its de-identification wins)."""
         with self.write() as conn:
@@ -402,78 +439,6 @@ class StateStore:
     def privacy_report(self, key: str) -> dict[str, Any] | None:
         row = self.conn.execute("SELECT report FROM privacy_reports WHERE study_key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
-
-    def record_study_outputs(self, key: str, study_uids: list[str]) -> None:
-        """The de-identified study UIDs ``key`` was queued under (replaces an earlier run's)."""
-        with self.write() as conn:
-            conn.execute("DELETE FROM study_outputs WHERE study_key=?", (key,))
-            conn.executemany("INSERT INTO study_outputs (study_key, study_uid) VALUES (?, ?)",
-                             [(key, uid) for uid in sorted(set(study_uids))])
-
-    def promote_pushed(self) -> list[str]:
-        """Move every queued study whose registry jobs are all acknowledged to ``pushed``.
-
-        A study is delivered when, for each de-identified study UID it became, no job of that UID's
-        group (STOW batches, manifest, CAC results) is left undone and its manifest is done (the
-        manifest waits for the subject and every batch).
-        """
-        with self.write() as conn:
-            rows = conn.execute(
-                """
-                SELECT s.study_key FROM studies s
-                WHERE s.state = 'queued'
-                  AND EXISTS (SELECT 1 FROM study_outputs o WHERE o.study_key = s.study_key)
-                  AND NOT EXISTS (
-                    SELECT 1 FROM study_outputs o WHERE o.study_key = s.study_key AND (
-                      EXISTS (SELECT 1 FROM outbox_jobs j WHERE j.grp = o.study_uid AND j.state != 'done')
-                      OR NOT EXISTS (SELECT 1 FROM outbox_jobs j
-                                     WHERE j.grp = o.study_uid AND j.kind = 'manifest' AND j.state = 'done')))
-                """).fetchall()
-            keys = [r[0] for r in rows]
-            now = time.time()
-            conn.executemany("UPDATE studies SET state='pushed', updated_at=? WHERE study_key=? AND state='queued'",
-                             [(now, k) for k in keys])
-        return keys
-
-    def delivery(self, key: str) -> dict[str, dict[str, int]]:
-        """A study's registry jobs by kind and state, e.g. ``{"stow": {"done": 2, "pending": 1}}``."""
-        rows = self.conn.execute(
-            """SELECT j.kind, j.state, COUNT(*) FROM outbox_jobs j
-               JOIN study_outputs o ON j.grp = o.study_uid WHERE o.study_key = ? GROUP BY j.kind, j.state""",
-            (key,)).fetchall()
-        out: dict[str, dict[str, int]] = {}
-        for kind, state, count in rows:
-            out.setdefault(kind, {})[state] = count
-        return out
-
-    def waiting_for_registry(self, limit: int = 20) -> list[dict[str, Any]]:
-        """Queued studies not yet delivered, oldest first: what each still waits for and the last
-        error the registry gave (study keys and job kinds only, nothing identifying)."""
-        keys = [r[0] for r in self.conn.execute(
-            "SELECT study_key FROM studies WHERE state='queued' ORDER BY updated_at LIMIT ?", (int(limit),))]
-        out = []
-        for key in keys:
-            delivery = self.delivery(key)
-            waiting = {kind: {st: n for st, n in states.items() if st != "done"} for kind, states in delivery.items()}
-            row = self.conn.execute(
-                """SELECT j.last_error FROM outbox_jobs j JOIN study_outputs o ON j.grp = o.study_uid
-                   WHERE o.study_key = ? AND j.state != 'done' AND j.last_error IS NOT NULL
-                   ORDER BY j.updated_at DESC LIMIT 1""", (key,)).fetchone()
-            out.append({"study": key, "waiting": {k: v for k, v in waiting.items() if v},
-                        "last_error": row[0] if row else None})
-        return out
-
-    def record_reconciliation(self, summary: dict[str, Any], keep: int = 100) -> None:
-        """Remember a reconciliation's counts (the last ``keep`` runs are kept)."""
-        with self.write() as conn:
-            conn.execute("INSERT INTO reconcile_runs (at, seconds, summary) VALUES (?, ?, ?)",
-                         (time.time(), summary.get("seconds"), json.dumps(summary, sort_keys=True)))
-            conn.execute("DELETE FROM reconcile_runs WHERE id <= (SELECT MAX(id) FROM reconcile_runs) - ?", (keep,))
-
-    def last_reconciliation(self) -> dict[str, Any] | None:
-        """The latest reconciliation: ``{"at": unix time, **its counts}``, or None if none ran yet."""
-        row = self.conn.execute("SELECT at, summary FROM reconcile_runs ORDER BY id DESC LIMIT 1").fetchone()
-        return {"at": row[0], **json.loads(row[1])} if row else None
 
     def study(self, key: str) -> dict[str, Any] | None:
         cur = self.conn.execute("SELECT * FROM studies WHERE study_key=?", (key,))

@@ -39,7 +39,7 @@ from connector.web.rendering import CSRF_FIELD, csrf_field, message, page, site
 from connector.web.users import NAME_RE, UserError
 
 if TYPE_CHECKING:
-    from connector.web.server import WebServer
+    from connector.web.site_context import SiteContext
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ class _SessionInterface(SecureCookieSessionInterface):
         return request.is_secure
 
 
-def create_app(web: WebServer) -> Flask:
+def create_app(web: SiteContext) -> Flask:
+    """The dashboard, health and metrics app for one site; the pages reach ``web`` through :func:`site`."""
     app = _App("connector.web", static_folder="static", template_folder="templates")
     lifetime = timedelta(minutes=web.config.http.session_minutes)
     app.config.update(

@@ -21,6 +21,7 @@ from connector.store.stage_failures import failure_counts
 from connector.store.state import STUDY_STATES, StateStore
 from connector.web import integrations
 from connector.web.health import HealthReport, disk_free_bytes
+from connector.push.reconcile_runs import last_reconciliation
 
 PREFIX = "site_connector_"
 # The classic text format; prometheus_client >= 0.22 names it, older ones call it CONTENT_TYPE_LATEST.
@@ -102,7 +103,7 @@ def collect(store: StateStore, data_dir: Path, quarantine_dir: Path, min_free_by
             failed.add_metric([stage, outcome], counts_by_stage.get(stage, {}).get(outcome, 0))
     fams.append(failed)
 
-    last = store.last_reconciliation() or {}
+    last = last_reconciliation(store) or {}
     reconciled = _gauge("last_reconcile_studies", "Studies of the last reconciliation with the registry, by outcome.",
                         labels=["outcome"])
     for outcome, field in (("verified", "verified"), ("requeued", "requeued"), ("unresolved", "unresolved"),

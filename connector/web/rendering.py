@@ -1,4 +1,4 @@
-"""What every dashboard page shares: the site object, the layout's values, the CSRF field.
+"""What every dashboard page shares: the site context, the layout's values, the CSRF field.
 
 Why its own module: the page blueprints (views, search, backfill) and the app factory all need these,
 and keeping them out of :mod:`connector.web.app` lets the app import its blueprints without the
@@ -16,14 +16,14 @@ from markupsafe import Markup, escape
 from connector import __version__
 
 if TYPE_CHECKING:
-    from connector.web.server import WebServer
+    from connector.web.site_context import SiteContext
 
 CSRF_FIELD = "csrf"
 NAV = [("/", "Overview"), ("/studies", "Studies"), ("/quarantine", "Quarantine"), ("/outbox", "Outbox"),
        ("/followup", "Follow-up"), ("/backfill", "Backfill")]
 
-def site() -> WebServer:
-    """The :class:`WebServer` this app belongs to (config, state store, users, probes...)."""
+def site() -> SiteContext:
+    """The :class:`SiteContext` this app was made for (config, state store, users, probes...)."""
     return current_app.extensions["site_connector"]  # type: ignore[no-any-return]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pydicom
 import pytest
 
-from connector.registry import RegistryServer
+from devregistry import RegistryServer
 from tests.backfill.conftest import (
     PacsStudy,
     load,
@@ -24,18 +24,10 @@ from tests.backfill.conftest import (
 )
 from tests.support.daemon import ConnectorProcess
 from tests.support.dicomfiles import dataset_bytes, stored_by_sop
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
-
-def wait_for(predicate: Any, timeout: float = 60.0, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def backfill_rows(data_dir: Path) -> list[tuple[str, str, int]]:

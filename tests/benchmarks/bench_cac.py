@@ -35,8 +35,8 @@ from connector.infer.runner import CacRunner  # noqa: E402
 from connector.infer.select import select_series  # noqa: E402
 from connector.infer.settings import CacConfig  # noqa: E402
 from connector.infer.volume import load_volume  # noqa: E402
-from connector.phantom_dicom import write_phantom  # noqa: E402
-from connector.phantoms import make_phantom  # noqa: E402
+from connector.synthetic.phantom_series import write_phantom  # noqa: E402
+from connector.synthetic.phantoms import make_phantom  # noqa: E402
 
 PUBLISHED_SECONDS = 2.0
 

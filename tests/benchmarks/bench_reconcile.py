@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from connector.config import load_config  # noqa: E402
 from connector.push.reconcile import Reconciler  # noqa: E402
-from connector.registry.storage import RegistryStore  # noqa: E402
+from devregistry.storage import RegistryStore  # noqa: E402
 from connector.store.layout import SiteLayout  # noqa: E402
 from connector.store.state import StateStore  # noqa: E402
 from tests.support.net import free_port, wait_port  # noqa: E402

@@ -28,6 +28,7 @@ from connector.config import load_config  # noqa: E402
 from connector.store.layout import SiteLayout  # noqa: E402
 from connector.store.state import STUDY_STATES, StateStore  # noqa: E402
 from connector.web import UserFile, WebServer, users_path  # noqa: E402
+from connector.web.site_context import SiteContext
 
 
 def fill(store: StateStore, instances: int, studies: int) -> None:
@@ -88,7 +89,7 @@ def main() -> None:
         fill(store, args.instances, args.studies)
         print(f"filled {args.instances} instances / {args.studies} studies in {time.perf_counter() - t:.1f} s")
         UserFile(users_path(config)).add("bench", "bench password 123")
-        web = WebServer(config, store, layout, {"registry": lambda: None, "scp": lambda: None})
+        web = WebServer(SiteContext(config, store, layout, {"registry": lambda: None, "scp": lambda: None}))
         web.start()
         peer = ThreadingHTTPServer(("127.0.0.1", 0), _Static)
         threading.Thread(target=peer.serve_forever, daemon=True).start()

@@ -162,16 +162,6 @@ def status(daemon: ConnectorProcess) -> dict[str, Any]:
     return dict(json.loads(daemon.cli("status", "--json", check=True).stdout))
 
 
-def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what} not met within {timeout} s")
-
-
 def study_states(daemon: ConnectorProcess) -> dict[str, int]:
     """Studies per state, read straight from the state DB (cheaper than ``status`` in a tight loop)."""
     import sqlite3

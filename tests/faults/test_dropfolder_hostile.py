@@ -12,7 +12,8 @@ import pydicom
 import pytest
 
 from connector.synthetic import SyntheticStudy, ct_slices, write_series
-from tests.faults.support import TEST_STOP_TIMEOUT, stop_timed, wait_for
+from tests.faults.support import TEST_STOP_TIMEOUT, stop_timed
+from tests.support.waiting import wait_for
 from tests.support.daemon import ConnectorProcess
 from tests.support.dicomfiles import dataset_digest, stored_by_sop
 

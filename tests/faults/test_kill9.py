@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from connector.synthetic import SyntheticStudy, write_pet_ct_study
-from tests.faults.support import (RegistryProcess, acknowledged_files, push_settings, stop_timed,
-                                  storescu_popen, study_states, token_file, wait_for, wait_group_gone)
+from tests.faults.support import (RegistryProcess, acknowledged_files, push_settings, stop_timed, storescu_popen, study_states, token_file, wait_group_gone)
+from tests.support.waiting import wait_for
 from tests.support.daemon import ConnectorProcess
 
 pytestmark = pytest.mark.slow

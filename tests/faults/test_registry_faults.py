@@ -18,8 +18,8 @@ import pytest
 
 from connector.synthetic import SyntheticStudy, write_pet_ct_study
 from tests.faults.faultproxy import FaultProxy
-from tests.faults.support import (RegistryProcess, push_settings, status, stop_timed, storescu, token_file,
-                                  wait_for)
+from tests.faults.support import (RegistryProcess, push_settings, status, stop_timed, storescu, token_file)
+from tests.support.waiting import wait_for
 from tests.support.daemon import ConnectorProcess
 
 pytestmark = pytest.mark.slow

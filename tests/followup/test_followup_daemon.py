@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.registry import RegistryServer
+from devregistry import RegistryServer
 from connector.synthetic import SyntheticPatient, SyntheticStudy, write_pet_ct_study
 from tests.support.daemon import ConnectorProcess
 

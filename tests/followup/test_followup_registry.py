@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from connector.push import PushWorker
-from connector.registry import RegistryServer
+from devregistry import RegistryServer
 from tests.followup.conftest import FollowupSite, days_between, make_site, write_csv
 
 
@@ -35,16 +34,6 @@ class Harness:
         self.worker.wake()
         assert self.worker.drain(30), "the push worker did not drain the outbox"
         return summary
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 @pytest.fixture

@@ -18,9 +18,10 @@ import pytest
 
 pytest.importorskip("onnx")
 
-from connector.infer.manifest import BUNDLED_MODEL_DIR, MANIFEST_NAME, load_verified_model, sha256_file  # noqa: E402
+from connector.infer.manifest import BUNDLED_MODEL_DIR, MANIFEST_NAME, load_verified_model  # noqa: E402
+from connector.store.digests import file_sha256  # noqa: E402
 from connector.infer.runner import CacRunner  # noqa: E402
-from connector.phantoms import make_phantom  # noqa: E402
+from connector.synthetic.phantoms import make_phantom  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 V1 = ROOT / "models" / "cac-synthetic-v1"
@@ -35,7 +36,7 @@ def test_the_mean_of_a_model_with_itself_gives_its_probabilities(tmp_path: Path)
     proc = run_ensemble("--out", str(tmp_path / "ens"), str(V1), str(V1), "--eval", "0", "--eval-independent", "0")
     assert proc.returncode == 0, proc.stderr[-2000:]
     manifest = json.loads((tmp_path / "ens" / MANIFEST_NAME).read_text())
-    assert manifest["sha256"] == sha256_file(tmp_path / "ens" / "model.onnx")
+    assert manifest["sha256"] == file_sha256(tmp_path / "ens" / "model.onnx")
     v1 = json.loads((V1 / MANIFEST_NAME).read_text())
     assert manifest["compute"]["macs_per_slice"] == 2 * v1["compute"]["macs_per_slice"]
     assert [m["sha256"] for m in manifest["training"]["members"]] == [v1["sha256"]] * 2
@@ -51,7 +52,7 @@ def test_the_mean_of_a_model_with_itself_gives_its_probabilities(tmp_path: Path)
     # The same members give the same bytes (the manifest's hash can be reproduced).
     again = run_ensemble("--out", str(tmp_path / "again"), str(V1), str(V1), "--eval", "0", "--eval-independent", "0")
     assert again.returncode == 0
-    assert sha256_file(tmp_path / "again" / "model.onnx") == manifest["sha256"]
+    assert file_sha256(tmp_path / "again" / "model.onnx") == manifest["sha256"]
 
 
 def test_a_member_whose_bytes_do_not_match_its_manifest_is_refused(tmp_path: Path) -> None:
@@ -79,5 +80,5 @@ def test_the_bundled_model_is_a_verified_ensemble_of_three_seeds() -> None:
     raw = json.loads((BUNDLED_MODEL_DIR / MANIFEST_NAME).read_text())
     members = raw["training"]["members"]
     assert len(members) == 3 and len({m["seed"] for m in members}) == 3
-    assert raw["sha256"] == sha256_file(BUNDLED_MODEL_DIR / "model.onnx")
+    assert raw["sha256"] == file_sha256(BUNDLED_MODEL_DIR / "model.onnx")
     assert manifest.validated_for_clinical_use is False

@@ -17,7 +17,7 @@ from connector.infer.heart_region import find_heart
 from connector.infer.runner import CacRunner
 from connector.infer.settings import CacConfig
 from connector.infer.volume import CtVolume, SpacingReport
-from connector.phantoms import WIDE, WIDE_TEST, make_phantom
+from connector.synthetic.phantoms import WIDE, WIDE_TEST, make_phantom
 from training.independent import independent_phantom
 
 

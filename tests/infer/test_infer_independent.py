@@ -1,6 +1,6 @@
 """The independent chest phantoms (training/independent.py) and the three-column evaluation CLI.
 
-The independent phantoms are the only CAC test set not drawn from ``connector.phantoms``; the closing
+The independent phantoms are the only CAC test set not drawn from ``connector.synthetic.phantoms``; the closing
 notes compare models on them, so their labels must mean what the evaluation assumes: lesion counts by
 index, coronary labels disjoint from non-coronary ones, and bone/aortic calcium that a scorer given the
 non-coronary label would score.

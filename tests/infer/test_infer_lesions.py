@@ -192,7 +192,7 @@ def runner():  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(("area_mm2", "hu_value"), [(1.0, 600.0), (3.0, 350.0), (10.0, 250.0), (30.0, 600.0),
                                                     (80.0, 480.0), (150.0, 650.0), (150.0, 1000.0)])
 def test_bundled_model_scores_lesions_of_every_size_whole(runner, area_mm2: float, hu_value: float) -> None:  # type: ignore[no-untyped-def]
-    from connector.phantoms import Blob, artery_points, random_spec, render
+    from connector.synthetic.phantoms import Blob, artery_points, random_spec, render
 
     rng = np.random.default_rng(int(area_mm2 * 10 + hu_value))
     spec = random_spec(rng, plaque_count=0)

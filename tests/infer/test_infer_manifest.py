@@ -13,8 +13,8 @@ from connector.infer.manifest import (
     BUNDLED_MODEL_DIR,
     load_manifest,
     load_verified_model,
-    sha256_file,
 )
+from connector.store.digests import file_sha256
 from connector.infer.runner import CPU, CacRunner, choose_providers
 from connector.infer.settings import CacConfig
 
@@ -32,7 +32,7 @@ def test_bundled_model_is_labelled_synthetic_and_not_clinical() -> None:
     assert "not validated for clinical use" in manifest.intended_use.lower()
     assert manifest.input.slices_per_sample == 3
     assert manifest.output.calcium_classes[manifest.output.coronary_class] == "coronary"
-    assert manifest.sha256 == sha256_file(BUNDLED_MODEL_DIR / manifest.file)
+    assert manifest.sha256 == file_sha256(BUNDLED_MODEL_DIR / manifest.file)
     assert (BUNDLED_MODEL_DIR / manifest.file).stat().st_size < 2 * 1024 * 1024
     assert manifest.macs_per_slice and manifest.macs_per_slice > 0
 
@@ -40,7 +40,7 @@ def test_bundled_model_is_labelled_synthetic_and_not_clinical() -> None:
 def test_runner_reports_model_identity_and_provider() -> None:
     runner = CacRunner.from_config(CacConfig())
     summary = runner.manifest.summary()
-    assert summary["sha256"] == sha256_file(BUNDLED_MODEL_DIR / "model.onnx")
+    assert summary["sha256"] == file_sha256(BUNDLED_MODEL_DIR / "model.onnx")
     assert summary["name"] == "cac-synthetic"
     assert runner.provider in choose_providers([])
 

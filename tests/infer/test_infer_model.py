@@ -13,7 +13,7 @@ from connector.infer.agatston import agatston
 from connector.infer.runner import CacRunner
 from connector.infer.settings import CacConfig
 from training.evaluate import held_out_phantom, linear_weighted_kappa, score_phantom
-from connector.phantoms import make_phantom
+from connector.synthetic.phantoms import make_phantom
 
 TEST_OFFSET = 500
 COUNT = 30

@@ -6,7 +6,7 @@ import hashlib
 
 import numpy as np
 
-from connector.phantoms import WIDE, WIDE_TEST, make_phantom, random_spec, render
+from connector.synthetic.phantoms import WIDE, WIDE_TEST, make_phantom, random_spec, render
 from training.evaluate import WIDE_TEST_SPACINGS, held_out_wide
 
 

@@ -10,7 +10,7 @@ import pytest
 from connector.infer.preprocess import GridMap, body_box, neighbour_indices, window
 from connector.infer.runner import CacRunner
 from connector.infer.settings import CacConfig
-from connector.phantoms import make_phantom
+from connector.synthetic.phantoms import make_phantom
 
 
 def test_window_clips_and_scales_without_touching_the_input() -> None:

@@ -12,7 +12,7 @@ from pydicom.uid import PositronEmissionTomographyImageStorage, generate_uid
 
 from connector.infer.select import has_keyword, select_series
 from connector.infer.settings import CacConfig
-from connector.phantom_dicom import write_series
+from connector.synthetic.phantom_series import write_phantom_series
 
 RULES = CacConfig()
 
@@ -29,7 +29,7 @@ def series(
 ) -> list[Path]:
     hu = np.zeros((n, 8, 8), dtype=np.int16)
     z = increment * np.arange(n)
-    return write_series(
+    return write_phantom_series(
         hu, z, 1.0, folder, thickness=thickness, study_uid=study_uid, description=description, extra=dict(extra)
     )
 

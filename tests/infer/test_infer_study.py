@@ -21,13 +21,14 @@ from pydicom.uid import (
 
 from connector.cli.main import main
 from connector.infer.agatston import category_for
-from connector.infer.manifest import BUNDLED_MODEL_DIR, sha256_file
+from connector.infer.manifest import BUNDLED_MODEL_DIR
+from connector.store.digests import file_sha256
 from connector.infer.runner import CacRunner
 from connector.infer.settings import CacConfig
 from connector.infer.study import score_study
 from training.evaluate import truth_score
-from connector.phantom_dicom import write_phantom, write_series
-from connector.phantoms import make_phantom
+from connector.synthetic.phantom_series import write_phantom, write_phantom_series
+from connector.synthetic.phantoms import make_phantom
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +49,7 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory, phantom) -> Path:
     root = tmp_path_factory.mktemp("study")
     study = generate_uid()
     write_phantom(phantom, root / "ctac", study_uid=study, description="CTAC 3.0 mm")
-    write_series(
+    write_phantom_series(
         np.zeros((2, 64, 64), np.int16),
         [0.0, 1.0],
         1.0,
@@ -57,7 +58,7 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory, phantom) -> Path:
         description="Topogram",
         extra={"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]},
     )
-    write_series(
+    write_phantom_series(
         np.zeros((12, 32, 32), np.int16),
         3.27 * np.arange(12),
         3.18,
@@ -92,7 +93,7 @@ def test_score_study_scores_the_ctac_with_model_identity_and_timings(
     for key in ("agatston", "volume_mm3", "lesions", "category", "model", "provider", "seconds", "timings"):
         assert key in payload
     assert payload["category"] in {"0", "1-100", "101-400", ">400"}
-    assert payload["model"]["sha256"] == sha256_file(BUNDLED_MODEL_DIR / "model.onnx")
+    assert payload["model"]["sha256"] == file_sha256(BUNDLED_MODEL_DIR / "model.onnx")
     assert payload["model"]["validated_for_clinical_use"] is False
     assert payload["series_instance_uid"] == ds.SeriesInstanceUID
     assert payload["series"]["slices"] == phantom.hu.shape[0]

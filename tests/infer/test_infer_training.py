@@ -17,9 +17,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from connector.infer.manifest import sha256_file  # noqa: E402
+from connector.store.digests import file_sha256  # noqa: E402
 from connector.infer.runner import CacRunner  # noqa: E402
-from connector.phantoms import make_phantom  # noqa: E402
+from connector.synthetic.phantoms import make_phantom  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,7 +49,7 @@ def train_tiny(out: Path) -> None:
 def test_training_is_deterministic_and_exports_a_verifiable_model(tmp_path: Path) -> None:
     train_tiny(tmp_path / "a")
     train_tiny(tmp_path / "b")
-    sha_a, sha_b = sha256_file(tmp_path / "a" / "model.onnx"), sha256_file(tmp_path / "b" / "model.onnx")
+    sha_a, sha_b = file_sha256(tmp_path / "a" / "model.onnx"), file_sha256(tmp_path / "b" / "model.onnx")
     assert sha_a == sha_b
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["sha256"] == sha_a

@@ -33,6 +33,7 @@ from connector.store.state import StateStore
 from connector.synthetic import SyntheticStudy, ct_slices, write_series
 from tests.support.dicomfiles import dataset_bytes, stored_by_sop
 from tests.support.net import free_port
+from tests.support.waiting import wait_until
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -277,24 +278,17 @@ def test_one_pdu_larger_than_the_read_buffer_and_many_pdvs_per_pdu(receiver: Rec
     assert dataset_bytes(stored[uid]) == data and dataset_bytes(stored[big_uid]) == big_data
 
 
-def _wait_until(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_abort_mid_object_stores_nothing_and_leaves_no_partial(receiver: Receiver, tmp_path: Path) -> None:
     data, uid = _one_dataset(tmp_path)
     sock = _associate(receiver.port, [(1, CT, EXPLICIT_LE)])
     sock.sendall(pdu.encode_pdu(pdu.P_DATA_TF, _pdv(1, 0x03, _store_command(1, uid)) + _pdv(1, 0x00, data[:1000])))
-    assert _wait_until(lambda: bool(receiver.partial_with_content()))  # the object was being written
+    assert wait_until(lambda: bool(receiver.partial_with_content()))  # the object was being written
     sock.sendall(pdu.abort(pdu.SOURCE_SERVICE_USER))
     assert _read_pdu(sock) == (0, b"")  # the receiver closed the connection
     sock.close()
-    assert _wait_until(lambda: not receiver.partial_with_content())
+    assert wait_until(lambda: not receiver.partial_with_content())
     assert not stored_by_sop(receiver.layout.spool)
     assert receiver.store.conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 0
 
@@ -303,9 +297,9 @@ def test_connection_dropped_mid_object_stores_nothing(receiver: Receiver, tmp_pa
     data, uid = _one_dataset(tmp_path)
     sock = _associate(receiver.port, [(1, CT, EXPLICIT_LE)])
     sock.sendall(pdu.encode_pdu(pdu.P_DATA_TF, _pdv(1, 0x03, _store_command(1, uid)) + _pdv(1, 0x00, data[:5000])))
-    assert _wait_until(lambda: bool(receiver.partial_with_content()))
+    assert wait_until(lambda: bool(receiver.partial_with_content()))
     sock.close()
-    assert _wait_until(lambda: not receiver.partial_with_content())
+    assert wait_until(lambda: not receiver.partial_with_content())
     assert not stored_by_sop(receiver.layout.spool)
 
 
@@ -331,7 +325,7 @@ def test_protocol_violations_get_an_abort_and_store_nothing(receiver: Receiver, 
     assert body[3] == expected_reason
     assert _read_pdu(sock) == (0, b"")
     sock.close()
-    assert _wait_until(lambda: not receiver.partial_with_content())
+    assert wait_until(lambda: not receiver.partial_with_content())
     assert not stored_by_sop(receiver.layout.spool)
 
 
@@ -368,7 +362,7 @@ def test_more_associations_than_allowed_are_rejected_as_busy(tmp_path: Path) -> 
             assert tuple(body[1:4]) == (0x02, 0x03, 0x02)  # transient, provider (presentation), local limit
             assert _read_pdu(second) == (0, b"")  # and the receiver closed the connection
         first.close()
-        assert _wait_until(lambda: not r.scp._snapshot())  # neither caller holds a slot any more
+        assert wait_until(lambda: not r.scp._snapshot())  # neither caller holds a slot any more
         third = _associate(r.port, [(1, CT, EXPLICIT_LE)])  # a slot freed is a slot again
         third.close()
     finally:
@@ -400,7 +394,7 @@ def test_a_silent_association_is_aborted_after_the_network_timeout(tmp_path: Pat
         assert _read_pdu(sock)[0] == pdu.A_ABORT  # then nothing more: the sender went quiet mid-object
         assert 0.9 <= time.monotonic() - started < 5
         sock.close()
-        assert _wait_until(lambda: not r.partial_with_content())
+        assert wait_until(lambda: not r.partial_with_content())
         assert not stored_by_sop(r.layout.spool)
     finally:
         r.close()

@@ -21,6 +21,7 @@ from connector.config import load_config
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
 from connector.web import WebServer
+from connector.web.site_context import SiteContext
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "packaging" / "Dockerfile"
@@ -101,7 +102,7 @@ def test_healthcheck_command_against_a_real_server(tmp_path: Path) -> None:
     layout = SiteLayout.from_config(config)
     layout.ensure()
     store = StateStore(layout.state_db)
-    server = WebServer(config, store, layout, {"scp": lambda: state["scp"]})
+    server = WebServer(SiteContext(config, store, layout, {"scp": lambda: state["scp"]}))
     server.start()
     try:
         env = {**os.environ, "SITE_CONNECTOR__HTTP__PORT": str(server.port)}

@@ -19,11 +19,11 @@ import pytest
 
 from connector.infer.dicom_results import CALCIUM_SCORE
 from connector.infer.scored_calcium import load_scored_calcium
-from connector.registry import RegistryServer
+from devregistry import RegistryServer
 from connector.store.layout import SiteLayout
 from connector.store.state import study_key
 from connector.synthetic import SyntheticPatient, SyntheticStudy, write_demo_study
-from tests.push.conftest import wait_for
+from tests.support.waiting import wait_for
 from tests.push.test_push_daemon import identifiers, push_settings, storescu, token_file
 from tests.support.daemon import ConnectorProcess
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from connector.registry import RegistryServer
+from devregistry import RegistryServer
 from connector.synthetic import SyntheticPatient, SyntheticStudy, write_demo_study
-from tests.push.conftest import wait_for
+from tests.support.waiting import wait_for
 from tests.push.test_push_daemon import identifiers, push_settings, storescu, token_file
 from tests.support.daemon import ConnectorProcess
 from tests.support.orthanc import OrthancServer

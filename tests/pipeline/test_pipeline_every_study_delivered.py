@@ -19,11 +19,12 @@ import pydicom
 import pytest
 from onnx import TensorProto, helper
 
-from connector.infer.manifest import bundled_model_dir, sha256_file
-from connector.registry import RegistryServer
+from connector.infer.manifest import bundled_model_dir
+from connector.store.digests import file_sha256
+from devregistry import RegistryServer
 from connector.store.state import study_key
 from connector.synthetic import SyntheticPatient, SyntheticStudy, write_demo_study
-from tests.push.conftest import wait_for
+from tests.support.waiting import wait_for
 from tests.push.test_push_daemon import identifiers, push_settings, storescu, token_file
 from tests.support.daemon import ConnectorProcess
 
@@ -112,7 +113,7 @@ def raising_model(folder: Path) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, folder / manifest["file"])
-    manifest["sha256"] = sha256_file(folder / manifest["file"])
+    manifest["sha256"] = file_sha256(folder / manifest["file"])
     manifest["version"] = "0.0.0-broken"
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
-from connector.registry import RegistryServer
+from devregistry import RegistryServer
 from tests.deid.phi_corpus import Corpus, locate, scan, write_corpus
 from tests.push.test_push_daemon import push_settings, token_file
 from tests.support.daemon import ConnectorProcess

@@ -34,11 +34,11 @@ def test_failure_is_recorded_retried_when_due_and_cleared(tmp_path: Path) -> Non
     with store.write() as conn:
         assert sf.record_failure(conn, pushed, "cac", "ValueError", "ValueError: x", "sha-a", policy, now=1000) == 1
         sf.record_failure(conn, busy, "cac", "ValueError", "ValueError: x", "sha-a", policy, now=1000)
-        assert sf.take_due(conn, now=1099) == []  # not due yet
-        assert sf.take_due(conn, now=1100) == [pushed]  # the busy one is not at rest: left to its run
+        assert sf.take_due(store, now=1099) == []  # not due yet
+        assert sf.take_due(store, now=1100) == [pushed]  # the busy one is not at rest: left to its run
     assert store.study(pushed)["state"] == "stable"  # the worker leases it again
     with store.write() as conn:
-        assert sf.take_due(conn, now=1200) == []  # handed back once, not twice
+        assert sf.take_due(store, now=1200) == []  # handed back once, not twice
     store.set_study_state(pushed, "pushed")
     with store.write() as conn:
         assert sf.record_failure(conn, pushed, "cac", "ValueError", "ValueError: y", "sha-a", policy, now=1200) == 2
@@ -47,9 +47,9 @@ def test_failure_is_recorded_retried_when_due_and_cleared(tmp_path: Path) -> Non
     assert row["next_attempt_at"] is None and row["reason"] == "ValueError: z"  # given up after 3 runs
     assert sf.failure_counts(store.conn) == {"cac": {"retrying": 1, "given_up": 1}}
     with store.write() as conn:
-        assert sf.take_due(conn, now=10**9) == []
+        assert sf.take_due(store, now=10**9) == []
         assert sf.reschedule_other_versions(conn, "cac", "sha-b", now=2000) == 2  # a fixed model installed
-        assert sf.take_due(conn, now=2000) == [pushed]
+        assert sf.take_due(store, now=2000) == [pushed]
         # the new model's first failure counts as its first attempt
         assert sf.record_failure(conn, pushed, "cac", "ValueError", "v", "sha-b", policy, now=2001) == 1
         assert sf.clear_failure(conn, pushed, "cac") and not sf.clear_failure(conn, pushed, "cac")

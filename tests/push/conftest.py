@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from connector.deid.engine import DeidEngine
 from connector.deid.provider import EphemeralIdentityProvider
 from connector.deid.study import deidentify_study
 from connector.outbox import Outbox
-from connector.registry import RegistryServer
+from devregistry import RegistryServer
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
 from connector.synthetic import SyntheticStudy, write_pet_ct_study
@@ -89,16 +88,6 @@ def registry(site: Site) -> Iterator[RegistryServer]:
                             fsync=False).start()
     yield server
     server.stop()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def subject_for(study: DeidStudy) -> dict[str, Any]:

@@ -12,10 +12,10 @@ import pydicom
 import pytest
 
 from connector.outbox import outbox_counts
-from connector.registry import RegistryServer
+from devregistry import RegistryServer
 from connector.store.state import StateStore
 from connector.synthetic import SyntheticPatient, SyntheticStudy, write_pet_ct_study
-from tests.push.conftest import wait_for
+from tests.support.waiting import wait_for
 from tests.support.daemon import ConnectorProcess
 from tests.support.net import free_port
 from tests.support.tools import dcmtk

@@ -18,8 +18,9 @@ import pytest
 from connector.outbox import outbox_counts
 from connector.push import PushWorker
 from connector.push.stow import MultipartBody
-from connector.registry import Faults, RegistryServer
-from tests.push.conftest import DeidStudy, Site, push_all, queue_site_study, wait_for
+from devregistry import Faults, RegistryServer
+from tests.push.conftest import DeidStudy, Site, push_all, queue_site_study
+from tests.support.waiting import wait_for
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from connector.outbox import Outbox
 from connector.store.state import StateStore
+from connector.outbox.delivery import delivery, promote_delivered, record_study_outputs, waiting_for_registry
 
 
 def _queued_study(store: StateStore, key: str) -> None:
@@ -32,34 +33,34 @@ def test_pushed_only_when_every_job_is_done(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.db")
     outbox = Outbox(store)
     _queued_study(store, "study-a")
-    store.record_study_outputs("study-a", ["2.25.1"])
+    record_study_outputs(store, "study-a", ["2.25.1"])
     outbox.enqueue("subject", "P1#x", "registry", group="P1")
     outbox.enqueue("stow", "2.25.1#a", "registry", group="2.25.1")
     outbox.enqueue("stow", "2.25.1#b", "registry", group="2.25.1")
     outbox.enqueue("manifest", "2.25.1#m", "registry", after=[("subject", "P1#x"), ("stow", "2.25.1#a"),
                                                                ("stow", "2.25.1#b")], group="2.25.1")
     outbox.enqueue("result", "r1", "registry", group="2.25.1")
-    assert store.promote_pushed() == []  # nothing delivered yet
+    assert promote_delivered(store) == []  # nothing delivered yet
     _finish(outbox, fail_kind="result")  # the CAC result is refused: images are there, the study is not done
-    assert store.promote_pushed() == []
+    assert promote_delivered(store) == []
     assert store.study("study-a")["state"] == "queued"
-    assert store.delivery("study-a") == {"stow": {"done": 2}, "manifest": {"done": 1}, "result": {"failed": 1}}
-    assert store.waiting_for_registry() == [{"study": "study-a", "waiting": {"result": {"failed": 1}},
+    assert delivery(store, "study-a") == {"stow": {"done": 2}, "manifest": {"done": 1}, "result": {"failed": 1}}
+    assert waiting_for_registry(store) == [{"study": "study-a", "waiting": {"result": {"failed": 1}},
                                              "last_error": "rejected"}]
     outbox.retry_failed()
     _finish(outbox)
-    assert store.promote_pushed() == ["study-a"]
+    assert promote_delivered(store) == ["study-a"]
     assert store.study("study-a")["state"] == "pushed"
-    assert store.promote_pushed() == []  # once
+    assert promote_delivered(store) == []  # once
 
 
 def test_a_study_without_a_manifest_is_not_pushed(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.db")
     outbox = Outbox(store)
     _queued_study(store, "study-b")
-    store.record_study_outputs("study-b", ["2.25.2"])
+    record_study_outputs(store, "study-b", ["2.25.2"])
     outbox.enqueue("stow", "2.25.2#a", "registry", group="2.25.2")
     _finish(outbox)
-    assert store.promote_pushed() == []  # batches alone are not a delivered study
+    assert promote_delivered(store) == []  # batches alone are not a delivered study
     _queued_study(store, "study-c")  # queued before the registry step recorded its outputs
-    assert store.promote_pushed() == []
+    assert promote_delivered(store) == []

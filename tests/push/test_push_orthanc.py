@@ -8,7 +8,7 @@ import pytest
 
 from connector.outbox import outbox_counts
 from connector.push import PushWorker, queue_study
-from connector.registry import RegistryServer
+from devregistry import RegistryServer
 from tests.push.conftest import Site, subject_for
 from tests.support.orthanc import OrthancServer
 

@@ -17,8 +17,9 @@ from connector.push.reconcile import (
     StudyResult,
     compare,
 )
-from connector.registry import RegistryServer
+from devregistry import RegistryServer
 from connector.store.state import STUDY_STATES
+from connector.outbox.delivery import promote_delivered, record_study_outputs
 from tests.push.conftest import Site, push_all, queue_site_study
 from tests.support.net import free_port
 
@@ -99,8 +100,8 @@ def _pushed_study(site: Site, registry: RegistryServer, key: str = "k1"):
     with site.store.write() as conn:
         conn.execute("INSERT INTO studies (study_key, study_uid, state, last_received_at) VALUES (?, ?, 'queued', ?)",
                      (key, "1.2.3." + key[-1], time.time()))
-    site.store.record_study_outputs(key, [study.study_uid])
-    assert site.store.promote_pushed() == [key]
+    record_study_outputs(site.store, key, [study.study_uid])
+    assert promote_delivered(site.store) == [key]
     return study
 
 
@@ -119,7 +120,7 @@ def test_verified_then_a_lost_manifest_is_sent_again(site: Site, registry: Regis
     assert (result.outcome, result.manifest, result.manifests_requeued, result.missing) == ("requeued", "missing", 1, 0)
     assert site.store.study("k1")["state"] == "queued" and site.store.study("k1")["verified_at"] is None
     push_all(site, config)
-    assert site.store.promote_pushed() == ["k1"] or site.store.study("k1")["state"] == "pushed"
+    assert promote_delivered(site.store) == ["k1"] or site.store.study("k1")["state"] == "pushed"
     assert registry.store.manifests()[0]["complete"]
     assert Reconciler(config, site.store, site.layout).run().count("verified") == 1
 
@@ -269,7 +270,7 @@ def _ingested_and_pushed(site: Site, registry: RegistryServer):
     sent = {w.sop_instance_uid: w.path.read_bytes() for w in result.written}
     queue_study(site.outbox, study_uid=study_uid, pseudonym=result.pseudonyms[0], subject={"sex": "F"},
                 files=files, layout=site.layout)
-    site.store.record_study_outputs(key, [study_uid])
+    record_study_outputs(site.store, key, [study_uid])
     site.store.set_study_state(key, "queued")
     push_all(site, site.config(registry.url))
     assert site.store.study(key)["state"] == "pushed"

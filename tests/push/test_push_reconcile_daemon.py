@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from connector.registry import RegistryServer
+from devregistry import RegistryServer
 from connector.synthetic import SyntheticPatient, SyntheticStudy, write_pet_ct_study
-from tests.push.conftest import wait_for
+from tests.support.waiting import wait_for
 from tests.push.test_push_daemon import identifiers, push_settings, storescu, token_file
 from tests.support.daemon import ConnectorProcess
 from tests.support.orthanc import OrthancServer

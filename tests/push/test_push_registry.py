@@ -18,8 +18,9 @@ import pydicom
 import pytest
 
 from connector.push.stow import MultipartBody, gzip_stream, parse_stow_response
-from connector.registry import Faults, RegistryServer
-from tests.push.conftest import Site, wait_for
+from devregistry import Faults, RegistryServer
+from tests.push.conftest import Site
+from tests.support.waiting import wait_for
 from tests.support.net import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -254,7 +255,7 @@ def test_cli_serve_creates_a_private_token_and_serves(tmp_path: Path) -> None:
 def test_openapi_document_covers_every_json_route() -> None:
     import yaml
 
-    from connector.registry.server import ROUTES
+    from devregistry.server import ROUTES
 
     doc = yaml.safe_load((ROOT / "docs" / "registry-api.yaml").read_text())
     documented = {(path, method) for path, ops in doc["paths"].items() for method in ops if method != "parameters"}

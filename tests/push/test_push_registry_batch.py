@@ -9,8 +9,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-import connector.registry.storage as storage
-from connector.registry.storage import RegistryStore
+import devregistry.storage as storage
+from devregistry.storage import RegistryStore
 from connector.synthetic import SyntheticStudy, ct_slices
 
 

@@ -19,8 +19,8 @@ from pydicom.uid import (
     JPEG2000Lossless,
 )
 
-from connector.registry.header import index_header
-from connector.registry.storage import _header_text, _read_header
+from devregistry.header import index_header
+from devregistry.storage import _header_text, _read_header
 from connector.synthetic import SyntheticStudy, ct_slices
 
 

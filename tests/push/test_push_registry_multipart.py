@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from connector.registry.multipart import BodyError, BodyReader, read_multipart
+from devregistry.multipart import BodyError, BodyReader, read_multipart
 
 BOUNDARY = b"stow-0123456789abcdef"
 

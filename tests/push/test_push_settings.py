@@ -26,8 +26,9 @@ from connector.push.settings import (
     UploadWindow,
 )
 from connector.push.throttle import RateLimiter
-from connector.registry import RegistryServer
-from tests.push.conftest import Site, wait_for
+from devregistry import RegistryServer
+from tests.push.conftest import Site
+from tests.support.waiting import wait_for
 
 
 def test_url_alone_gives_both_bases() -> None:

@@ -15,7 +15,7 @@ import pytest
 from connector.outbox import outbox_counts
 from connector.push import PushWorker, queue_event, queue_result, queue_study
 from connector.push.queueing import NotReadyForRegistry, make_batches, read_outgoing
-from connector.registry import RegistryServer
+from devregistry import RegistryServer
 from tests.push.conftest import DeidStudy, Site, push_all, queue_site_study
 
 

@@ -15,8 +15,8 @@ import pytest
 from connector.deid.engine import DeidEngine
 from connector.deid.provider import EphemeralIdentityProvider
 from connector.deid.study import deidentify_study
-from connector.phantom_dicom import write_phantom
-from connector.phantoms import WIDE, make_phantom
+from connector.synthetic.phantom_series import write_phantom
+from connector.synthetic.phantoms import WIDE, make_phantom
 
 pytestmark = pytest.mark.slow
 # A patient of the tests' own (the phantom's default name is part of its Manufacturer value, which

@@ -19,17 +19,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from connector.ingest import dimse, pdu
-from tests.security.dicom_support import (
-    CT,
-    EXPLICIT_LE,
-    Receiver,
-    accepted,
-    associate,
-    associate_rq,
-    pdv,
-    read_pdu,
-    wait_until,
-)
+from tests.security.dicom_support import (CT, EXPLICIT_LE, Receiver, accepted, associate, associate_rq, pdv, read_pdu)
+from tests.support.waiting import wait_until
 
 DEFAULT_MAX_PDU = 4 * 1024 * 1024
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from connector.registry import RegistryServer
+from devregistry import RegistryServer
 from connector.synthetic import SyntheticStudy, write_demo_study
-from tests.push.conftest import wait_for
+from tests.support.waiting import wait_for
 from tests.push.test_push_daemon import push_settings, storescu, token_file
 from tests.security.purge_support import secondary_capture
 from tests.support.daemon import ConnectorProcess

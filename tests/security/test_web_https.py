@@ -18,6 +18,7 @@ from connector.linkage import OpenOptions, create_key_file, default_key_path, op
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
 from connector.web import WebServer
+from connector.web.site_context import SiteContext
 from tests.security.web_support import (COORD, COORD_PASSWORD, USER, browser_like, cookie_of, dashboard,
                                        self_signed, sign_in)
 from tests.web.conftest import add_patient, csrf_of, make_config
@@ -129,7 +130,7 @@ def test_unusable_tls_settings_stop_the_start(tmp_path: Path) -> None:
         store = StateStore(layout.state_db)
         provider = open_linkage(config, OpenOptions(role="test"))
         try:
-            server = WebServer(config, store, layout, {}, provider=provider)
+            server = WebServer(SiteContext(config, store, layout, {}, provider=provider))
             with pytest.raises(OSError, match=r"\[http\] tls_"):
                 server.start()  # no silent fall-back to plain HTTP
             assert server._server is None

@@ -132,7 +132,7 @@ def test_the_dashboard_import_keeps_the_patients_name_out_of_free_text(tmp_path:
     with dashboard(tmp_path / "site") as site:
         pseudonym = site.provider.subject_for(PatientIdentity("MRN-4711", "HOSP-A", "ARREST^MARY", "19470312", "F"),
                                               study_date="20200115").pseudonym
-        site.server.config = replace(site.server.config, followup=followup)
+        site.server.site.config = replace(site.server.site.config, followup=followup)
         coord = _login(site, COORD, COORD_PASSWORD)
         r = _preview(coord, b"patient_id,issuer,event,event_date,cause\n"
                             b"MRN-4711,HOSP-A,death,2023-03-01,cardiac arrest\n")

@@ -22,6 +22,7 @@ from connector.linkage import OpenOptions, create_key_file, default_key_path, op
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
 from connector.web import UserFile, WebServer, users_path
+from connector.web.site_context import SiteContext
 from tests.web.conftest import COORD, COORD_PASSWORD, PASSWORD, USER, WebSite, csrf_of, make_config
 
 __all__ = ["COORD", "COORD_PASSWORD", "PASSWORD", "USER", "browser_like", "cookie_of", "dashboard", "self_signed",
@@ -40,7 +41,8 @@ def dashboard(root: Path, **http: str) -> Iterator[WebSite]:
     intake = Intake(layout, store, min_free_bytes=0, fsync=False)
     UserFile(users_path(config)).add(USER, PASSWORD)
     UserFile(users_path(config)).add(COORD, COORD_PASSWORD, role="coordinator")
-    server = WebServer(config, store, layout, {}, intake=intake, provider=provider, wake=lambda _what: None)
+    server = WebServer(SiteContext(config, store, layout, {}, intake=intake, provider=provider,
+                                    wake=lambda _what: None))
     server.start()
     try:
         yield WebSite(root, config, layout, store, intake, provider, server)

@@ -21,6 +21,7 @@ from connector.store.quarantine import quarantine
 from connector.store.state import StateStore
 from connector.synthetic import SyntheticStudy, write_pet_ct_study
 from connector.web import UserFile, WebServer, users_path
+from connector.web.site_context import SiteContext
 from tests.web.browser import artefacts, browser  # noqa: F401  (fixtures for the browser tests)
 
 USER, PASSWORD = "coordinator", "correct horse battery staple"  # role "it" (the default), despite the name
@@ -101,7 +102,7 @@ def web_site(tmp_path: Path) -> Iterator[WebSite]:
     probe_results: dict[str, str | None] = {"registry": None, "scp": None}
     woken: list[str] = []
     probes = {name: (lambda name=name: probe_results[name]) for name in probe_results}
-    server = WebServer(config, store, layout, probes, intake=intake, provider=provider, wake=woken.append)
+    server = WebServer(SiteContext(config, store, layout, probes, intake=intake, provider=provider, wake=woken.append))
     server.start()
     site = WebSite(tmp_path, config, layout, store, intake, provider, server, probe_results, woken)
     try:

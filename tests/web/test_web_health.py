@@ -9,6 +9,7 @@ import httpx
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
 from connector.web import RegistryReachability, WebServer
+from connector.web.site_context import SiteContext
 from connector.web.health import disk_free_bytes
 from tests.web.conftest import WebSite, make_config
 
@@ -40,7 +41,7 @@ def test_a_probe_that_raises_counts_as_failing(tmp_path: Path) -> None:
     def broken() -> str | None:
         raise RuntimeError("secret detail that must not be shown")
 
-    server = WebServer(config, store, layout, {"registry": broken})
+    server = WebServer(SiteContext(config, store, layout, {"registry": broken}))
     server.start()
     try:
         r = httpx.get(server.url + "healthz")
@@ -58,7 +59,7 @@ def test_disk_below_floor(tmp_path: Path) -> None:
     layout = SiteLayout.from_config(config)
     layout.ensure()
     store = StateStore(layout.state_db)
-    server = WebServer(config, store, layout, {})
+    server = WebServer(SiteContext(config, store, layout, {}))
     server.start()
     try:
         r = httpx.get(server.url + "healthz")
@@ -75,7 +76,7 @@ def test_state_db_unreadable(tmp_path: Path) -> None:
     layout = SiteLayout.from_config(config)
     layout.ensure()
     store = StateStore(layout.state_db)
-    server = WebServer(config, store, layout, {})
+    server = WebServer(SiteContext(config, store, layout, {}))
     server.start()
     try:
         assert httpx.get(server.url + "healthz").status_code == 200

@@ -37,6 +37,6 @@ def test_pages_degrade(web_site: WebSite, without_optional_stages: None) -> None
 
 
 def test_followup_without_linkage_provider(web_site: WebSite) -> None:
-    web_site.server.provider = None
+    web_site.server.site.provider = None
     c = web_site.login()
     assert "needs the linkage table" in c.get("/followup").text

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 
 from connector.store.state import study_key
+from connector.outbox.delivery import record_study_outputs
 from tests.web.conftest import COORD, COORD_PASSWORD, WebSite, add_patient, csrf_of
 
 MRN, ISSUER, ACCESSION = "MRN-77001", "HOSP-A", "ACC-2025-0042"
@@ -22,12 +23,12 @@ def _linked_studies(site: WebSite, tmp_path: Path) -> tuple[str, list[str], str]
         key = study_key(study.study_uid)
         deid_uid = f"2.25.{1000 + i}"
         site.provider.record_study(pseudonym, study.study_uid, deid_uid, accession)
-        site.store.record_study_outputs(key, [deid_uid])
+        record_study_outputs(site.store, key, [deid_uid])
         keys.append(key)
     other = add_patient(site.provider, "MRN-55555", ISSUER, "20240111")
     stranger, _ = site.receive(tmp_path / "other", ct=1, pet=0)
     site.provider.record_study(other, stranger.study_uid, "2.25.9999", "ACC-OTHER")
-    site.store.record_study_outputs(study_key(stranger.study_uid), ["2.25.9999"])
+    record_study_outputs(site.store, study_key(stranger.study_uid), ["2.25.9999"])
     return pseudonym, keys, study_key(stranger.study_uid)
 
 
@@ -88,7 +89,7 @@ def test_it_role_gets_403_and_nothing_is_looked_up(web_site: WebSite, tmp_path: 
 
 
 def test_search_without_linkage_table(web_site: WebSite) -> None:
-    web_site.server.provider = None
+    web_site.server.site.provider = None
     c = web_site.login(COORD, COORD_PASSWORD)
     assert 'id="search-absent"' in c.get("/search").text
 

@@ -12,6 +12,7 @@ import pytest
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
 from connector.web import WebServer
+from connector.web.site_context import SiteContext
 from tests.web.conftest import WebSite, make_config
 
 
@@ -26,7 +27,7 @@ def test_port_in_use_raises_before_serving(tmp_path: Path) -> None:
     store = StateStore(layout.state_db)
     try:
         with pytest.raises(OSError):
-            WebServer(config, store, layout, {}).start()
+            WebServer(SiteContext(config, store, layout, {})).start()
     finally:
         holder.close()
         store.close()

@@ -21,9 +21,10 @@ from scipy import ndimage
 from connector.cli.main import main
 from connector.infer.scored_calcium import ScoredCalcium, save_scored_calcium
 from connector.outbox import Outbox
-from connector.phantoms import make_phantom
+from connector.synthetic.phantoms import make_phantom
 from connector.store.state import study_key
 from connector.web import cac_picture
+from connector.outbox.delivery import promote_delivered, record_study_outputs
 from tests.web.conftest import WebSite
 
 DEID_UID = "2.25.123456789"
@@ -97,7 +98,7 @@ def _site_with_a_pushed_study(site: WebSite, tmp_path: Path, pseudonym: str = PS
     store = site.store
     store.mark_stable(0)
     store.record_privacy_report(key, {"tokens_replaced": 3})
-    store.record_study_outputs(key, [DEID_UID])
+    record_study_outputs(store, key, [DEID_UID])
     outbox = Outbox(store)
     t0 = time.time()
     outbox.enqueue("subject", f"{PSEUDONYM}#x", "registry", {"pseudonym": PSEUDONYM, "subject": {}}, group=PSEUDONYM)
@@ -113,7 +114,7 @@ def _site_with_a_pushed_study(site: WebSite, tmp_path: Path, pseudonym: str = PS
     for job in outbox.lease("w", "registry", limit=10):  # the manifest, after the others
         outbox.complete(job.id, "w", status=200)
     store.set_study_state(key, "queued")
-    assert store.promote_pushed() == [key]
+    assert promote_delivered(store) == [key]
     with store.write() as conn:
         conn.execute("UPDATE studies SET state='verified', verified_at=? WHERE study_key=?", (t0 + 5, key))
     site.quarantine_file("deid", "phi-guard:name", paths[-1])  # an original of this study

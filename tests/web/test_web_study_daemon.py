@@ -21,11 +21,11 @@ import pytest
 from PIL import Image
 
 from connector.infer.scored_calcium import load_scored_calcium
-from connector.phantoms import make_phantom
-from connector.registry import RegistryServer
+from connector.synthetic.phantoms import make_phantom
+from devregistry import RegistryServer
 from connector.synthetic import SyntheticStudy, write_demo_study
 from connector.web import UserFile, cac_picture
-from tests.push.conftest import wait_for
+from tests.support.waiting import wait_for
 from tests.push.test_push_daemon import identifiers, push_settings, storescu, token_file
 from tests.support.daemon import ConnectorProcess
 from tests.web.conftest import COORD, COORD_PASSWORD, csrf_of

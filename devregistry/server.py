@@ -35,20 +35,20 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from connector.registry.auth import bearer_ok
-from connector.registry.dicomjson import (
+from devregistry.auth import bearer_ok
+from devregistry.dicomjson import (
     instance_json,
     series_json,
     stow_response,
     study_json,
 )
-from connector.registry.multipart import (
+from devregistry.multipart import (
     BodyError,
     BodyReader,
     boundary_of,
     read_multipart,
 )
-from connector.registry.storage import CANNOT_UNDERSTAND, RegistryStore
+from devregistry.storage import CANNOT_UNDERSTAND, RegistryStore
 
 log = logging.getLogger(__name__)
 

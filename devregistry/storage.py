@@ -29,8 +29,9 @@ import pydicom
 import pydicom.filereader
 from pydicom.tag import Tag
 
-from connector.registry.header import INDEXED_TAGS, LAST_TAG, Buffer, index_header
-from connector.store.durable import start_writeback
+from devregistry.header import INDEXED_TAGS, LAST_TAG, Buffer, index_header
+from connector.store.digests import file_sha256
+from connector.store.durable import fsync_dir, start_writeback
 from connector.store.spare_files import SpareFiles
 from connector.store.state import immediate_transaction
 from connector.store.wal_mode import enable_wal
@@ -456,7 +457,7 @@ class InstanceBatch:
                 row["stored_at"] = now
             if store.fsync:
                 for folder in folders | ({store.instances_dir} if folders else set()):
-                    _fsync_path(folder, directory=True)
+                    fsync_dir(folder)
             counts = dict(self.counts)
             if self.accepted:
                 counts["instances_stored"] = counts.get("instances_stored", 0) + len(self.accepted)
@@ -535,19 +536,3 @@ def _fsync_pool() -> ThreadPoolExecutor:
 def _fsync_fds(fds: list[int]) -> None:
     for fd in fds:
         os.fsync(fd)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

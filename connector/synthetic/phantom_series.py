@@ -14,12 +14,12 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from connector.phantoms import Phantom
-from connector.synthetic import with_file_meta
+from connector.synthetic.phantoms import Phantom
+from connector.synthetic.studies import with_file_meta
 
 
 
-def write_series(
+def write_phantom_series(
     hu: np.ndarray,
     z_positions: Sequence[float],
     pixel_spacing: float,
@@ -95,4 +95,4 @@ def write_series(
 
 def write_phantom(ph: Phantom, folder: Path, **kw: object) -> list[Path]:
     """Write a rendered :class:`Phantom` (its HU volume, positions and spacing)."""
-    return write_series(ph.hu, ph.z_positions, ph.pixel_spacing, folder, **kw)  # type: ignore[arg-type]
+    return write_phantom_series(ph.hu, ph.z_positions, ph.pixel_spacing, folder, **kw)  # type: ignore[arg-type]
