@@ -216,7 +216,7 @@ class Supervisor:
         """Rule files and the free-text vocabulary load, so a typo stops the start, not each study."""
         from connector.deid.profile import load_profile
         from connector.deid.rulefile import RuleFileError
-        from connector.deid.settings import rule_paths, vocabulary_files
+        from connector.deid.rule_sources import rule_paths, vocabulary_files
         from connector.vocabulary import VocabularyError, load_vocabulary
 
         try:
@@ -441,7 +441,7 @@ class Supervisor:
         """Health, metrics and dashboard, served from the supervisor: up as long as the service is."""
         from connector.linkage import open_identity_provider
         from connector.outbox import outbox_counts
-        from connector.web import WebServer
+        from connector.web.server import WebServer
         from connector.web.site_context import SiteContext
 
         store = StateStore(self.layout.state_db)
@@ -486,7 +486,8 @@ def check_site_keys(config: Config) -> None:
     embedded default). A missing key with an existing table is an error: a new key could never
     read it.
     """
-    from connector.linkage import create_key_file, open_identity_provider, resolved_paths
+    from connector.linkage import create_key_file, open_identity_provider
+    from connector.linkage.paths import resolved_paths
 
     paths = resolved_paths(config)
     if config.linkage.key_source == "file" and not paths.key_file.exists() and not paths.db.exists():

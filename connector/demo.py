@@ -198,7 +198,7 @@ class Demo:
     def _demo_login(self) -> dict[str, str]:
         """A throw-away dashboard user for this demo site only."""
         from connector.config import load_config
-        from connector.web.settings import users_path
+        from connector.web.users import users_path
         from connector.web.users import UserFile
 
         password = secrets.token_urlsafe(12)

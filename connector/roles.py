@@ -212,8 +212,7 @@ def pipeline_main(config: Config, log_queue: Any) -> None:
     engine = DeidEngine.from_config(config, provider)
     stages = build_stages(config, store, layout, engine, provider)  # the pipeline, as one list
     # a study that met a full disk is retried after the quiet period (5 s to 5 min)
-    worker = StudyWorker(store, layout, engine, stages,
-                         retry_seconds=min(300.0, max(5.0, config.assemble.stable_seconds)), ocr=config.deid.ocr)
+    worker = StudyWorker(store, layout, stages, retry_seconds=min(300.0, max(5.0, config.assemble.stable_seconds)))
     worker.start()
     assembler = StudyAssembler(store, config.assemble.stable_seconds)
 
@@ -282,7 +281,7 @@ def daily_summary(store: Any) -> None:
 def push_main(config: Config, log_queue: Any) -> None:
     """Drains the outbox to the registry; never waits on, nor holds up, the other roles."""
     stop = _child_setup(config, log_queue, "push")
-    from connector.push import PushWorker
+    from connector.push.worker import PushWorker
     from connector.store.layout import SiteLayout
     from connector.store.state import StateStore
 

@@ -27,7 +27,7 @@ from connector.backfill.retrieve import retrieve_study
 from connector.backfill.schema import FAILED
 from connector.backfill.worklist import LeasedStudy, Worklist, process_owner
 from connector.config import Config
-from connector.push.settings import UploadWindow
+from connector.settings.registry import UploadWindow
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
 

@@ -155,7 +155,7 @@ def run_add(args: argparse.Namespace) -> int:
         raise CommandError("--from is after --to", exitcodes.USAGE)
     flt = StudyFilter(date_from=args.date_from, date_to=args.date_to, modalities=tuple(args.modality),
                       description=args.description, accessions=accessions)
-    from connector.pacs import PacsTlsError
+    from connector.pacs.scu import PacsTlsError
 
     try:
         report = find_studies(config, flt)

@@ -24,7 +24,7 @@ from connector.deid.engine import DeidEngine
 from connector.deid.profile import Profile, load_profile
 from connector.deid.provider import EphemeralIdentityProvider, IdentityProvider
 from connector.deid.rulefile import RuleFileError, normalise_creator, parse_tag
-from connector.deid.settings import rule_paths, vocabulary_files
+from connector.deid.rule_sources import rule_paths, vocabulary_files
 from connector.deid.study import PrivacyReport, StudyRecorder, quarantine_result
 from connector.phi_guard import study_name_tokens
 from connector.store.durable import write_file_durably

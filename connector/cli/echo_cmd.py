@@ -21,8 +21,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from connector.cli import exitcodes
 from connector.cli.common import CommandError, add_config_option, config_from_args, print_json
 from connector.config import Config
-from connector.pacs import calling_ae as pacs_calling_ae
-from connector.pacs import PacsTlsError, client_tls_context
+from connector.pacs.scu import calling_ae as pacs_calling_ae
+from connector.pacs.scu import PacsTlsError, client_tls_context
 
 DEFAULT_CALLING_AET = "ECHOSCU"
 

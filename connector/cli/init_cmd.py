@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
 def _create_keys(config: Any) -> str:
     """Create the site key file when the linkage component is installed."""
     try:
-        from connector.linkage import create_key_file, default_key_path  # type: ignore[attr-defined]
+        from connector.linkage import create_key_file  # type: ignore[attr-defined]
+        from connector.linkage.paths import default_key_path  # type: ignore[attr-defined]
     except ImportError:
         return ""
     path = default_key_path(config)

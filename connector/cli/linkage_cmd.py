@@ -183,7 +183,7 @@ def _backup(args: argparse.Namespace) -> int:
 def _restore(args: argparse.Namespace) -> int:
     from connector.linkage.backup import restore_backup
     from connector.linkage.provider import OpenOptions, kek_source_for, open_linkage
-    from connector.linkage.settings import resolved_paths
+    from connector.linkage.paths import resolved_paths
 
     config = config_from_args(args)
     source = kek_source_for(config, OpenOptions(prompt=_prompt()))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from connector.cli import exitcodes
 from connector.cli.common import CommandError, add_config_option, config_from_args, print_json
-from connector.deid.settings import vocabulary_files
+from connector.deid.rule_sources import vocabulary_files
 from connector.deid.vocabulary_suggest import suggest_words
 from connector.vocabulary import VocabularyError, load_vocabulary
 

@@ -19,7 +19,7 @@ import sys
 
 from connector.cli import exitcodes
 from connector.cli.common import CommandError, add_config_option, config_from_args, print_json
-from connector.web.settings import users_path
+from connector.web.users import users_path
 from connector.web.users import DEFAULT_ROLE, MIN_PASSWORD_LENGTH, ROLES, UserError, UserFile
 
 

@@ -136,7 +136,7 @@ class DeidEngine:
     @classmethod
     def from_config(cls, config: Config, provider: IdentityProvider) -> DeidEngine:
         """The engine the daemon and the ``deid`` command use: ``[deid] rules`` or the shipped default."""
-        from connector.deid.settings import rule_paths, vocabulary_files
+        from connector.deid.rule_sources import rule_paths, vocabulary_files
 
         vocabulary = load_vocabulary(config.deid.extra_vocabulary, vocabulary_files(config))
         return cls(load_profile(rule_paths(config)), provider, site_id=config.site.id, fsync=config.storage.fsync,

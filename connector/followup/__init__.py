@@ -23,7 +23,7 @@ from connector.followup.ledger import ledger_counts
 from connector.followup.outcomes import REASONS, ImportSummary, RowOutcome
 from connector.followup.reading import FollowupFileError
 from connector.followup.schema import create_schema
-from connector.followup.settings import FollowupConfig
+from connector.settings.followup import FollowupConfig
 
 __all__ = [
     "EVENT_TYPES",

@@ -228,7 +228,7 @@ class FollowupImporter:
         from connector.deid.freetext import AllowListCleaner
 
         if self._vocabulary is None:
-            from connector.deid.settings import vocabulary_files
+            from connector.deid.rule_sources import vocabulary_files
             from connector.vocabulary import load_vocabulary
 
             self._vocabulary = load_vocabulary(self.config.deid.extra_vocabulary, vocabulary_files(self.config))
@@ -309,7 +309,7 @@ class FollowupImporter:
                  summary.rows, summary.matched, summary.queued, summary.unchanged, summary.rejected_total, dry_run)
 
     def _queue(self, candidates: list[_Candidate], summary: ImportSummary) -> None:
-        from connector.push import queue_event
+        from connector.push.queueing import queue_event
 
         assert self.store is not None and self.outbox is not None
         for start in range(0, len(candidates), self.chunk_size):

@@ -13,7 +13,7 @@ import unicodedata
 from datetime import date, datetime
 
 from connector.followup.events import EVENT_TYPES
-from connector.followup.settings import FollowupConfig
+from connector.settings.followup import FollowupConfig
 
 _ISO = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$")
 _COMPACT = re.compile(r"^(\d{4})(\d{2})(\d{2})$")

@@ -113,7 +113,7 @@ def results_engine(config: Config, provider: IdentityProvider, model: dict[str, 
     pseudonym, date offset and UID mapping as the images) plus ``rules/connector-results.yaml``."""
     from connector.deid.engine import DeidEngine
     from connector.deid.profile import default_rules_path, load_profile
-    from connector.deid.settings import rule_paths, vocabulary_files
+    from connector.deid.rule_sources import rule_paths, vocabulary_files
     from connector.vocabulary import load_vocabulary
 
     paths = [*rule_paths(config), default_rules_path().parent / RESULTS_RULES]

@@ -50,7 +50,7 @@ def send_file(config: Config, path: Path) -> tuple[int | None, str]:
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
     from pynetdicom import AE
 
-    from connector.pacs import PacsTlsError, associate, calling_ae
+    from connector.pacs.scu import PacsTlsError, associate, calling_ae
 
     ds = pydicom.dcmread(path)
     syntax = str(ds.file_meta.TransferSyntaxUID)

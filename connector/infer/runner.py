@@ -36,7 +36,7 @@ from connector.infer.preprocess import (
 )
 from connector.infer.results import SeriesResult, Timings
 from connector.infer.scored_calcium import scored_calcium_of
-from connector.infer.settings import CacConfig
+from connector.settings.cac import CacConfig
 from connector.infer.volume import CtVolume
 
 log = logging.getLogger(__name__)

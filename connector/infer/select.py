@@ -22,7 +22,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from connector.infer.settings import CacConfig
+from connector.settings.cac import CacConfig
 
 log = logging.getLogger(__name__)
 

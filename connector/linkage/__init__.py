@@ -26,7 +26,8 @@ from connector.linkage.errors import (
 )
 from connector.linkage.keys import create_key_file
 from connector.linkage.provider import LinkageProvider, OpenOptions, open_identity_provider, open_linkage
-from connector.linkage.settings import LinkageConfig, default_key_path, resolved_paths
+from connector.settings.linkage import LinkageConfig
+from connector.linkage.paths import default_key_path, resolved_paths
 from connector.linkage.store import LinkedSubject, StudyConflictError, SubjectIdentifiers
 
 __all__ = [

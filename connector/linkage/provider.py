@@ -19,7 +19,7 @@ from connector.linkage.errors import AuditLogError, LinkageKeyError, LinkageStat
 from connector.linkage.keyring import KeyringRecord, keyring_values, read_keyring, unlock, write_keyring
 from connector.linkage.keys import MIN_PASSPHRASE_LEN, KekSource, KeySet, ScryptParams, derive_passphrase_kek
 from connector.linkage.pseudonyms import normalise_pseudonym
-from connector.linkage.settings import LinkagePaths, pseudonym_prefix, resolved_paths
+from connector.linkage.paths import LinkagePaths, pseudonym_prefix, resolved_paths
 from connector.linkage.store import (
     SCHEMA_VERSION,
     LinkageStore,

@@ -36,11 +36,10 @@ from connector.phi_guard.identifiers import Identifiers, birth_date_renderings, 
 from connector.phi_guard.risky_objects import PIXEL_RISK_CLASSES
 from connector.phi_guard.scanner_types import Finding
 from connector.phi_guard.text_reader import TextLine, TextReader, text_reader
+from connector.settings.deid import DEFAULT_OCR_SCOPE, OCR_SCOPES
 
 log = logging.getLogger(__name__)
 
-OCR_SCOPES = ("at-risk-and-sample", "all", "off")
-DEFAULT_OCR_SCOPE = "at-risk-and-sample"
 FINDING = "burned-in-text:ocr"
 FAILURE = "burned-in-text:ocr-error"
 

@@ -60,7 +60,7 @@ def cac_step(config: Config, store: StateStore, engine: DeidEngine, layout: Site
     from connector.infer.scored_calcium import save_scored_calcium
     from connector.infer.study import score_study
     from connector.outbox import Outbox
-    from connector.push import queue_result
+    from connector.push.queueing import queue_result
 
     runner = runner or LazyRunner(config)
     outbox = Outbox(store)
@@ -69,7 +69,7 @@ def cac_step(config: Config, store: StateStore, engine: DeidEngine, layout: Site
     engines: dict[str, DeidEngine] = {}
 
     def step(ctx: StudyContext) -> None:
-        if not ctx.outcome.written:
+        if not ctx.deidentified.written:
             return
         model = runner.get()
         sha = str(model.manifest.sha256)  # type: ignore[attr-defined]
@@ -77,7 +77,7 @@ def cac_step(config: Config, store: StateStore, engine: DeidEngine, layout: Site
             engines.clear()
             engines[sha] = results_engine(config, engine.provider, model.manifest.summary())  # type: ignore[attr-defined]
         results_deid = engines[sha]
-        pseudonym = ctx.outcome.written[0].pseudonym
+        pseudonym = ctx.deidentified.written[0].pseudonym
         done: list[tuple[int, dict[str, object], object, list[object]]] = []
         for rank, result in enumerate(score_study(ctx.originals, model)):  # type: ignore[arg-type]
             doc = result.to_json(include_uids=True)
@@ -120,12 +120,12 @@ def _add_result_object(ctx: StudyContext, deid: DeidEngine, ds: object, original
         queue_return(to_pacs, layout, ctx.study_key, original, buffer.getvalue())  # type: ignore[arg-type]
     result = deid.process_bytes(buffer.getvalue())
     if result.status != "ok" or result.data is None:
-        ctx.outcome.quarantined.append(quarantine_result(layout.quarantine, original, result))
+        ctx.deidentified.quarantined.append(quarantine_result(layout.quarantine, original, result))
         log.error("CAC result object not sent: de-identification refused it",
                   extra={"event": "cac_dicom_quarantined", "study": ctx.study_key, "reason": result.reason})
         return
     target = ctx.out_dir / output_name(result)
     write_file_durably(target, result.data, sync=deid.fsync)
-    ctx.outcome.written.append(WrittenObject(original, target, result.sop_instance_uid, result.series_instance_uid,
+    ctx.deidentified.written.append(WrittenObject(original, target, result.sop_instance_uid, result.series_instance_uid,
                                              result.study_instance_uid, result.sop_class_uid, result.modality,
                                              result.pseudonym))

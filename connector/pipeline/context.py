@@ -1,4 +1,4 @@
-"""What the stages after de-identification share: the study in hand and the stage contract.
+"""What the stages share: the study in hand and the stage contract.
 
 A stage is a name and one function of a :class:`StudyContext`; ``required`` says whether its
 failure fails the study (the images' own path) or is only recorded and retried (an analysis).
@@ -16,13 +16,20 @@ from connector.store.stage_failures import RetryPolicy
 
 @dataclass
 class StudyContext:
-    """What the steps after de-identification get to see about one study."""
+    """What the stages get to see about one study."""
 
     study_key: str
     originals: list[Path]  # identified files on the spool (never leave the site)
-    outcome: StudyOutcome  # de-identified files, their new UIDs and the pseudonym
     out_dir: Path
-    notes: dict[str, object] = field(default_factory=dict)
+    outcome: StudyOutcome | None = None  # set by the deid stage: de-identified files, new UIDs, pseudonym
+    notes: dict[str, object] = field(default_factory=dict)  # "state": the study's state after the stage
+
+    @property
+    def deidentified(self) -> StudyOutcome:
+        """The de-identification outcome; the stages after de-identification may rely on it."""
+        if self.outcome is None:
+            raise RuntimeError("no de-identification outcome: the deid stage runs first")
+        return self.outcome
 
 
 Step = Callable[[StudyContext], None]
@@ -30,7 +37,7 @@ Step = Callable[[StudyContext], None]
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage after de-identification.
+    """One stage of the pipeline.
 
     ``required``: its failure marks the study failed (the images' own path). An optional stage's
     failure is recorded and retried under ``retry`` while the study goes on. ``version`` names what

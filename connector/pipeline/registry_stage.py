@@ -39,19 +39,19 @@ def subject_record(deidentified: Path, original: Path, provider: IdentityProvide
 def registry_step(config: Config, store: StateStore, layout: SiteLayout, provider: IdentityProvider) -> Step:
     """Queue the de-identified study for the registry: subject, STOW-RS batches, manifest."""
     from connector.outbox import Outbox
-    from connector.push import queue_study
+    from connector.push.queueing import queue_study
 
     outbox = Outbox(store)
 
     def step(ctx: StudyContext) -> None:
-        for study_uid in ctx.outcome.study_uids:
-            written = [w for w in ctx.outcome.written if w.study_instance_uid == study_uid]
+        for study_uid in ctx.deidentified.study_uids:
+            written = [w for w in ctx.deidentified.written if w.study_instance_uid == study_uid]
             queue_study(outbox, study_uid=study_uid, pseudonym=written[0].pseudonym,
                         subject=subject_record(written[0].path, written[0].source, provider),
                         files=[w.path for w in written], layout=layout,
                         max_instances=config.registry.batch_max_instances,
                         max_bytes=config.registry.batch_max_bytes)
-        record_study_outputs(store, ctx.study_key, ctx.outcome.study_uids)
+        record_study_outputs(store, ctx.study_key, ctx.deidentified.study_uids)
         ctx.notes["state"] = "queued"
 
     return step

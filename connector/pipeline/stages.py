@@ -1,8 +1,13 @@
 """The pipeline as one list: the stages every stable study goes through, in order.
 
-    0. de-identify + PHI guard (+ OCR)   required   connector.deid (run by the worker, always first)
-    1. cac                               optional   connector.pipeline.cac_stage      ([cac] enabled)
-    2. registry                          required   connector.pipeline.registry_stage
+    1. deid       required   connector.pipeline.deid_stage       de-identify, PHI guard, OCR
+    2. cac        optional   connector.pipeline.cac_stage        ([cac] enabled) CAC JSON, SR, SEG
+    3. registry   required   connector.pipeline.registry_stage   queue everything for the registry
+
+A study's states (``connector.store.state.STUDY_STATES``) follow the list: receiving -> stable
+(quiet) -> processing (leased by the worker) -> deidentified, or quarantined when nothing may leave,
+or failed -> queued (registry stage) -> pushed (the registry acknowledged every job) -> verified
+(reconciliation found it all there).
 
 CAC comes before the registry stage because it adds the CAC SR and SEG to the objects the registry
 stage queues. An optional stage that fails never holds the images back (see
@@ -18,6 +23,7 @@ from connector.config import Config
 from connector.deid.engine import DeidEngine
 from connector.deid.provider import IdentityProvider
 from connector.pipeline.cac_stage import LazyRunner, cac_step
+from connector.pipeline.deid_stage import deid_step
 from connector.pipeline.context import Stage
 from connector.pipeline.registry_stage import registry_step
 from connector.store.layout import SiteLayout
@@ -29,8 +35,8 @@ log = logging.getLogger(__name__)
 
 def build_stages(config: Config, store: StateStore, layout: SiteLayout, engine: DeidEngine,
                  provider: IdentityProvider) -> list[Stage]:
-    """The ordered stages after de-identification for this site's configuration."""
-    stages: list[Stage] = []
+    """The ordered stages of a study for this site's configuration."""
+    stages = [Stage("deid", deid_step(store, layout, engine, config.deid.ocr))]
     if config.cac.enabled:
         runner = LazyRunner(config)
         stages.append(Stage("cac", cac_step(config, store, engine, layout, runner), required=False,

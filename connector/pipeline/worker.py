@@ -1,8 +1,8 @@
 """The study worker: leases each stable study and carries it through the pipeline's stages.
 
     stable study (leased from the state DB)
-      -> de-identification + PHI guard (+ OCR)   (connector.deid)   required, always first
-      -> the stages of :func:`connector.pipeline.stages.build_stages`, in order
+      -> the stages of :func:`connector.pipeline.stages.build_stages`, in order: de-identification
+         first; a study of which nothing may leave (all quarantined) stops there
 
 Why a lease: the worker takes a study with a time-limited lease in the DB, so a worker that dies
 leaves nothing stuck: the lease expires (or start-up recovery hands it back) and the study is
@@ -25,8 +25,6 @@ import sqlite3
 import threading
 import time
 
-from connector.deid.engine import DeidEngine
-from connector.deid.study import deidentify_study
 from connector.pipeline.context import Stage, StudyContext
 from connector.safe_reason import frames, safe_reason
 from connector.store import stage_failures
@@ -48,16 +46,13 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class StudyWorker:
-    def __init__(self, store: StateStore, layout: SiteLayout, engine: DeidEngine,
-                 stages: list[Stage] | None = None, *, name: str = "study-worker",
-                 retry_seconds: float = RETRY_SECONDS, ocr: str = "at-risk-and-sample") -> None:
+    def __init__(self, store: StateStore, layout: SiteLayout, stages: list[Stage], *, name: str = "study-worker",
+                 retry_seconds: float = RETRY_SECONDS) -> None:
         self.store = store
-        self.ocr = ocr  # [deid] ocr: which images are read for burned-in text
         self.retry_seconds = retry_seconds
         self._unrecorded_retries: dict[str, float] = {}  # study -> monotonic time to hand it back
         self.layout = layout
-        self.engine = engine
-        self.stages = stages or []
+        self.stages = stages
         self.name = name
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -104,25 +99,11 @@ class StudyWorker:
         started = time.monotonic()
         rows = self.store.study_instances(key)
         originals = [self.layout.spool / r["path"] for r in rows]
-        out_dir = self.layout.outgoing / key
-        try:
-            outcome = deidentify_study(originals, out_dir, self.layout.quarantine, self.engine, ocr=self.ocr)
-        except Exception as exc:
-            if is_transient(exc):
-                return self._defer(key, "deid", exc)
-            log.error("de-identification failed for study; marked failed",
-                      extra={"event": "deid_failed", "study": key, "error": type(exc).__name__,
-                             "reason": safe_reason(exc)})
-            log.debug("de-identification failed at", extra={"event": "deid_failed_frames", "study": key,
-                                                            "frames": frames(exc)})
-            self.store.set_study_state(key, "failed")
-            return True
-        self.store.record_privacy_report(key, outcome.privacy.as_dict())
-        state = "deidentified" if outcome.written else "quarantined"
-        context = StudyContext(key, originals, outcome, out_dir)
+        context = StudyContext(key, originals, self.layout.outgoing / key)
+        state = "failed"
         for stage in self.stages:
-            if not outcome.written:
-                break
+            if context.outcome is not None and not context.outcome.written:
+                break  # everything was quarantined: nothing for the later stages
             try:
                 stage.run(context)
             except Exception as exc:
@@ -144,7 +125,8 @@ class StudyWorker:
             promote_delivered(self.store)
         self.processed += 1
         log.info("study processed", extra={"event": "study_processed", "study": key, "state": state,
-                                           "seconds": round(time.monotonic() - started, 3), **outcome.summary()})
+                                           "seconds": round(time.monotonic() - started, 3),
+                                           **(context.outcome.summary() if context.outcome else {})})
         return True
 
     def _record_failure(self, key: str, stage: Stage, exc: BaseException) -> None:

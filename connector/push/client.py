@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from connector.push.settings import TOKEN_ENV, RegistryConfig
+from connector.settings.registry import TOKEN_ENV, RegistryConfig
 
 log = logging.getLogger(__name__)
 USER_AGENT = "site-connector"

@@ -30,7 +30,7 @@ import httpx
 
 from connector.outbox import FAILED, Item, Job, parse_retry_after
 from connector.push.client import RegistryClient, ResponseRefused
-from connector.push.settings import RegistryConfig
+from connector.settings.registry import RegistryConfig
 from connector.push.stow import (
     CHUNK,
     DUPLICATE_SOP_INSTANCE,

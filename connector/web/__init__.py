@@ -4,34 +4,11 @@ A Flask application (:mod:`connector.web.app`, pages in :mod:`connector.web.view
 templates under ``templates/`` with autoescaping, the stylesheet under ``static/``), served by
 waitress on a thread of the supervisor; ``/metrics`` through prometheus_client.
 
-* :class:`WebServer` (``WebServer(config, store, layout, probes, *, intake=None, wake=None)``,
-  ``start()``, ``stop()``, ``port``, ``url``): the server the daemon runs.
-* :class:`RegistryReachability`: turns upload successes and failures into the ``registry`` probe.
-* :class:`UserFile`: the dashboard's users (``site-connector users``).
-
-Exports resolve lazily: :mod:`connector.config` imports :mod:`connector.web.settings`, and the
-server imports the config, so this package must not import the server when it is first loaded.
+* :class:`connector.web.site_context.SiteContext`: what the pages work with (config, state store,
+  users, linkage provider, intake, health probes).
+* :class:`connector.web.server.WebServer` (``WebServer(site)``, ``start()``, ``stop()``, ``port``,
+  ``url``): serves the app the daemon runs.
+* :class:`connector.web.health.RegistryReachability`: upload successes and failures as the
+  ``registry`` probe.
+* :class:`connector.web.users.UserFile`: the dashboard's users (``site-connector users``).
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "WebServer": "connector.web.server",
-    "HealthReport": "connector.web.health",
-    "RegistryReachability": "connector.web.health",
-    "HttpConfig": "connector.web.settings",
-    "users_path": "connector.web.settings",
-    "UserError": "connector.web.users",
-    "UserFile": "connector.web.users",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'connector.web' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)

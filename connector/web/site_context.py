@@ -24,7 +24,7 @@ from connector.store.state import StateStore
 from connector.web import metrics
 from connector.web.auth import LoginThrottle, RevokedSessions
 from connector.web.health import HealthReport, Probe, check_disk, check_state_db, run_probe
-from connector.web.settings import users_path
+from connector.web.users import users_path
 from connector.web.study import QuarantineIndex
 from connector.web.users import UserFile
 

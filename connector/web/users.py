@@ -32,6 +32,7 @@ from connector.store.durable import write_file_durably
 from connector.web.password_policy import MAX_LENGTH as MAX_PASSWORD_LENGTH
 from connector.web.password_policy import MIN_LENGTH as MIN_PASSWORD_LENGTH
 from connector.web.password_policy import password_problem
+from connector.config import Config
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # scrypt N=2**15, r=8, p=1: 32 MiB and ~0.1 s per check, dear enough for an offline guesser.
@@ -212,3 +213,9 @@ class UserFile:
             check_password(password[:MAX_PASSWORD_LENGTH], self._dummy)
             return False
         return check_password(password, entry.get("password", ""))
+
+
+
+def users_path(config: Config) -> Path:
+    """The users file the dashboard and ``site-connector users`` share."""
+    return config.http.users_file or config.storage.data_dir / "web" / "users.json"

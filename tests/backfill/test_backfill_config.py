@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from connector.config import ConfigError, load_config
-from connector.pacs import calling_ae, client_tls_context, move_destination
+from connector.pacs.scu import calling_ae, client_tls_context, move_destination
 
 
 def _load(tmp_path: Path, text: str, environ: dict[str, str] | None = None):
@@ -61,7 +61,7 @@ def test_tls_context_verifies_the_pacs(tmp_path: Path) -> None:
 
 
 def test_unloadable_tls_files_are_one_readable_error(tmp_path: Path) -> None:
-    from connector.pacs import PacsTlsError
+    from connector.pacs.scu import PacsTlsError
 
     cfg = _load(tmp_path, '[pacs]\nhost = "h"\nae_title = "P"\ntls = true\ntls_ca_file = "missing.pem"\n')
     with pytest.raises(PacsTlsError, match=r"\[pacs\] tls_ca_file cannot be loaded \(No such file"):

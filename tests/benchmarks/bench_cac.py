@@ -33,7 +33,7 @@ from connector.infer.dicom_results import build_result_objects, read_sources  # 
 from connector.infer.manifest import BUNDLED_MODEL_DIR  # noqa: E402
 from connector.infer.runner import CacRunner  # noqa: E402
 from connector.infer.select import select_series  # noqa: E402
-from connector.infer.settings import CacConfig  # noqa: E402
+from connector.settings.cac import CacConfig  # noqa: E402
 from connector.infer.volume import load_volume  # noqa: E402
 from connector.synthetic.phantom_series import write_phantom  # noqa: E402
 from connector.synthetic.phantoms import make_phantom  # noqa: E402

@@ -32,12 +32,8 @@ from connector.config import load_config
 from connector.deid.provider import PatientIdentity
 from connector.followup.events import EVENT_TYPES
 from connector.followup.importer import FollowupImporter
-from connector.linkage import (
-    OpenOptions,
-    create_key_file,
-    default_key_path,
-    open_linkage,
-)
+from connector.linkage import OpenOptions, create_key_file, open_linkage
+from connector.linkage.paths import default_key_path
 from connector.outbox import Outbox
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from connector.config import load_config  # noqa: E402
 from connector.deid.provider import EphemeralIdentityProvider, PatientIdentity  # noqa: E402
-from connector.linkage import OpenOptions, create_key_file, default_key_path, open_linkage  # noqa: E402
+from connector.linkage import OpenOptions, create_key_file, open_linkage  # noqa: E402
+from connector.linkage.paths import default_key_path  # noqa: E402
 from connector.linkage.crypto import build_ad, normalise_identifier  # noqa: E402
 from connector.linkage.rotation import rotate_key  # noqa: E402
 

@@ -45,7 +45,8 @@ import httpx
 
 from connector.config import load_config
 from connector.outbox import Outbox, outbox_counts
-from connector.push import PushWorker, queue_study
+from connector.push.worker import PushWorker
+from connector.push.queueing import queue_study
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
 from connector.synthetic import SyntheticStudy, ct_slices, write_series

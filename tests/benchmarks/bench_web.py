@@ -27,7 +27,8 @@ import httpx  # noqa: E402
 from connector.config import load_config  # noqa: E402
 from connector.store.layout import SiteLayout  # noqa: E402
 from connector.store.state import STUDY_STATES, StateStore  # noqa: E402
-from connector.web import UserFile, WebServer, users_path  # noqa: E402
+from connector.web.users import UserFile, users_path  # noqa: E402
+from connector.web.server import WebServer  # noqa: E402
 from connector.web.site_context import SiteContext
 
 

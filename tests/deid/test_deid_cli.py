@@ -14,7 +14,8 @@ from pydicom.data import get_testdata_file, get_testdata_files
 
 from connector.cli.main import main as cli_main
 from connector.config import load_config
-from connector.linkage import create_key_file, default_key_path
+from connector.linkage import create_key_file
+from connector.linkage.paths import default_key_path
 from tests.deid.factory import (
     Planted,
     StudyUids,

@@ -17,7 +17,8 @@ import pytest
 
 from connector.synthetic import SyntheticStudy, ct_slices, write_pet_ct_study, write_series
 from tests.faults.support import (TEST_STOP_TIMEOUT, acknowledged_files, status, stop_timed, storescu,
-                                  storescu_popen, wait_for)
+                                  storescu_popen)
+from tests.support.waiting import wait_for
 from tests.support.net import free_port
 from tests.support.daemon import ConnectorProcess
 from tests.support.dicomfiles import dataset_digest, stored_by_sop
@@ -106,7 +107,7 @@ def test_full_disk_while_processing_defers_the_study_instead_of_failing_it(tmp_p
         assert storescu(daemon.port, files).returncode == 0
         filler = fill(small_disk, leave=64_000)  # room for the database, not for the de-identified study
         logs = daemon.wait_for_log('"study_deferred"', timeout=30)
-        assert '"study_deferred"' in logs and '"deid_failed"' not in logs
+        assert '"study_deferred"' in logs and '"step_failed"' not in logs
         assert status(daemon)["studies"]["failed"] == 0
         filler.unlink()
         wait_for(lambda: status(daemon)["studies"]["queued"] == 1, timeout=60, interval=0.5,

@@ -18,7 +18,8 @@ import pytest
 from connector.synthetic import SyntheticStudy, ct_slices, write_pet_ct_study, write_series
 from tests.faults.support import (TEST_STOP_TIMEOUT, RegistryProcess, StallServer, acknowledged_files,
                                   push_settings, status, stop_timed, storescu, storescu_popen, study_states,
-                                  token_file, wait_for)
+                                  token_file)
+from tests.support.waiting import wait_for
 from tests.support.daemon import ConnectorProcess
 from tests.support.dicomfiles import stored_by_sop
 from tests.support.net import free_port

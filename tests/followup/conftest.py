@@ -19,14 +19,8 @@ from connector.config import Config, load_config
 from connector.deid.provider import PatientIdentity
 from connector.followup.importer import FollowupImporter
 from connector.followup.outcomes import ImportSummary
-from connector.linkage import (
-    LinkageProvider,
-    LinkedSubject,
-    OpenOptions,
-    create_key_file,
-    default_key_path,
-    open_linkage,
-)
+from connector.linkage import LinkageProvider, LinkedSubject, OpenOptions, create_key_file, open_linkage
+from connector.linkage.paths import default_key_path
 from connector.outbox import Outbox
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.push import PushWorker
+from connector.push.worker import PushWorker
 from devregistry import RegistryServer
 from tests.followup.conftest import FollowupSite, days_between, make_site, write_csv
 

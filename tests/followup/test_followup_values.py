@@ -10,7 +10,7 @@ import pytest
 from openpyxl import Workbook
 
 from connector.followup.reading import FollowupFileError, read_table
-from connector.followup.settings import FollowupConfig
+from connector.settings.followup import FollowupConfig
 from connector.followup.values import (
     alias_table,
     parse_date,

@@ -32,7 +32,7 @@ from connector.infer.dicom_results import (
 )
 from connector.infer.results import SeriesResult
 from connector.infer.runner import CacRunner
-from connector.infer.settings import CacConfig
+from connector.settings.cac import CacConfig
 from connector.infer.study import score_study
 from connector.synthetic import SyntheticPatient, SyntheticStudy, write_demo_study
 from tests.support.tools import dcmtk

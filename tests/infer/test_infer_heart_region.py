@@ -15,7 +15,7 @@ import pytest
 
 from connector.infer.heart_region import find_heart
 from connector.infer.runner import CacRunner
-from connector.infer.settings import CacConfig
+from connector.settings.cac import CacConfig
 from connector.infer.volume import CtVolume, SpacingReport
 from connector.synthetic.phantoms import WIDE, WIDE_TEST, make_phantom
 from training.independent import independent_phantom

@@ -184,7 +184,7 @@ def test_model_marking_only_the_aorta_of_a_merged_component_scores_nothing() -> 
 @pytest.fixture(scope="module")
 def runner():  # type: ignore[no-untyped-def]
     from connector.infer.runner import CacRunner
-    from connector.infer.settings import CacConfig
+    from connector.settings.cac import CacConfig
 
     return CacRunner.from_config(CacConfig(threads=2))
 

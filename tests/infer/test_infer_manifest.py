@@ -16,7 +16,7 @@ from connector.infer.manifest import (
 )
 from connector.store.digests import file_sha256
 from connector.infer.runner import CPU, CacRunner, choose_providers
-from connector.infer.settings import CacConfig
+from connector.settings.cac import CacConfig
 
 
 def copy_model(tmp_path: Path) -> Path:

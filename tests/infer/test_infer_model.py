@@ -11,7 +11,7 @@ import pytest
 
 from connector.infer.agatston import agatston
 from connector.infer.runner import CacRunner
-from connector.infer.settings import CacConfig
+from connector.settings.cac import CacConfig
 from training.evaluate import held_out_phantom, linear_weighted_kappa, score_phantom
 from connector.synthetic.phantoms import make_phantom
 

@@ -9,7 +9,7 @@ import pytest
 
 from connector.infer.preprocess import GridMap, body_box, neighbour_indices, window
 from connector.infer.runner import CacRunner
-from connector.infer.settings import CacConfig
+from connector.settings.cac import CacConfig
 from connector.synthetic.phantoms import make_phantom
 
 

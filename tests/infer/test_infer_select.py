@@ -11,7 +11,7 @@ import pytest
 from pydicom.uid import PositronEmissionTomographyImageStorage, generate_uid
 
 from connector.infer.select import has_keyword, select_series
-from connector.infer.settings import CacConfig
+from connector.settings.cac import CacConfig
 from connector.synthetic.phantom_series import write_phantom_series
 
 RULES = CacConfig()

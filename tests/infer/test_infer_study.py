@@ -24,7 +24,7 @@ from connector.infer.agatston import category_for
 from connector.infer.manifest import BUNDLED_MODEL_DIR
 from connector.store.digests import file_sha256
 from connector.infer.runner import CacRunner
-from connector.infer.settings import CacConfig
+from connector.settings.cac import CacConfig
 from connector.infer.study import score_study
 from training.evaluate import truth_score
 from connector.synthetic.phantom_series import write_phantom, write_phantom_series

@@ -14,13 +14,8 @@ import pytest
 from connector.cli.main import main as cli_main
 from connector.config import Config, load_config
 from connector.deid.provider import PatientIdentity
-from connector.linkage import (
-    LinkageProvider,
-    OpenOptions,
-    create_key_file,
-    default_key_path,
-    open_linkage,
-)
+from connector.linkage import LinkageProvider, OpenOptions, create_key_file, open_linkage
+from connector.linkage.paths import default_key_path
 
 
 @dataclass

@@ -20,7 +20,7 @@ import yaml
 from connector.config import load_config
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
-from connector.web import WebServer
+from connector.web.server import WebServer
 from connector.web.site_context import SiteContext
 
 ROOT = Path(__file__).resolve().parents[2]

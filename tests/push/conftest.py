@@ -96,7 +96,7 @@ def subject_for(study: DeidStudy) -> dict[str, Any]:
 
 def queue_site_study(site: Site, study: DeidStudy, **kw: int) -> int:
     """Queue one de-identified study of ``site`` for the registry (the daemon's registry step)."""
-    from connector.push import queue_study
+    from connector.push.queueing import queue_study
 
     return queue_study(site.outbox, study_uid=study.study_uid, pseudonym=study.pseudonym,
                        subject=subject_for(study), files=study.files, layout=site.layout, **kw)
@@ -105,7 +105,7 @@ def queue_site_study(site: Site, study: DeidStudy, **kw: int) -> int:
 def push_all(site: Site, config, timeout: float = 60):
     """Run a PushWorker until the outbox is drained; returns the stopped worker."""
     from connector.outbox import outbox_counts
-    from connector.push import PushWorker
+    from connector.push.worker import PushWorker
 
     worker = PushWorker(config, site.store, site.layout)
     worker.start()

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from connector.config import load_config
-from connector.push import PushWorker
+from connector.push.worker import PushWorker
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
 

@@ -16,7 +16,7 @@ import pydicom
 import pytest
 
 from connector.outbox import outbox_counts
-from connector.push import PushWorker
+from connector.push.worker import PushWorker
 from connector.push.stow import MultipartBody
 from devregistry import Faults, RegistryServer
 from tests.push.conftest import DeidStudy, Site, push_all, queue_site_study

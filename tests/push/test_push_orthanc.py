@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from connector.outbox import outbox_counts
-from connector.push import PushWorker, queue_study
+from connector.push.worker import PushWorker
+from connector.push.queueing import queue_study
 from devregistry import RegistryServer
 from tests.push.conftest import Site, subject_for
 from tests.support.orthanc import OrthancServer

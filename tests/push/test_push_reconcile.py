@@ -246,7 +246,7 @@ def _ingested_and_pushed(site: Site, registry: RegistryServer):
     import pydicom
 
     from connector.deid.study import deidentify_study
-    from connector.push import queue_study
+    from connector.push.queueing import queue_study
     from connector.store.state import InstanceRecord, instance_key
     from connector.synthetic import SyntheticStudy, write_pet_ct_study
 

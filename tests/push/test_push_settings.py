@@ -17,14 +17,9 @@ from cryptography.x509.oid import NameOID
 
 from connector.config import ConfigError, load_config
 from connector.outbox import outbox_counts
-from connector.push import PushWorker
+from connector.push.worker import PushWorker
 from connector.push.client import TokenError, read_token
-from connector.push.settings import (
-    DEV_REGISTRY_URL,
-    TOKEN_ENV,
-    RegistryConfig,
-    UploadWindow,
-)
+from connector.settings.registry import DEV_REGISTRY_URL, TOKEN_ENV, RegistryConfig, UploadWindow
 from connector.push.throttle import RateLimiter
 from devregistry import RegistryServer
 from tests.push.conftest import Site

@@ -13,7 +13,8 @@ import pydicom
 import pytest
 
 from connector.outbox import outbox_counts
-from connector.push import PushWorker, queue_event, queue_result, queue_study
+from connector.push.worker import PushWorker
+from connector.push.queueing import queue_event, queue_result, queue_study
 from connector.push.queueing import NotReadyForRegistry, make_batches, read_outgoing
 from devregistry import RegistryServer
 from tests.push.conftest import DeidStudy, Site, push_all, queue_site_study

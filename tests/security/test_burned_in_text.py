@@ -19,13 +19,8 @@ from connector.config import load_config
 from connector.deid.engine import DeidEngine
 from connector.deid.provider import EphemeralIdentityProvider
 from connector.deid.study import deidentify_study
-from connector.phi_guard.burned_in_text import (
-    FAILURE,
-    FINDING,
-    OCR_SCOPES,
-    IdentifierText,
-    instances_to_read,
-)
+from connector.phi_guard.burned_in_text import FAILURE, FINDING, IdentifierText, instances_to_read
+from connector.settings.deid import OCR_SCOPES
 from connector.phi_guard.identifiers import Identifiers
 from tests.deid.factory import Planted, StudyUids, base_dataset, encode, leaks
 from tests.security.burned_in_images import ct_image, localizer_hu, name_and_mrn

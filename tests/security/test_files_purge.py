@@ -24,7 +24,7 @@ from connector.store.layout import SiteLayout
 from connector.store.quarantine import PurgeReport, purge_entry, quarantine
 from connector.store.state import StateStore, instance_key, study_key
 from connector.synthetic import SyntheticStudy, ct_slices, write_pet_ct_study, write_series
-from connector.web import UserFile
+from connector.web.users import UserFile
 from tests.faults.support import study_states
 from tests.support.waiting import wait_for
 from tests.push.test_push_daemon import push_settings, storescu, token_file

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from connector.push.client import RegistryClient
-from connector.push.settings import RegistryConfig
+from connector.settings.registry import RegistryConfig
 from tests.faults.test_startup import assert_failed_start
 from tests.support.daemon import ConnectorProcess
 

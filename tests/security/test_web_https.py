@@ -14,10 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from connector.linkage import OpenOptions, create_key_file, default_key_path, open_linkage
+from connector.linkage import OpenOptions, create_key_file, open_linkage
+from connector.linkage.paths import default_key_path
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
-from connector.web import WebServer
+from connector.web.server import WebServer
 from connector.web.site_context import SiteContext
 from tests.security.web_support import (COORD, COORD_PASSWORD, USER, browser_like, cookie_of, dashboard,
                                        self_signed, sign_in)

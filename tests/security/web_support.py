@@ -18,10 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from connector.ingest.intake import Intake
-from connector.linkage import OpenOptions, create_key_file, default_key_path, open_linkage
+from connector.linkage import OpenOptions, create_key_file, open_linkage
+from connector.linkage.paths import default_key_path
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
-from connector.web import UserFile, WebServer, users_path
+from connector.web.users import UserFile, users_path
+from connector.web.server import WebServer
 from connector.web.site_context import SiteContext
 from tests.web.conftest import COORD, COORD_PASSWORD, PASSWORD, USER, WebSite, csrf_of, make_config
 

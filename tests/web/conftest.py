@@ -15,12 +15,14 @@ import pytest
 from connector.config import Config, load_config
 from connector.deid.provider import PatientIdentity
 from connector.ingest.intake import Intake
-from connector.linkage import OpenOptions, create_key_file, default_key_path, open_linkage
+from connector.linkage import OpenOptions, create_key_file, open_linkage
+from connector.linkage.paths import default_key_path
 from connector.store.layout import SiteLayout
 from connector.store.quarantine import quarantine
 from connector.store.state import StateStore
 from connector.synthetic import SyntheticStudy, write_pet_ct_study
-from connector.web import UserFile, WebServer, users_path
+from connector.web.users import UserFile, users_path
+from connector.web.server import WebServer
 from connector.web.site_context import SiteContext
 from tests.web.browser import artefacts, browser  # noqa: F401  (fixtures for the browser tests)
 

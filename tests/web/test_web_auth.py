@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connector.web import UserFile, users_path
+from connector.web.users import UserFile, users_path
 from tests.web.conftest import PASSWORD, USER, WebSite, csrf_of
 
 PAGES = ("/", "/studies", "/quarantine", "/outbox", "/followup")

@@ -8,7 +8,8 @@ import httpx
 
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
-from connector.web import RegistryReachability, WebServer
+from connector.web.health import RegistryReachability
+from connector.web.server import WebServer
 from connector.web.site_context import SiteContext
 from connector.web.health import disk_free_bytes
 from tests.web.conftest import WebSite, make_config

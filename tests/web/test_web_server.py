@@ -11,7 +11,7 @@ import pytest
 
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
-from connector.web import WebServer
+from connector.web.server import WebServer
 from connector.web.site_context import SiteContext
 from tests.web.conftest import WebSite, make_config
 

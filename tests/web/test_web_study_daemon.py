@@ -24,7 +24,8 @@ from connector.infer.scored_calcium import load_scored_calcium
 from connector.synthetic.phantoms import make_phantom
 from devregistry import RegistryServer
 from connector.synthetic import SyntheticStudy, write_demo_study
-from connector.web import UserFile, cac_picture
+from connector.web.users import UserFile
+from connector.web import cac_picture
 from tests.support.waiting import wait_for
 from tests.push.test_push_daemon import identifiers, push_settings, storescu, token_file
 from tests.support.daemon import ConnectorProcess

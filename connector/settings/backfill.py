@@ -10,7 +10,7 @@ daily = false                 # true: every night, query the previous days with 
 
 Why a window by default: a PACS serves the wards during the day; a backfill of years must never
 slow down a radiologist's viewer. ``site-connector backfill run JOB`` ignores the window (an
-operator chose the moment). This module must not import :mod:`connector.config`.
+operator chose the moment).
 """
 
 from __future__ import annotations
@@ -18,16 +18,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from connector.config_fields import check, setting
-from connector.push.settings import UploadWindow
-
-
-def _valid_window(value: str) -> bool:
-    try:
-        UploadWindow.parse(value)
-        return True
-    except ValueError:
-        return False
+from connector.settings.fields import check, setting
+from connector.settings.registry import valid_window
 
 
 def _valid_regex(value: str) -> bool:
@@ -40,7 +32,7 @@ def _valid_regex(value: str) -> bool:
 
 @dataclass(frozen=True)
 class BackfillConfig:
-    window: str = setting("20:00-06:00", check(_valid_window, "must be HH:MM-HH:MM (local time) or empty"),
+    window: str = setting("20:00-06:00", check(valid_window, "must be HH:MM-HH:MM (local time) or empty"),
                           doc="the daemon retrieves queued backfill studies only inside this daily local-time "
                               "window; empty = any time (`backfill run` ignores it)")
     max_concurrent: int = setting(2, check(lambda v: 1 <= v <= 16, "must be between 1 and 16"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from connector.config_fields import check, setting
+from connector.settings.fields import check, setting
 
 KNOWN_PROVIDERS = {
     "CPUExecutionProvider",

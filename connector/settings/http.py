@@ -14,12 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from connector.config_fields import check, setting, valid_host_entry
-
-if TYPE_CHECKING:
-    from connector.config import Config
+from connector.settings.fields import check, setting, valid_host_entry
 
 
 @dataclass(frozen=True)
@@ -56,8 +52,3 @@ class HttpConfig:
     login_max_delay_seconds: float = setting(900.0, check(lambda v: 0 < v <= 86400, "must be above 0 and at most 86400"),
                                              doc="the longest wait between sign-in attempts of one user name "
                                                  "from one address")
-
-
-def users_path(config: Config) -> Path:
-    """The users file the dashboard and ``site-connector users`` share."""
-    return config.http.users_file or config.storage.data_dir / "web" / "users.json"

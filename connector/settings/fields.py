@@ -1,7 +1,7 @@
-"""Building blocks for typed config sections, shared by :mod:`connector.config` and stage packages.
+"""Building blocks for the typed config sections of :mod:`connector.settings`.
 
-A stage package that owns a config section (e.g. ``connector.deid.settings``) declares a frozen
-dataclass whose fields use :func:`setting`; :mod:`connector.config` validates them generically.
+Each section (e.g. :mod:`connector.settings.deid`) is a frozen dataclass whose fields use
+:func:`setting`; :mod:`connector.config` validates them generically.
 Supported field types: str, int, float, bool, Path, ``X | None`` and ``list[X]``.
 """
 

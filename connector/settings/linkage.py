@@ -2,7 +2,7 @@
 
 Defaults are chosen so that a fresh ``site-connector init`` works with no edits: the database sits
 under the data folder, the key-encryption key is the key file ``init`` creates, and pseudonyms carry
-the site id as prefix. Paths left unset are derived from other sections (see :func:`resolved_paths`).
+the site id as prefix. Paths left unset are derived from other sections (see :func:`connector.linkage.paths.resolved_paths`).
 """
 
 from __future__ import annotations
@@ -10,12 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from connector.config_fields import check, setting
-
-if TYPE_CHECKING:
-    from connector.config import Config
+from connector.settings.fields import check, setting
 
 KEY_SOURCES = ("file", "passphrase")
 
@@ -50,28 +46,3 @@ class LinkageConfig:
         3650, check(lambda v: 1 <= v <= 36500, "must be between 1 and 36500"),
         doc="each patient's dates move back by a random 1..N whole days (kept per patient)",
     )
-
-
-@dataclass(frozen=True)
-class LinkagePaths:
-    db: Path
-    key_file: Path
-    audit_log: Path
-
-
-def resolved_paths(config: Config) -> LinkagePaths:
-    """The concrete files of the linkage table for ``config`` (unset settings filled with defaults)."""
-    lk: LinkageConfig = config.linkage
-    db = lk.db_path if lk.db_path is not None else config.storage.data_dir / "linkage" / "linkage.db"
-    key_file = lk.key_file if lk.key_file is not None else config.key_dir / "site.key"
-    audit = lk.audit_log if lk.audit_log is not None else db.parent / "audit.log"
-    return LinkagePaths(db=Path(db), key_file=Path(key_file), audit_log=Path(audit))
-
-
-def pseudonym_prefix(config: Config) -> str:
-    return config.linkage.pseudonym_prefix or config.site.id
-
-
-def default_key_path(config: Config) -> Path:
-    """The key file ``site-connector init`` should create for ``config``."""
-    return resolved_paths(config).key_file

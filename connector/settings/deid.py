@@ -1,4 +1,4 @@
-"""The ``[deid]`` configuration section.
+"""The ``[deid]`` configuration section (where the configured files are: :mod:`connector.deid.rule_sources`).
 
 ```toml
 [deid]
@@ -24,14 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from connector.config_fields import check, setting
-from connector.phi_guard.burned_in_text import DEFAULT_OCR_SCOPE, OCR_SCOPES
+from connector.settings.fields import check, setting
 from connector.vocabulary import VocabularyError, read_word_file, word_problem
 
-if TYPE_CHECKING:
-    from connector.config import Config
+# Which de-identified images the PHI guard reads for burned-in text (see docs/rules.md).
+OCR_SCOPES = ("at-risk-and-sample", "all", "off")
+DEFAULT_OCR_SCOPE = "at-risk-and-sample"
 
 
 @dataclass(frozen=True)
@@ -66,21 +65,3 @@ def _vocabulary_file_ok(path: Path) -> bool:
     except VocabularyError:
         return False
     return True
-
-
-def vocabulary_files(config: Config) -> list[Path]:
-    """The configured vocabulary files, relative names resolved against the configuration file's folder."""
-    source = Path(config.source)
-    base = source.parent if source.suffix == ".toml" and source.exists() else Path.cwd()
-    return [p if Path(p).is_absolute() else base / p for p in config.deid.vocabulary_files]
-
-
-def rule_paths(config: Config) -> list[Path]:
-    """The configured rule files, relative names resolved against the configuration file's folder."""
-    from connector.deid.profile import default_rules_path, resolve_rule_path
-
-    if not config.deid.rules:
-        return [default_rules_path()]
-    source = Path(config.source)
-    base = source.parent if source.suffix == ".toml" and source.exists() else None
-    return [resolve_rule_path(p, base) for p in config.deid.rules]

@@ -1,4 +1,4 @@
-"""The ``[pacs]`` configuration section and how this connector calls the hospital PACS as an SCU.
+"""The ``[pacs]`` configuration section (calling the PACS: :mod:`connector.pacs.scu`).
 
 ```toml
 [pacs]
@@ -12,21 +12,15 @@ tls = false                   # true: DICOM TLS to the PACS (tls_ca_file verifie
 Why its own section: [dicom] is where the PACS reaches *us* (receiver, allow-lists, server-side
 TLS); [pacs] is where *we* reach the PACS: backfill (C-FIND, C-MOVE, C-GET), ``echo --pacs`` and
 sending results back (C-STORE). The TLS keys mirror [dicom]'s names (``tls_cert_file``,
-``tls_key_file``, ``tls_ca_file``) with the client-side meaning. This module must not import
-:mod:`connector.config` (it is imported by it).
+``tls_key_file``, ``tls_ca_file``) with the client-side meaning.
 """
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from connector.config_fields import check, setting, valid_ae
-
-if TYPE_CHECKING:
-    from connector.config import Config
+from connector.settings.fields import check, setting, valid_ae
 
 RETRIEVE_MODES = ("move", "get")
 
@@ -74,55 +68,3 @@ def cross_check(cfg: PacsConfig) -> str | None:
     if not cfg.tls and (cfg.tls_ca_file or cfg.tls_cert_file):
         return "tls: TLS files are set but tls = false; set tls = true or remove them"
     return None
-
-
-def calling_ae(config: Config) -> str:
-    """Our AE title towards the PACS."""
-    return config.pacs.calling_ae_title or config.dicom.ae_title
-
-
-def move_destination(config: Config) -> str:
-    """The AE title C-MOVE asks the PACS to send to (normally our own receiver)."""
-    return config.pacs.move_destination or config.dicom.ae_title
-
-
-class PacsTlsError(Exception):
-    """The [pacs] TLS files cannot be loaded; the message names the key and the reason (no secret)."""
-
-
-def client_tls_context(cfg: PacsConfig) -> ssl.SSLContext | None:
-    """The SSL context for calling the PACS, or None without TLS. Raises PacsTlsError."""
-    if not cfg.tls:
-        return None
-    try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
-                                         cafile=str(cfg.tls_ca_file) if cfg.tls_ca_file else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise PacsTlsError(f"[pacs] tls_ca_file cannot be loaded ({_reason(exc)})") from None
-    ctx.check_hostname = cfg.tls_check_hostname
-    if cfg.tls_cert_file:
-        try:
-            ctx.load_cert_chain(str(cfg.tls_cert_file), str(cfg.tls_key_file))
-        except (OSError, ssl.SSLError) as exc:
-            raise PacsTlsError(f"[pacs] tls_cert_file/tls_key_file cannot be loaded ({_reason(exc)}): they must "
-                               "be a PEM certificate and its matching private key") from None
-    return ctx
-
-
-def _reason(exc: BaseException) -> str:
-    return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
-
-
-def associate(config: Config, ae: Any, **kwargs: Any) -> Any:
-    """Open an association from pynetdicom ``ae`` to the configured PACS (TLS when configured).
-
-    ``ae`` carries the requested presentation contexts; kwargs go to ``AE.associate`` (e.g.
-    ``ext_neg``, ``evt_handlers``). The caller checks ``is_established``.
-    """
-    cfg = config.pacs
-    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = cfg.timeout
-    ae.dimse_timeout = max(cfg.timeout, 60.0)
-    ctx = client_tls_context(cfg)
-    tls_args = (ctx, cfg.host if cfg.tls_check_hostname else None) if ctx is not None else None
-    kwargs.setdefault("max_pdu", 0)  # unlimited: we receive whole studies; the PACS may still cap its side
-    return ae.associate(cfg.host, cfg.port, ae_title=cfg.ae_title, tls_args=tls_args, **kwargs)

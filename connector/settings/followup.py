@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from connector.config_fields import check, setting
+from connector.settings.fields import check, setting
 
 #: Outgoing text fields that a site may allow (each still goes through the PHI check).
 FREE_TEXT_FIELDS = ("cause", "source")

@@ -11,7 +11,7 @@ bandwidth_limit = 5000000               # optional: bytes per second, all reques
 Why one ``url``: the registry team hands out one address; ``dicomweb_url`` and ``api_url`` exist for
 registries that split images and JSON across hosts. With every URL empty the connector pushes to
 the dev registry on ``http://127.0.0.1:8042`` (``site-connector registry serve``), the embedded
-default used by the demo. This module must not import :mod:`connector.config` (it is imported by it).
+default used by the demo.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from connector.config_fields import check, setting
+from connector.settings.fields import check, setting
 
 DEV_REGISTRY_URL = "http://127.0.0.1:8042"
 # Bounds on what is read of a registry's answer (issue 24): far above what a conforming registry sends
@@ -73,7 +73,8 @@ class UploadWindow:
         return (opens - when).total_seconds()
 
 
-def _valid_window(value: str) -> bool:
+def valid_window(value: str) -> bool:
+    """True for an empty window or HH:MM-HH:MM (the upload and backfill windows share the format)."""
     try:
         UploadWindow.parse(value)
         return True
@@ -102,7 +103,7 @@ class RegistryConfig:
                                    doc="at most this many bytes per STOW-RS request (a larger single file goes alone)")
     concurrency: int = setting(3, check(lambda v: 1 <= v <= 8, "must be between 1 and 8"),
                                doc="requests in flight at once")
-    upload_window: str = setting("", check(_valid_window, "must be HH:MM-HH:MM (local time) or empty"),
+    upload_window: str = setting("", check(valid_window, "must be HH:MM-HH:MM (local time) or empty"),
                                  doc="send only inside this daily local-time window, e.g. \"19:00-07:00\"; "
                                      "empty = any time")
     bandwidth_limit: int = setting(0, check(lambda v: v >= 0, "must be zero or more"),
