@@ -56,6 +56,7 @@ from connector.roles import EXIT_BIND_FAILED, ROLE_TARGETS, kill_after, spawn_co
 from connector.stop_signals import StopSignals
 from connector.store.layout import PRIVATE_UMASK, SiteLayout
 from connector.store.state import StateStore
+from connector.site_db import open_state
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ class Supervisor:
     def _recover(self) -> None:
         db = self.layout.state_db
         try:
-            store = StateStore(db)
+            store = open_state(db)
             try:
                 self.recovery = recover(Intake(self.layout, store))
             finally:
@@ -444,7 +445,7 @@ class Supervisor:
         from connector.web.server import WebServer
         from connector.web.site_context import SiteContext
 
-        store = StateStore(self.layout.state_db)
+        store = open_state(self.layout.state_db)
         self._web_store = store
         self._web_provider = open_identity_provider(self.config)
         threshold = self.config.http.registry_unreachable_seconds

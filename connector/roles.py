@@ -162,13 +162,13 @@ def receiver_main(config: Config, index: int, log_queue: Any) -> None:
     from connector.ingest.intake import Intake
     from connector.ingest.scp import StoreSCP, configure_receiver_process
     from connector.store.layout import SiteLayout
-    from connector.store.state import StateStore
+    from connector.site_db import open_state
 
     layout = SiteLayout.from_config(config)
     partial = layout.partial / f"r{index}"
     shutil.rmtree(partial, ignore_errors=True)  # this receiver's half-received objects, if it crashed
     partial.mkdir(mode=0o700, parents=True)
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     intake = Intake(layout, store, min_free_bytes=config.storage.min_free_bytes, fsync=config.storage.fsync,
                     partial_dir=partial)
     configure_receiver_process()
@@ -204,10 +204,10 @@ def pipeline_main(config: Config, log_queue: Any) -> None:
     from connector.pipeline.stages import build_stages
     from connector.pipeline.worker import StudyWorker
     from connector.store.layout import SiteLayout
-    from connector.store.state import StateStore
+    from connector.site_db import open_state
 
     layout = SiteLayout.from_config(config)
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     provider = open_identity_provider(config)
     engine = DeidEngine.from_config(config, provider)
     stages = build_stages(config, store, layout, engine, provider)  # the pipeline, as one list
@@ -283,10 +283,10 @@ def push_main(config: Config, log_queue: Any) -> None:
     stop = _child_setup(config, log_queue, "push")
     from connector.push.worker import PushWorker
     from connector.store.layout import SiteLayout
-    from connector.store.state import StateStore
+    from connector.site_db import open_state
 
     layout = SiteLayout.from_config(config)
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     worker = PushWorker(config, store, layout)
     worker.start()
     returns = None

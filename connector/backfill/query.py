@@ -28,7 +28,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
-from connector import pacs
+from connector.pacs import scu as pacs
 from connector.backfill.worklist import FoundStudy
 from connector.config import Config
 

@@ -48,7 +48,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from connector import pacs
+from connector.pacs import scu as pacs
 from connector.backfill.worklist import LeasedStudy
 from connector.config import Config
 from connector.ingest.file_meta import part10_head

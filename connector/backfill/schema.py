@@ -1,4 +1,4 @@
-"""Backfill tables in the state database (migration step registered in ``connector.store.state.MIGRATIONS``).
+"""Backfill tables in the state database (migration step listed in ``connector.site_db.SCHEMA_STEPS``).
 
     backfill_jobs     one row per ``backfill add`` (or per night in daily mode): its filters and state
     backfill_studies  the worklist: one row per (job, study) found by the C-FIND

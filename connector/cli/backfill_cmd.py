@@ -102,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _open_store(config: Any, create: bool = False) -> Any:
     from connector.store.layout import SiteLayout
-    from connector.store.state import StateStore
+    from connector.site_db import open_state
 
     layout = SiteLayout.from_config(config)
     if not layout.state_db.exists() and not create:
@@ -110,7 +110,7 @@ def _open_store(config: Any, create: bool = False) -> Any:
                            exitcodes.UNAVAILABLE)
     if create:
         layout.ensure()
-    return layout, StateStore(layout.state_db)
+    return layout, open_state(layout.state_db)
 
 
 def _require_pacs(config: Any) -> None:

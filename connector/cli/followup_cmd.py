@@ -33,14 +33,14 @@ def _open(config: Any, *, need_store: bool) -> tuple[Any, Any, Any]:
     from connector.linkage.provider import OpenOptions, open_linkage
     from connector.outbox import Outbox
     from connector.store.layout import SiteLayout
-    from connector.store.state import StateStore
+    from connector.site_db import open_state
 
     prompt = getpass.getpass if sys.stdin.isatty() else None
     provider = open_linkage(config, OpenOptions(prompt=prompt, create=False, role="cli"))
     db = SiteLayout.from_config(config).state_db
     if not need_store and not db.exists():
         return provider, None, None  # a dry run on a site that never sent anything: all events are new
-    store = StateStore(db)
+    store = open_state(db)
     return provider, store, Outbox(store)
 
 

@@ -33,13 +33,13 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     from connector.push.reconcile import ReconcileError, Reconciler, RegistryUnreachable
     from connector.store.layout import SiteLayout
-    from connector.store.state import StateStore
+    from connector.site_db import open_state
 
     layout = SiteLayout.from_config(config)
     if not layout.state_db.exists():
         raise CommandError(f"no state database in {config.storage.data_dir} (has the daemon run there?)",
                            exitcodes.UNAVAILABLE)
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     providers: list[Any] = []
 
     def engine() -> Any:

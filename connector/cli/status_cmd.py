@@ -11,7 +11,7 @@ from connector.outbox import outbox_counts
 from connector.store.layout import SiteLayout
 from connector.store.quarantine import count_quarantine
 from connector.store.stage_failures import failure_counts, recent_failures
-from connector.store.state import StateStore
+from connector.site_db import open_state
 from connector.outbox.delivery import waiting_for_registry
 from connector.push.reconcile_runs import last_reconciliation
 
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def collect(layout: SiteLayout) -> dict[str, Any]:
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     try:
         out = store.counts()
         out.update(outbox_counts(store))

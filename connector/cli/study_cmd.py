@@ -74,14 +74,14 @@ def _print(view: dict[str, Any], pictures: list[Path]) -> None:
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     from connector.store.layout import SiteLayout
-    from connector.store.state import StateStore
+    from connector.site_db import open_state
     from connector.web.study import find_key, study_view
 
     layout = SiteLayout.from_config(config)
     if not layout.state_db.exists():
         raise CommandError(f"no state database in {config.storage.data_dir} (has the daemon run there?)",
                            exitcodes.UNAVAILABLE)
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     try:
         key = find_key(store, args.key)
         view = study_view(store, layout, key) if key else None

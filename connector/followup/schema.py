@@ -1,4 +1,4 @@
-"""The follow-up ledger in the state database (a step in ``connector.store.state.MIGRATIONS``).
+"""The follow-up ledger in the state database (a step in ``connector.site_db.SCHEMA_STEPS``).
 
     followup_events   one row per event (``event_id``): the version and JSON last queued for it
 

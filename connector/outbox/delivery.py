@@ -19,7 +19,7 @@ from connector.store.state import StateStore
 
 
 def create_schema(db: sqlite_utils.Database) -> None:
-    """Schema step 5 (see :data:`connector.store.state.MIGRATIONS`)."""
+    """Schema step 5 (see :data:`connector.site_db.SCHEMA_STEPS`)."""
     db["study_outputs"].create({"study_key": str, "study_uid": str}, pk=("study_key", "study_uid"),
                                if_not_exists=True)
     db["study_outputs"].create_index(["study_uid"], if_not_exists=True)

@@ -1,4 +1,4 @@
-"""Outbox tables in the state database (migration step registered in ``connector.store.state.MIGRATIONS``).
+"""Outbox tables in the state database (migration step listed in ``connector.site_db.SCHEMA_STEPS``).
 
     outbox_jobs   one row per (kind, key, destination): what to send, its state, lease and retry timer
     outbox_items  the files of a job (STOW-RS instances), each acknowledged on its own, so a partial

@@ -16,7 +16,7 @@ from connector.store.state import StateStore
 
 
 def create_schema(db: sqlite_utils.Database) -> None:
-    """Schema step 7 (see :data:`connector.store.state.MIGRATIONS`)."""
+    """Schema step 7 (see :data:`connector.site_db.SCHEMA_STEPS`)."""
     db.execute("CREATE TABLE IF NOT EXISTS reconcile_runs (id INTEGER PRIMARY KEY, at REAL NOT NULL, "
                "seconds REAL, summary TEXT NOT NULL)")
 

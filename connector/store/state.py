@@ -6,7 +6,8 @@ connection (``sqlite3`` connections are not shareable), writes use ``BEGIN IMMED
 two writers serialise instead of failing half-way, and ``busy_timeout`` absorbs short contention.
 
 Table owners: ``instances`` and ``instance_events`` belong to ingest, ``studies`` to assemble (ingest
-only re-opens a study). Later stages add their own tables through :data:`MIGRATIONS`.
+only re-opens a study). Each other table's SQL lives with its owner; the list of schema steps is
+:mod:`connector.site_db`, handed in by the code that wires the daemon.
 
 Original UIDs are stored (the pipeline needs them); patient identifiers are not. Studies are known
 to logs and file names only by ``study_key``, a hash of the StudyInstanceUID.
@@ -16,12 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,8 @@ class StoreOutcome:
     reopened: bool = False
 
 
-def _create_schema(db: sqlite_utils.Database) -> None:
+def create_core_schema(db: sqlite_utils.Database) -> None:
+    """Schema step 1: instances, their events, studies."""
     db["instances"].create(
         {
             "sop_instance_uid": str,
@@ -141,7 +142,7 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     db["studies"].create_index(["state", "last_received_at"], if_not_exists=True)
 
 
-def _create_privacy_reports(db: sqlite_utils.Database) -> None:
+def create_privacy_reports(db: sqlite_utils.Database) -> None:
     """One row per study: what de-identification removed and replaced (counts and tags, never values)."""
     db["privacy_reports"].create(
         {"study_key": str, "report": str, "at": float},
@@ -150,32 +151,24 @@ def _create_privacy_reports(db: sqlite_utils.Database) -> None:
     )
 
 
-def _add_verified_at(db: sqlite_utils.Database) -> None:
+def add_verified_at(db: sqlite_utils.Database) -> None:
     """When reconciliation last found the registry holding everything a study sent (NULL = not since
     it was last queued)."""
     db.execute("ALTER TABLE studies ADD COLUMN verified_at REAL")
 
 
-# Schema steps, each run once, in order, in one transaction. A stage that owns tables adds a
-# (version, "module:function") line; the function takes a sqlite_utils.Database.
-MIGRATIONS: list[tuple[int, Any]] = [
-    (1, _create_schema),
-    (2, "connector.outbox.schema:create_schema"),
-    (3, "connector.followup.schema:create_schema"),
-    (4, "connector.store.state:_create_privacy_reports"),
-    (5, "connector.outbox.delivery:create_schema"),
-    (6, "connector.store.state:_add_verified_at"),
-    (7, "connector.push.reconcile_runs:create_schema"),
-    (8, "connector.backfill.schema:create_schema"),
-    (9, "connector.store.stage_failures:create_schema"),
-]
+Migration = tuple[int, Callable[[sqlite_utils.Database], None]]
 
 
 class StateStore:
     """Thread-safe access to the state database; one connection per thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, migrations: Sequence[Migration] = ()) -> None:
+        """Open (and create) the database at ``path``; ``migrations`` are the schema steps, each run once
+        in version order. The code that wires the daemon hands in the site's list
+        (:func:`connector.site_db.open_state`); code below it opens a database that list has made."""
         self.path = Path(path)
+        self._migrations = sorted(migrations, key=lambda step: step[0])
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -222,11 +215,8 @@ class StateStore:
         with self.write() as conn:
             current = conn.execute("PRAGMA user_version").fetchone()[0]
             db = sqlite_utils.Database(conn)
-            for version, step in MIGRATIONS:
+            for version, step in self._migrations:
                 if version > current:
-                    if isinstance(step, str):
-                        module, _, func = step.partition(":")
-                        step = getattr(importlib.import_module(module), func)
                     step(db)
                     conn.execute(f"PRAGMA user_version={int(version)}")
 

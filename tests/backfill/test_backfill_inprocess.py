@@ -13,7 +13,7 @@ from connector.backfill.runner import Runner, ensure_daily_job
 from connector.backfill.summary import job_summaries
 from connector.backfill.worklist import FoundStudy, Worklist
 from connector.store.layout import SiteLayout
-from connector.store.state import StateStore
+from connector.site_db import open_state
 from tests.backfill.conftest import day, in_process_config, load, register_connector
 from tests.support.dicomfiles import dataset_bytes, stored_by_sop
 
@@ -22,7 +22,7 @@ def _site(tmp_path: Path, orthanc, **extra):
     config = in_process_config(tmp_path / "data", orthanc, **extra)
     layout = SiteLayout.from_config(config)
     layout.ensure()
-    return config, layout, StateStore(layout.state_db)
+    return config, layout, open_state(layout.state_db)
 
 
 def test_query_filters_by_day_modality_description_and_accession(tmp_path: Path, orthanc, catalogue) -> None:

@@ -41,7 +41,7 @@ from connector.backfill.runner import Runner  # noqa: E402
 from connector.backfill.worklist import Worklist  # noqa: E402
 from connector.config import load_config  # noqa: E402
 from connector.store.layout import SiteLayout  # noqa: E402
-from connector.store.state import StateStore  # noqa: E402
+from connector.site_db import open_state  # noqa: E402
 from connector.synthetic import SyntheticStudy, write_pet_ct_study  # noqa: E402
 from tests.support.daemon import ConnectorProcess  # noqa: E402
 from tests.support.net import free_port, wait_port  # noqa: E402
@@ -70,7 +70,7 @@ def backfill(config_env: dict[str, str], studies: int) -> tuple[float, float, in
     config = load_config(None, config_env)
     layout = SiteLayout.from_config(config)
     layout.ensure()
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     try:
         t0 = time.perf_counter()
         flt = StudyFilter(date_from=FIRST_DAY, date_to=FIRST_DAY + dt.timedelta(days=studies - 1))

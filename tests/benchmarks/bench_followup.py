@@ -36,7 +36,7 @@ from connector.linkage import OpenOptions, create_key_file, open_linkage
 from connector.linkage.paths import default_key_path
 from connector.outbox import Outbox
 from connector.store.layout import SiteLayout
-from connector.store.state import StateStore
+from connector.site_db import open_state  # noqa: E402
 
 TODAY = date(2025, 6, 30)
 ISSUER = "SYNTH-HOSPITAL"
@@ -100,7 +100,7 @@ def main() -> None:
             provider.lookup_patient(r[0], r[1], audit=False)
         results.append(("peer: blind-index lookups only", time.perf_counter() - t0, f"{len(rows):,} lookups"))
 
-        store = StateStore(SiteLayout.from_config(config).state_db)
+        store = open_state(SiteLayout.from_config(config).state_db)
         outbox = Outbox(store)
         importer = FollowupImporter(config, provider, store, outbox, today=TODAY)
 

@@ -48,7 +48,7 @@ from connector.outbox import Outbox, outbox_counts
 from connector.push.worker import PushWorker
 from connector.push.queueing import queue_study
 from connector.store.layout import SiteLayout
-from connector.store.state import StateStore
+from connector.site_db import open_state  # noqa: E402
 from connector.synthetic import SyntheticStudy, ct_slices, write_series
 from tests.support.net import free_port, wait_port
 
@@ -160,7 +160,7 @@ def stow_push(reg: Registry, token_file: Path, site: Path, study_uid: str, files
     layout = SiteLayout.from_config(config)
     layout.ensure()
     shutil.rmtree(layout.state_db.parent, ignore_errors=True)
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     started = time.perf_counter()
     queue_study(Outbox(store), study_uid=study_uid, pseudonym=PSEUDONYM, subject={"sex": "O"}, files=files,
                 layout=layout, max_instances=config.registry.batch_max_instances,

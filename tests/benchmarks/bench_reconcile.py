@@ -35,6 +35,7 @@ from connector.push.reconcile import Reconciler  # noqa: E402
 from devregistry.storage import RegistryStore  # noqa: E402
 from connector.store.layout import SiteLayout  # noqa: E402
 from connector.store.state import StateStore  # noqa: E402
+from connector.site_db import open_state  # noqa: E402
 from tests.support.net import free_port, wait_port  # noqa: E402
 
 
@@ -45,7 +46,7 @@ def uid() -> str:
 def build(work: Path, studies: int, ct: int, pet: int) -> tuple[StateStore, SiteLayout, Path]:
     layout = SiteLayout(work / "site", work / "site" / "keys")
     layout.ensure()
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     reg = RegistryStore(work / "registry", fsync=False)
     reg.close()
     now = time.time()

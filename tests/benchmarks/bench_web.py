@@ -27,6 +27,7 @@ import httpx  # noqa: E402
 from connector.config import load_config  # noqa: E402
 from connector.store.layout import SiteLayout  # noqa: E402
 from connector.store.state import STUDY_STATES, StateStore  # noqa: E402
+from connector.site_db import open_state  # noqa: E402
 from connector.web.users import UserFile, users_path  # noqa: E402
 from connector.web.server import WebServer  # noqa: E402
 from connector.web.site_context import SiteContext
@@ -85,7 +86,7 @@ def main() -> None:
                                             "SITE_CONNECTOR__HTTP__PORT": "0"})
         layout = SiteLayout.from_config(config)
         layout.ensure()
-        store = StateStore(layout.state_db)
+        store = open_state(layout.state_db)
         t = time.perf_counter()
         fill(store, args.instances, args.studies)
         print(f"filled {args.instances} instances / {args.studies} studies in {time.perf_counter() - t:.1f} s")

@@ -30,7 +30,7 @@ from connector.config import load_config  # noqa: E402
 from connector.ingest.intake import Intake  # noqa: E402
 from connector.ingest.scp import StoreSCP, configure_receiver_process  # noqa: E402
 from connector.store.layout import SiteLayout  # noqa: E402
-from connector.store.state import StateStore  # noqa: E402
+from connector.site_db import open_state  # noqa: E402
 from connector.synthetic import SyntheticStudy, ct_slices, write_series  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 from tests.support.tools import dcmtk  # noqa: E402
@@ -50,7 +50,7 @@ def main() -> int:
                                      "SITE_CONNECTOR__STORAGE__DATA_DIR": str(work / "site")})
     layout = SiteLayout.from_config(cfg)
     layout.ensure()
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     intake = Intake(layout, store, fsync=not args.no_fsync)
     configure_receiver_process()
     scp = StoreSCP(cfg.dicom, intake)

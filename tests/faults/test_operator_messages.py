@@ -54,10 +54,10 @@ def test_echo_with_nothing_listening_says_so(tmp_path: Path) -> None:
                                   ["rules", "explain", "PatientName"]])
 def test_closed_output_pipe_ends_quietly(tmp_path: Path, args: list[str]) -> None:
     """``site-connector status | head -1``: the reader is gone before the command writes."""
-    from connector.store.state import StateStore
+    from connector.site_db import open_state
 
     daemon = ConnectorProcess(tmp_path / "site")  # a configured site, with a state database
-    StateStore(daemon.data_dir / "state" / "state.db").close()
+    open_state(daemon.data_dir / "state" / "state.db").close()
     proc = subprocess.Popen([sys.executable, "-m", "connector", "-c", str(tmp_path / "site" / "connector.toml"),
                              *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None

@@ -24,6 +24,7 @@ from connector.linkage.paths import default_key_path
 from connector.outbox import Outbox
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
+from connector.site_db import open_state
 
 TODAY = date(2025, 6, 30)
 HEADER = ["patient_id", "issuer", "event", "event_date", "cause", "source"]
@@ -49,7 +50,7 @@ class FollowupSite:
         return p
 
     def store(self) -> StateStore:
-        s = StateStore(self.layout.state_db)
+        s = open_state(self.layout.state_db)
         self._open.append(s)
         return s
 

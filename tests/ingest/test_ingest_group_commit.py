@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from connector.store.group_commit import GroupCommitter
-from connector.store.state import InstanceRecord, StateStore
+from connector.store.state import InstanceRecord
+from connector.site_db import open_state
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -21,7 +22,7 @@ def _record(i: int, study: str = "1.2.3") -> InstanceRecord:
 
 
 def test_group_commit_from_many_threads_commits_every_row_once_in_fewer_transactions(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state.db")
+    store = open_state(tmp_path / "state.db")
     transactions = []
     original = store.record_instances
     store.record_instances = lambda recs, now=None: (transactions.append(len(recs)), original(recs, now))[1]
@@ -50,7 +51,7 @@ def test_group_commit_from_many_threads_commits_every_row_once_in_fewer_transact
 
 
 def test_group_commit_failure_fails_only_the_bad_row(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state.db")
+    store = open_state(tmp_path / "state.db")
     committer = GroupCommitter(store)
     gate = threading.Event()
     original = store.record_instances
@@ -85,7 +86,7 @@ def test_group_commit_failure_fails_only_the_bad_row(tmp_path: Path) -> None:
 
 
 def _commit_from_process(db: str, base: int) -> None:
-    store = StateStore(Path(db))
+    store = open_state(Path(db))
     committer = GroupCommitter(store)
     threads = [threading.Thread(target=lambda t=t: [committer.record(_record(base + t * 1000 + k))
                                                     for k in range(100)]) for t in range(4)]
@@ -101,7 +102,7 @@ def test_two_receiver_processes_commit_concurrently_without_losing_a_row(tmp_pat
     import multiprocessing
 
     db = tmp_path / "state.db"
-    StateStore(db).close()  # schema in place before the race
+    open_state(db).close()  # schema in place before the race
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_commit_from_process, args=(str(db), base)) for base in (0, 100_000)]
     for p in procs:
@@ -109,7 +110,7 @@ def test_two_receiver_processes_commit_concurrently_without_losing_a_row(tmp_pat
     for p in procs:
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0]
-    store = StateStore(db)
+    store = open_state(db)
     assert store.conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 800
     assert store.conn.execute("SELECT instance_count FROM studies").fetchone()[0] == 800
     store.close()

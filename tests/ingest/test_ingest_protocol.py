@@ -29,7 +29,7 @@ from connector.dicom_elements import read_leading
 from connector.ingest.intake import FILING_TAGS, Intake, read_header
 from connector.ingest.scp import StoreSCP, configure_receiver_process
 from connector.store.layout import SiteLayout
-from connector.store.state import StateStore
+from connector.site_db import open_state
 from connector.synthetic import SyntheticStudy, ct_slices, write_series
 from tests.support.dicomfiles import dataset_bytes, stored_by_sop
 from tests.support.net import free_port
@@ -147,7 +147,7 @@ class Receiver:
         cfg = load_config(None, environ=environ)
         self.layout = SiteLayout.from_config(cfg)
         self.layout.ensure()
-        self.store = StateStore(self.layout.state_db)
+        self.store = open_state(self.layout.state_db)
         configure_receiver_process()
         self.intake = Intake(self.layout, self.store)
         self.scp = StoreSCP(cfg.dicom, self.intake)

@@ -10,7 +10,8 @@ from connector.config import load_config
 from connector.ingest.intake import Intake
 from connector.ingest.recovery import recover
 from connector.store.layout import SiteLayout
-from connector.store.state import PROCESSING, StateStore, instance_key
+from connector.store.state import PROCESSING, instance_key
+from connector.site_db import open_state
 from tests.support.daemon import init_site
 from tests.support.dicomfiles import dataset_bytes
 
@@ -20,7 +21,7 @@ def test_recovery_cleans_partials_registers_orphans_resets_leases_and_is_idempot
     _, files = small_study
     config = load_config(init_site(tmp_path / "site"), environ={})
     layout = SiteLayout.from_config(config)
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     intake = Intake(layout, store)
     # one instance received normally, and its study leased by a worker that then died
     part = layout.partial / "a.part"
@@ -62,13 +63,13 @@ def test_study_timer_survives_restart(tmp_path: Path, small_study) -> None:
     _, files = small_study
     config = load_config(init_site(tmp_path / "site"), environ={})
     layout = SiteLayout.from_config(config)
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     part = layout.partial / "a.part"
     shutil.copy(files[0], part)
     received_at = time.time()
     key = Intake(layout, store).ingest_partial(part, source="scp").study_key
     store.close()
-    reopened = StateStore(layout.state_db)  # "restart"
+    reopened = open_state(layout.state_db)  # "restart"
     assert reopened.mark_stable(90, now=received_at + 60) == []
     assert reopened.mark_stable(90, now=received_at + 91) == [key]
     reopened.close()

@@ -19,7 +19,7 @@ import yaml
 
 from connector.config import load_config
 from connector.store.layout import SiteLayout
-from connector.store.state import StateStore
+from connector.site_db import open_state
 from connector.web.server import WebServer
 from connector.web.site_context import SiteContext
 
@@ -101,7 +101,7 @@ def test_healthcheck_command_against_a_real_server(tmp_path: Path) -> None:
                                         "SITE_CONNECTOR__HTTP__PORT": "0"})
     layout = SiteLayout.from_config(config)
     layout.ensure()
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     server = WebServer(SiteContext(config, store, layout, {"scp": lambda: state["scp"]}))
     server.start()
     try:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from connector.safe_reason import frames, safe_reason, scrub
 from connector.store import stage_failures as sf
 from connector.store.state import InstanceRecord, StateStore
+from connector.site_db import open_state
 
 
 def _study(store: StateStore, uid: str, state: str) -> str:
@@ -27,7 +28,7 @@ def test_retry_policy_doubles_and_gives_up() -> None:
 
 
 def test_failure_is_recorded_retried_when_due_and_cleared(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state.db")
+    store = open_state(tmp_path / "state.db")
     pushed = _study(store, "1.2.3.4", "pushed")
     busy = _study(store, "1.2.3.5", "processing")
     policy = sf.RetryPolicy(max_attempts=3, first_seconds=100)

@@ -19,6 +19,7 @@ from connector.outbox import Outbox
 from devregistry import RegistryServer
 from connector.store.layout import SiteLayout
 from connector.store.state import StateStore
+from connector.site_db import open_state
 from connector.synthetic import SyntheticStudy, write_pet_ct_study
 
 SECRET = bytes(range(32))
@@ -76,7 +77,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     token_file = tmp_path / "registry.token"
     token_file.write_text(secrets.token_urlsafe(24) + "\n")
     os.chmod(token_file, 0o600)
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     yield Site(tmp_path, layout, store, Outbox(store), token_file,
                EphemeralIdentityProvider(site_id="TEST01", secret=SECRET))
     store.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 from connector.config import load_config
 from connector.push.worker import PushWorker
 from connector.store.layout import SiteLayout
-from connector.store.state import StateStore
+from connector.site_db import open_state
 
 
 def main() -> int:
@@ -30,7 +30,7 @@ def main() -> int:
         "SITE_CONNECTOR__REGISTRY__CONCURRENCY": "2", "SITE_CONNECTOR__REGISTRY__POLL_SECONDS": "0.1",
         "SITE_CONNECTOR__REGISTRY__BACKOFF_MIN_SECONDS": "0.2", "SITE_CONNECTOR__REGISTRY__BACKOFF_MAX_SECONDS": "2"})
     layout = SiteLayout.from_config(config)
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     worker = PushWorker(config, store, layout)
     worker.start()
     drained = worker.drain(300)

@@ -13,7 +13,7 @@ import pytest
 
 from connector.outbox import outbox_counts
 from devregistry import RegistryServer
-from connector.store.state import StateStore
+from connector.site_db import open_state
 from connector.synthetic import SyntheticPatient, SyntheticStudy, write_pet_ct_study
 from tests.support.waiting import wait_for
 from tests.support.daemon import ConnectorProcess
@@ -134,7 +134,7 @@ def test_outage_then_kill_9_mid_upload(tmp_path: Path) -> None:
 
 
 def _counts(state_db: Path) -> dict:
-    store = StateStore(state_db)
+    store = open_state(state_db)
     try:
         return outbox_counts(store)
     finally:

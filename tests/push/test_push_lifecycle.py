@@ -7,6 +7,7 @@ from pathlib import Path
 
 from connector.outbox import Outbox
 from connector.store.state import StateStore
+from connector.site_db import open_state
 from connector.outbox.delivery import delivery, promote_delivered, record_study_outputs, waiting_for_registry
 
 
@@ -30,7 +31,7 @@ def _finish(outbox: Outbox, fail_kind: str | None = None) -> None:
 
 
 def test_pushed_only_when_every_job_is_done(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state.db")
+    store = open_state(tmp_path / "state.db")
     outbox = Outbox(store)
     _queued_study(store, "study-a")
     record_study_outputs(store, "study-a", ["2.25.1"])
@@ -55,7 +56,7 @@ def test_pushed_only_when_every_job_is_done(tmp_path: Path) -> None:
 
 
 def test_a_study_without_a_manifest_is_not_pushed(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state.db")
+    store = open_state(tmp_path / "state.db")
     outbox = Outbox(store)
     _queued_study(store, "study-b")
     record_study_outputs(store, "study-b", ["2.25.2"])

@@ -9,22 +9,22 @@ from pathlib import Path
 import pytest
 
 from connector.outbox import Outbox, backoff_delay, outbox_counts, parse_retry_after
-from connector.store.state import StateStore
+from connector.site_db import open_state
 
 
 @pytest.fixture
 def outbox(tmp_path: Path) -> Outbox:
-    return Outbox(StateStore(tmp_path / "state.db"))
+    return Outbox(open_state(tmp_path / "state.db"))
 
 
 def test_migration_creates_the_outbox_tables(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state.db")
+    store = open_state(tmp_path / "state.db")
     version = store.conn.execute("PRAGMA user_version").fetchone()[0]
     tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert version >= 2
     assert {"outbox_jobs", "outbox_items", "outbox_deps"} <= tables
     store.close()
-    assert StateStore(tmp_path / "state.db").conn.execute("PRAGMA user_version").fetchone()[0] == version
+    assert open_state(tmp_path / "state.db").conn.execute("PRAGMA user_version").fetchone()[0] == version
 
 
 def test_enqueue_is_idempotent_on_kind_key_destination(outbox: Outbox) -> None:

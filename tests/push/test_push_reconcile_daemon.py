@@ -173,9 +173,9 @@ def test_reconcile_against_orthanc_dicomweb(tmp_path: Path) -> None:
 
 
 def _study_keys(daemon: ConnectorProcess) -> list[str]:
-    from connector.store.state import StateStore
+    from connector.site_db import open_state
 
-    store = StateStore(daemon.data_dir / "state" / "state.db")
+    store = open_state(daemon.data_dir / "state" / "state.db")
     try:
         return [r[0] for r in store.conn.execute("SELECT study_key FROM studies")]
     finally:

@@ -23,6 +23,7 @@ from devregistry import RegistryServer
 from connector.store.layout import SiteLayout
 from connector.store.quarantine import PurgeReport, purge_entry, quarantine
 from connector.store.state import StateStore, instance_key, study_key
+from connector.site_db import open_state
 from connector.synthetic import SyntheticStudy, ct_slices, write_pet_ct_study, write_series
 from connector.web.users import UserFile
 from tests.faults.support import study_states
@@ -115,7 +116,7 @@ def site(tmp_path: Path) -> tuple[SiteLayout, StateStore, Intake]:
     config = make_config(tmp_path)
     layout = SiteLayout.from_config(config)
     layout.ensure()
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     return layout, store, Intake(layout, store, min_free_bytes=0, fsync=False)
 
 

@@ -17,7 +17,7 @@ import pytest
 from connector.linkage import OpenOptions, create_key_file, open_linkage
 from connector.linkage.paths import default_key_path
 from connector.store.layout import SiteLayout
-from connector.store.state import StateStore
+from connector.site_db import open_state
 from connector.web.server import WebServer
 from connector.web.site_context import SiteContext
 from tests.security.web_support import (COORD, COORD_PASSWORD, USER, browser_like, cookie_of, dashboard,
@@ -128,7 +128,7 @@ def test_unusable_tls_settings_stop_the_start(tmp_path: Path) -> None:
         layout = SiteLayout.from_config(config)
         layout.ensure()
         create_key_file(default_key_path(config))
-        store = StateStore(layout.state_db)
+        store = open_state(layout.state_db)
         provider = open_linkage(config, OpenOptions(role="test"))
         try:
             server = WebServer(SiteContext(config, store, layout, {}, provider=provider))

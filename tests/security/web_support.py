@@ -21,7 +21,7 @@ from connector.ingest.intake import Intake
 from connector.linkage import OpenOptions, create_key_file, open_linkage
 from connector.linkage.paths import default_key_path
 from connector.store.layout import SiteLayout
-from connector.store.state import StateStore
+from connector.site_db import open_state
 from connector.web.users import UserFile, users_path
 from connector.web.server import WebServer
 from connector.web.site_context import SiteContext
@@ -39,7 +39,7 @@ def dashboard(root: Path, **http: str) -> Iterator[WebSite]:
     layout.ensure()
     create_key_file(default_key_path(config))
     provider = open_linkage(config, OpenOptions(role="test"))
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     intake = Intake(layout, store, min_free_bytes=0, fsync=False)
     UserFile(users_path(config)).add(USER, PASSWORD)
     UserFile(users_path(config)).add(COORD, COORD_PASSWORD, role="coordinator")

@@ -20,6 +20,7 @@ from connector.linkage.paths import default_key_path
 from connector.store.layout import SiteLayout
 from connector.store.quarantine import quarantine
 from connector.store.state import StateStore
+from connector.site_db import open_state
 from connector.synthetic import SyntheticStudy, write_pet_ct_study
 from connector.web.users import UserFile, users_path
 from connector.web.server import WebServer
@@ -97,7 +98,7 @@ def web_site(tmp_path: Path) -> Iterator[WebSite]:
     layout.ensure()
     create_key_file(default_key_path(config))
     provider = open_linkage(config, OpenOptions(role="test"))
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     intake = Intake(layout, store, min_free_bytes=0, fsync=False)
     UserFile(users_path(config)).add(USER, PASSWORD)
     UserFile(users_path(config)).add(COORD, COORD_PASSWORD, role="coordinator")

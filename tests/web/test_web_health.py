@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 
 from connector.store.layout import SiteLayout
-from connector.store.state import StateStore
+from connector.site_db import open_state
 from connector.web.health import RegistryReachability
 from connector.web.server import WebServer
 from connector.web.site_context import SiteContext
@@ -37,7 +37,7 @@ def test_a_probe_that_raises_counts_as_failing(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     layout = SiteLayout.from_config(config)
     layout.ensure()
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
 
     def broken() -> str | None:
         raise RuntimeError("secret detail that must not be shown")
@@ -59,7 +59,7 @@ def test_disk_below_floor(tmp_path: Path) -> None:
     config = make_config(tmp_path, SITE_CONNECTOR__STORAGE__MIN_FREE_BYTES=str(free * 4 + 10**12))
     layout = SiteLayout.from_config(config)
     layout.ensure()
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     server = WebServer(SiteContext(config, store, layout, {}))
     server.start()
     try:
@@ -76,7 +76,7 @@ def test_state_db_unreadable(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     layout = SiteLayout.from_config(config)
     layout.ensure()
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     server = WebServer(SiteContext(config, store, layout, {}))
     server.start()
     try:

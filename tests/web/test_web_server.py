@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from connector.store.layout import SiteLayout
-from connector.store.state import StateStore
+from connector.site_db import open_state
 from connector.web.server import WebServer
 from connector.web.site_context import SiteContext
 from tests.web.conftest import WebSite, make_config
@@ -24,7 +24,7 @@ def test_port_in_use_raises_before_serving(tmp_path: Path) -> None:
     config = make_config(tmp_path, SITE_CONNECTOR__HTTP__PORT=str(port))
     layout = SiteLayout.from_config(config)
     layout.ensure()
-    store = StateStore(layout.state_db)
+    store = open_state(layout.state_db)
     try:
         with pytest.raises(OSError):
             WebServer(SiteContext(config, store, layout, {})).start()
