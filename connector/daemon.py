@@ -31,6 +31,10 @@ stop can never wait on a lock the interrupted code holds; every role is joined (
 supervisor exits, and so is multiprocessing's resource tracker. The daemon runs with umask 0077
 (:data:`connector.store.layout.PRIVATE_UMASK`): whatever it writes is the service user's alone,
 however it was started.
+
+Why one module of about 500 lines: the start-up checks, the supervision loop and the wiring of
+the web server all run in the supervisor process, in that order; splitting them would scatter one
+process's life across files.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@
 Why it checks what it does: the real registry must never receive an identified object, so the dev
 registry refuses anything without PatientIdentityRemoved = YES, and it counts duplicates and
 conflicts so tests can prove that "sent twice" never means "stored twice".
+
+Why one module of about 550 lines: a test peer, kept to one file per side (this storage side, and
+:mod:`devregistry.server`); the durable-write primitives are the connector's own
+(:mod:`connector.store.durable`).
 """
 
 from __future__ import annotations

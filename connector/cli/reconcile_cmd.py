@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    from connector.push.reconcile import ReconcileError, Reconciler, RegistryUnreachable
+    from connector.push.reconcile import Reconciler
+    from connector.push.registry_reader import ReconcileError, RegistryUnreachable
     from connector.store.layout import SiteLayout
     from connector.site_db import open_state
 

@@ -32,7 +32,7 @@ from connector.linkage.errors import BackupError, LinkageStateError, WrongKeyErr
 from connector.linkage.keyring import keyring_values, read_keyring, unlock, unwrap_keyset, write_keyring
 from connector.linkage.keys import KekSource, ScryptParams, read_key_file
 from connector.linkage.provider import LinkageProvider
-from connector.linkage.store import connect, transaction
+from connector.linkage.database import connect, transaction
 from connector.store.durable import fsync_dir, write_file_durably
 
 log = logging.getLogger(__name__)

@@ -20,18 +20,15 @@ from connector.linkage.keyring import KeyringRecord, keyring_values, read_keyrin
 from connector.linkage.keys import MIN_PASSPHRASE_LEN, KekSource, KeySet, ScryptParams, derive_passphrase_kek
 from connector.linkage.pseudonyms import normalise_pseudonym
 from connector.linkage.paths import LinkagePaths, pseudonym_prefix, resolved_paths
-from connector.linkage.store import (
+from connector.linkage.database import (
     SCHEMA_VERSION,
-    LinkageStore,
-    LinkedSubject,
-    SubjectIdentifiers,
-    SubjectPolicy,
     connect,
     create_db_file,
     ensure_schema,
     schema_version,
     transaction,
 )
+from connector.linkage.store import LinkageStore, LinkedSubject, SubjectIdentifiers, SubjectPolicy
 
 if TYPE_CHECKING:
     from connector.config import Config

@@ -18,6 +18,11 @@ Concurrency: one connection per thread and process. Creation of a subject runs u
 workers seeing the same new patient get one subject. Every operation reads the keyring generation in
 the same transaction, so a key rotation committed by another process is picked up (keys reloaded)
 instead of writing with a retired key.
+
+Why one class of about 500 lines: every operation (lookup, creation, rotation, the consistency
+check) must read the keyring generation and use its :class:`~connector.linkage.row_cipher.RowCipher`
+inside the same transaction; keeping them on one object keeps that rule in one place. The file,
+its pragmas and schema are :mod:`connector.linkage.database`.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from connector.deid.provider import PatientIdentity
-from connector.linkage.crypto import DecryptionFailed, FieldCipher, blind_index, build_ad, normalise_identifier
+from connector.linkage.crypto import normalise_identifier
 from connector.linkage.errors import (
     CorruptRowError,
     LinkageError,
@@ -46,15 +51,18 @@ from connector.linkage.errors import (
     UnknownPseudonymError,
 )
 from connector.linkage.keyring import KeyringRecord, read_keyring, write_keyring
+from connector.linkage.database import (
+    STUDY_FIELDS,
+    SUBJECT_FIELDS,
+    connect,
+    transaction,
+)
 from connector.linkage.keys import KeySet
+from connector.linkage.row_cipher import RowCipher
 from connector.linkage.pseudonyms import new_date_offset, new_pseudonym, parse_study_date
-from connector.store.wal_mode import enable_wal
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
-SUBJECT_FIELDS = ("patient_id", "issuer", "name", "birth_date", "sex", "date_offset", "index_date")
-STUDY_FIELDS = ("original_study_uid", "accession_number")
 _SUBJECT_COLS = "id, pseudonym, blind_index, " + ", ".join(SUBJECT_FIELDS)
 _STUDY_COLS = "id, deid_study_uid, pseudonym, study_index, " + ", ".join(STUDY_FIELDS)
 
@@ -120,136 +128,6 @@ class RotationResult:
     studies: int
 
 
-class _Crypto:
-    """An immutable snapshot of one key generation."""
-
-    def __init__(self, keys: KeySet) -> None:
-        self.keys = keys
-        self.cipher = FieldCipher(keys.data_key)
-
-    def patient_index(self, patient_id: str, issuer: str) -> bytes:
-        return blind_index(self.keys.index_key, "patient", patient_id, issuer)
-
-    def study_index(self, original_uid: str) -> bytes:
-        return blind_index(self.keys.index_key, "study", original_uid)
-
-    def enc_subject(self, column: str, value: str, pseudonym: str, bidx: bytes) -> bytes:
-        return self.cipher.encrypt(value, build_ad("subjects", column, pseudonym, bidx))
-
-    def dec_subject(self, column: str, blob: bytes, pseudonym: str, bidx: bytes) -> str:
-        try:
-            return self.cipher.decrypt(blob, build_ad("subjects", column, pseudonym, bytes(bidx)))
-        except DecryptionFailed:
-            raise CorruptRowError("subjects", column, pseudonym) from None
-
-    def enc_study(self, column: str, value: str, deid_uid: str, pseudonym: str) -> bytes:
-        return self.cipher.encrypt(value, build_ad("studies", column, deid_uid, pseudonym))
-
-    def dec_study(self, column: str, blob: bytes, deid_uid: str, pseudonym: str) -> str:
-        try:
-            return self.cipher.decrypt(blob, build_ad("studies", column, deid_uid, pseudonym))
-        except DecryptionFailed:
-            raise CorruptRowError("studies", column, deid_uid) from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Connections and schema
-
-
-def connect(path: Path, *, sync: bool = True) -> Database:
-    """A connection with the pragmas every linkage connection needs (driver autocommit mode)."""
-    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
-    db = Database(conn, execute_plugins=False)
-    db.execute("PRAGMA busy_timeout = 30000")
-    db.execute("PRAGMA foreign_keys = ON")
-    db.execute("PRAGMA secure_delete = ON")
-    db.execute(f"PRAGMA synchronous = {'FULL' if sync else 'NORMAL'}")
-    enable_wal(conn)
-    return db
-
-
-def create_db_file(path: Path) -> bool:
-    """Create an empty database file with mode 0600 in a 0700 folder; False if it already existed.
-
-    SQLite gives the -wal and -shm files the database file's permissions, so they are 0600 too.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    os.close(fd)
-    return True
-
-
-def ensure_schema(db: Database) -> None:
-    """Create the tables (idempotent). Call inside a write transaction."""
-    db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-    db["keyring"].create(
-        {
-            "id": int,
-            "generation": int,
-            "kek_kind": str,
-            "scrypt_salt": bytes,
-            "scrypt_log_n": int,
-            "scrypt_r": int,
-            "scrypt_p": int,
-            "kek_fingerprint": str,
-            "wrapped_data_key": bytes,
-            "wrapped_index_key": bytes,
-            "wrapped_uid_secret": bytes,
-            "wrapped_audit_key": bytes,
-            "updated_at": str,
-        },
-        pk="id",
-        not_null=["generation", "kek_kind", "kek_fingerprint", "wrapped_data_key", "wrapped_index_key",
-                  "wrapped_uid_secret", "wrapped_audit_key"],
-        if_not_exists=True,
-    )
-    db["subjects"].create(
-        {"id": int, "pseudonym": str, "blind_index": bytes, **{c: bytes for c in SUBJECT_FIELDS}},
-        pk="id",
-        not_null=["pseudonym", "blind_index", *SUBJECT_FIELDS],
-        if_not_exists=True,
-    )
-    db["subjects"].create_index(["pseudonym"], unique=True, if_not_exists=True)
-    db["subjects"].create_index(["blind_index"], unique=True, if_not_exists=True)
-    db["studies"].create(
-        {"id": int, "deid_study_uid": str, "pseudonym": str, "study_index": bytes, **{c: bytes for c in STUDY_FIELDS}},
-        pk="id",
-        not_null=["deid_study_uid", "pseudonym", "study_index", *STUDY_FIELDS],
-        foreign_keys=[("pseudonym", "subjects", "pseudonym")],
-        if_not_exists=True,
-    )
-    db["studies"].create_index(["deid_study_uid"], unique=True, if_not_exists=True)
-    db["studies"].create_index(["study_index"], unique=True, if_not_exists=True)
-    db["studies"].create_index(["pseudonym"], if_not_exists=True)
-    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", [SCHEMA_VERSION])
-
-
-def schema_version(db: Database) -> str | None:
-    if "meta" not in db.table_names():
-        return None
-    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    return row[0] if row else None
-
-
-@contextmanager
-def transaction(db: Database, mode: str = "") -> Iterator[Database]:
-    """``BEGIN [IMMEDIATE]`` ... ``COMMIT``, rolled back on any exception."""
-    db.execute(f"BEGIN {mode}".strip())
-    try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
-# ---------------------------------------------------------------------------------------------
-# The store
-
-
 class LinkageStore:
     """Thread-safe access to one linkage database with one unlocked key generation at a time.
 
@@ -268,7 +146,7 @@ class LinkageStore:
     ) -> None:
         self.path = Path(path)
         self.policy = policy or SubjectPolicy()
-        self._crypto = _Crypto(keys)
+        self._crypto = RowCipher(keys)
         self._unlocker = unlocker
         self._sync = sync
         self._local = threading.local()
@@ -304,7 +182,7 @@ class LinkageStore:
     def keys(self) -> KeySet:
         return self._crypto.keys
 
-    def _current(self, db: Database) -> _Crypto:
+    def _current(self, db: Database) -> RowCipher:
         """The key generation the database holds now (inside the caller's transaction)."""
         row = db.execute("SELECT generation FROM keyring WHERE id = 1").fetchone()
         if row is None:
@@ -317,24 +195,24 @@ class LinkageStore:
         with self._lock:
             if self._crypto.keys.generation != row[0]:
                 log.info("linkage.keys.reloaded")
-                self._crypto = _Crypto(self._unlocker(db))
+                self._crypto = RowCipher(self._unlocker(db))
             return self._crypto
 
     @contextmanager
-    def _read(self) -> Iterator[tuple[Database, _Crypto]]:
+    def _read(self) -> Iterator[tuple[Database, RowCipher]]:
         db = self.db()
         with transaction(db):
             yield db, self._current(db)
 
     @contextmanager
-    def _write(self) -> Iterator[tuple[Database, _Crypto]]:
+    def _write(self) -> Iterator[tuple[Database, RowCipher]]:
         db = self.db()
         with transaction(db, "IMMEDIATE"):
             yield db, self._current(db)
 
     # -- subjects ---------------------------------------------------------------------------
 
-    def _linked(self, c: _Crypto, row: tuple[Any, ...]) -> LinkedSubject:
+    def _linked(self, c: RowCipher, row: tuple[Any, ...]) -> LinkedSubject:
         pseudonym, bidx, offset, index_date = row
         try:
             days = int(c.dec_subject("date_offset", offset, pseudonym, bidx))
@@ -414,7 +292,7 @@ class LinkageStore:
             row = db.execute(self._LINKED_SQL, [c.patient_index(patient_id, issuer)]).fetchone()
             return self._linked(c, row) if row else None
 
-    def _identifiers(self, c: _Crypto, row: tuple[Any, ...], studies: tuple[StudyLink, ...] = ()) -> SubjectIdentifiers:
+    def _identifiers(self, c: RowCipher, row: tuple[Any, ...], studies: tuple[StudyLink, ...] = ()) -> SubjectIdentifiers:
         _id, pseudonym, bidx, *blobs = row
         plain = {col: c.dec_subject(col, blob, pseudonym, bidx) for col, blob in zip(SUBJECT_FIELDS, blobs, strict=True)}
         try:
@@ -423,7 +301,7 @@ class LinkageStore:
             raise CorruptRowError("subjects", "date_offset", pseudonym) from None
         return SubjectIdentifiers(pseudonym=pseudonym, date_offset_days=offset, studies=studies, **plain)
 
-    def _studies_of(self, db: Database, c: _Crypto, pseudonym: str) -> tuple[StudyLink, ...]:
+    def _studies_of(self, db: Database, c: RowCipher, pseudonym: str) -> tuple[StudyLink, ...]:
         out = []
         for _id, deid_uid, pseud, _sidx, orig, acc in db.execute(
             f"SELECT {_STUDY_COLS} FROM studies WHERE pseudonym = ? ORDER BY id", [pseudonym]
@@ -572,7 +450,7 @@ class LinkageStore:
         with self._write() as (db, old):
             k = old.keys
             fresh = KeySet.generate(k.generation + 1)
-            new = _Crypto(KeySet(k.generation + 1, fresh.data_key, fresh.index_key, k.uid_secret, k.audit_key))
+            new = RowCipher(KeySet(k.generation + 1, fresh.data_key, fresh.index_key, k.uid_secret, k.audit_key))
             subject_updates, study_updates, corrupt = [], [], 0
             for row in db.execute(f"SELECT {_SUBJECT_COLS} FROM subjects ORDER BY id"):
                 try:

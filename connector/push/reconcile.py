@@ -36,16 +36,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
-
-import httpx
 
 from connector.outbox import Outbox
-from connector.push.client import RegistryClient, ResponseRefused
 from connector.push.queueing import DESTINATION, make_batches, read_outgoing
 from connector.store.durable import write_file_durably
 from connector.store.state import StateStore
+from connector.push.reconcile_compare import Comparison, Sent, compare
 from connector.push.reconcile_runs import record_reconciliation
+from connector.push.registry_reader import WORKERS, ReconcileError, RegistryReader, RegistryUnreachable
 
 if TYPE_CHECKING:
     from connector.config import Config
@@ -54,175 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SOP_INSTANCE_UID = "00080018"
-WORKERS = 8  # registry requests in flight at once while reconciling
-PAGE = 1000  # QIDO-RS page size asked for when a server's first answer was not the whole series
-MAX_PAGES = 100
-
-
-class RegistryUnreachable(Exception):
-    """No connection to the registry (message names the error class only)."""
-
-
-class ReconcileError(Exception):
-    """The registry answered a reconciliation query with an error (status code only)."""
-
-
-# -- what was sent, what is held, and the comparison ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sent:
-    """What the site sent for one de-identified study UID: from the manifest payload it queued."""
-
-    study_uid: str
-    series: dict[str, int]  # series UID -> instances sent
-    sop_uids: frozenset[str]
-    manifest: dict[str, Any]
-
-    @classmethod
-    def from_manifest(cls, payload: dict[str, Any]) -> Sent:
-        series = {str(s["series_instance_uid"]): int(s.get("instances", 0)) for s in payload.get("series") or []}
-        return cls(str(payload["study_instance_uid"]), series,
-                   frozenset(str(u) for u in payload.get("sop_instance_uids") or []), payload)
-
-
-@dataclass
-class Held:
-    """What the registry answered for one de-identified study UID."""
-
-    series: dict[str, set[str]] = field(default_factory=dict)  # series UID -> SOP Instance UIDs (QIDO-RS)
-    manifest: dict[str, Any] | None = None  # the manifest body it stores; None = none held
-    api: bool = False  # False: a plain DICOMweb peer, the manifest is not checked
-
-
-@dataclass(frozen=True)
-class Comparison:
-    missing: frozenset[str]  # sent, not held
-    series_short: int  # series holding fewer instances than were sent
-    unexpected: int  # held in the sent series, not in what was sent (counted only)
-    manifest: str  # "ok", "missing", "different" or "unchecked"
-
-    @property
-    def ok(self) -> bool:
-        return not self.missing and self.manifest in ("ok", "unchecked")
-
-
-def compare(sent: Sent, held: Held) -> Comparison:
-    """The registry's view of one study against what the site sent."""
-    held_uids: set[str] = set().union(*held.series.values()) if held.series else set()
-    missing = sent.sop_uids - held_uids
-    short = sum(1 for uid, n in sent.series.items() if len(held.series.get(uid, ())) < n)
-    unexpected = len(held_uids - sent.sop_uids)
-    if not held.api:
-        manifest = "unchecked"
-    elif held.manifest is None:
-        manifest = "missing"
-    elif ({str(u) for u in held.manifest.get("sop_instance_uids") or []} != set(sent.sop_uids)
-          or held.manifest.get("study_instance_uid") != sent.study_uid):
-        manifest = "different"
-    else:
-        manifest = "ok"
-    return Comparison(frozenset(missing), short, unexpected, manifest)
-
-
-# -- the registry side ---------------------------------------------------------------------------
-
-
-class RegistryReader:
-    """The reads reconciliation needs: QIDO-RS instance lists and the JSON API's stored manifest."""
-
-    def __init__(self, config: Config, client: RegistryClient | None = None) -> None:
-        self.cfg = config.registry
-        self._own = client is None
-        # a series' instance list is longer than an upload's answer: its own, documented bound
-        self.client = client or RegistryClient(self.cfg, connections=WORKERS,
-                                               max_response_bytes=self.cfg.reconcile_max_response_bytes,
-                                               limit_key="reconcile_max_response_bytes")
-
-    def close(self) -> None:
-        if self._own:
-            self.client.close()
-
-    def _get(self, url: str, accept: str) -> httpx.Response:
-        try:
-            resp = self.client.http.get(url, headers={**self.client.auth_headers(), "Accept": accept})
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise RegistryUnreachable(f"network:{type(exc).__name__}") from None
-        except httpx.TransportError as exc:
-            raise ReconcileError(f"network:{type(exc).__name__}") from None
-        except ResponseRefused as exc:  # too long (reconcile_max_response_bytes) or compressed: not read
-            raise ReconcileError(str(exc)) from None
-        if resp.status_code in (401, 403):
-            self.client.reload_token()
-            raise ReconcileError(f"http-{resp.status_code}: the registry refused the credentials")
-        return resp
-
-    def has_api(self) -> bool:
-        """Whether the destination has the registry's JSON API (``GET /api/v1/stats``); a plain
-        DICOMweb server answers 404."""
-        resp = self._get(f"{self.cfg.resolved_api_url}/api/v1/stats", "application/json")
-        if resp.status_code == 200:
-            return True
-        if resp.status_code in (404, 405, 501):
-            return False
-        raise ReconcileError(f"http-{resp.status_code}")
-
-    def instances(self, study_uid: str, series_uid: str, expected: int = 0) -> set[str]:
-        """SOP Instance UIDs held in one series.
-
-        Servers may cut a QIDO-RS answer short (a default or maximum page size): while fewer than
-        the ``expected`` count (what was sent) are seen, the next page is asked for (``offset``),
-        until a page brings nothing new (also the end with a server that ignores ``offset``). A
-        complete series costs one request, a short one two.
-        """
-        base = (f"{self.cfg.resolved_dicomweb_url}/studies/{quote(study_uid, safe='')}/series/"
-                f"{quote(series_uid, safe='')}/instances")
-        out: set[str] = set()
-        for _ in range(MAX_PAGES):
-            page = self._instance_page(base if not out else f"{base}?limit={PAGE}&offset={len(out)}")
-            if not page - out:
-                break
-            out |= page
-            if len(out) >= expected:
-                break
-        return out
-
-    def _instance_page(self, url: str) -> set[str]:
-        resp = self._get(url, "application/dicom+json")
-        if resp.status_code in (204, 404):  # nothing (more) held: servers differ in how they say it
-            return set()
-        if resp.status_code != 200:
-            raise ReconcileError(f"http-{resp.status_code}")
-        try:
-            doc = resp.json() if resp.content else []
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ReconcileError("qido-not-json") from None
-        out: set[str] = set()
-        for item in doc if isinstance(doc, list) else []:
-            values = ((item or {}).get(SOP_INSTANCE_UID) or {}).get("Value") or []
-            if values and isinstance(values[0], str):
-                out.add(values[0])
-        return out
-
-    def manifest(self, study_uid: str) -> dict[str, Any] | None:
-        resp = self._get(f"{self.cfg.resolved_api_url}/api/v1/studies/{quote(study_uid, safe='')}/manifest",
-                         "application/json")
-        if resp.status_code == 404:
-            return None
-        if resp.status_code != 200:
-            raise ReconcileError(f"http-{resp.status_code}")
-        doc = resp.json()
-        body = doc.get("manifest") if isinstance(doc, dict) else None
-        return body if isinstance(body, dict) else None
-
-    def held(self, sent: Sent, api: bool) -> Held:
-        held = Held(api=api)
-        for series_uid in sent.series:
-            held.series[series_uid] = self.instances(sent.study_uid, series_uid, sent.series[series_uid])
-        if api:
-            held.manifest = self.manifest(sent.study_uid)
-        return held
 
 
 # -- results -------------------------------------------------------------------------------------

@@ -11,6 +11,9 @@ only re-opens a study). Each other table's SQL lives with its owner; the list of
 
 Original UIDs are stored (the pipeline needs them); patient identifiers are not. Studies are known
 to logs and file names only by ``study_key``, a hash of the StudyInstanceUID.
+
+Why about 450 lines: the ``studies`` and ``instances`` tables are the store's own, and every change
+of a study's state is a method here, so no other module writes ``UPDATE studies``.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
+from connector.store.transactions import sql_transaction
 from connector.store.wal_mode import enable_wal
 
 # Study states, in pipeline order. "receiving" until quiet for stable_seconds, then "stable".
@@ -41,17 +45,9 @@ STUDY_STATES = (RECEIVING, STABLE, PROCESSING, "deidentified", "quarantined", "q
 SCHEMA_VERSION = 1
 
 
-@contextlib.contextmanager
-def immediate_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def immediate_transaction(conn: sqlite3.Connection) -> contextlib.AbstractContextManager[sqlite3.Connection]:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (autocommit connections)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    else:
-        conn.execute("COMMIT")
+    return sql_transaction(conn, "IMMEDIATE")
 
 
 def study_key(study_uid: str) -> str:

@@ -7,16 +7,9 @@ import time
 import pytest
 
 from connector.deid.engine import DeidEngine
-from connector.push.reconcile import (
-    Held,
-    Reconciler,
-    RegistryReader,
-    RegistryUnreachable,
-    Report,
-    Sent,
-    StudyResult,
-    compare,
-)
+from connector.push.reconcile import Reconciler, Report, StudyResult
+from connector.push.reconcile_compare import Held, Sent, compare
+from connector.push.registry_reader import RegistryReader, RegistryUnreachable
 from devregistry import RegistryServer
 from connector.store.state import STUDY_STATES
 from connector.outbox.delivery import promote_delivered, record_study_outputs

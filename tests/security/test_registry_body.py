@@ -24,7 +24,7 @@ import pytest
 
 from connector.config import Config
 from connector.push.client import RegistryClient, ResponseRefused
-from connector.push.reconcile import ReconcileError, RegistryReader
+from connector.push.registry_reader import ReconcileError, RegistryReader
 from connector.settings.registry import RegistryConfig
 from connector.synthetic import SyntheticStudy, write_pet_ct_study
 from tests.push.test_push_daemon import push_settings, storescu, token_file
