@@ -1,8 +1,9 @@
-"""The Dockerfile and the compose example, checked without Docker (no daemon on this machine).
+"""The Dockerfile and the compose example, checked without building anything (fast, everywhere).
 
-What can be checked for real is: the image's settings are ones the connector accepts, the files it
-copies exist, it runs as a non-root user with data and keys on volumes, and its HEALTHCHECK
-command, run as is, passes against a healthy server and fails against an unhealthy one.
+Checked here: the image's settings are ones the connector accepts, the files it copies exist, the
+dependency layers come before the source, it runs as a non-root user with data and keys on
+volumes, and its HEALTHCHECK command, run as is, passes against a healthy server and fails against
+an unhealthy one. test_container.py builds the image and runs it for real with podman.
 """
 
 from __future__ import annotations
