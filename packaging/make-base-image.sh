@@ -6,7 +6,7 @@
 #   bash packaging/make-base-image.sh [IMAGE_NAME]      # default localhost/bookworm-python:local
 #
 # Cache: ${SITE_CONNECTOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/site-connector}/bookworm-python-rootfs.tar.gz
-# (made once, about 1-2 minutes and 45 MB; reused on later runs on the same machine; delete it to
+# (made once, about 1-2.5 minutes and 58 MB; reused on later runs on the same machine; delete it to
 # refresh the Debian packages). Needs root (debootstrap) and deb.debian.org, or a mirror in
 # DEBIAN_MIRROR. Then build the connector on it:
 #
