@@ -28,11 +28,12 @@ PACS or by the registry is lost: both are recorded durably before the acknowledg
 
 Signals only set a flag and wake the main loop through a pipe (:mod:`connector.stop_signals`), so a
 stop can never wait on a lock the interrupted code holds; every role is joined (reaped) before the
-supervisor exits, and so is multiprocessing's resource tracker. The daemon runs with umask 0077
-(:data:`connector.store.layout.PRIVATE_UMASK`): whatever it writes is the service user's alone,
-however it was started.
+supervisor exits, and so is multiprocessing's resource tracker. As PID 1 (a container without
+an init) it also waits for the orphans re-parented to it, so none stays a zombie. The daemon runs
+with umask 0077 (:data:`connector.store.layout.PRIVATE_UMASK`): whatever it writes is the service
+user's alone, however it was started.
 
-Why one module of about 500 lines: the start-up checks, the supervision loop and the wiring of
+Why one module of about 550 lines: the start-up checks, the supervision loop and the wiring of
 the web server all run in the supervisor process, in that order; splitting them would scatter one
 process's life across files.
 """
@@ -324,6 +325,7 @@ class Supervisor:
 
     def supervise_once(self) -> None:
         """Restart any role that died (with backoff); called every half second."""
+        self._reap_orphans()
         now = time.monotonic()
         for role in self.roles:
             proc = role.process
@@ -442,6 +444,32 @@ class Supervisor:
             log.debug("resource tracker not reaped", extra={"event": "tracker_not_reaped",
                                                             "error": type(exc).__name__})
 
+    def _reap_orphans(self) -> None:
+        """As PID 1 (a container started without an init), wait for the orphans handed to us.
+
+        Processes orphaned inside the container (a role's helper, whatever ``podman exec`` left
+        running) are re-parented to PID 1, and stay zombies until it waits for them. The roles and
+        multiprocessing's resource tracker are left alone: multiprocessing waits for those itself,
+        and would take a child reaped here for one still running.
+        """
+        if os.getpid() != 1:
+            return
+        ours = {r.process.pid for r in self.roles if r.process is not None}
+        try:
+            from multiprocessing import process, resource_tracker
+
+            ours.update(p.pid for p in list(process._children))  # type: ignore[attr-defined]
+            ours.add(resource_tracker._resource_tracker._pid)  # type: ignore[attr-defined]
+        except Exception:
+            pass
+        for pid in _zombie_children(os.getpid()):
+            if pid in ours:
+                continue
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
     def _start_web(self) -> None:
         """Health, metrics and dashboard, served from the supervisor: up as long as the service is."""
         from connector.linkage import open_identity_provider
@@ -482,6 +510,27 @@ class Supervisor:
 
     def role_pids(self) -> dict[str, int]:
         return {r.name: r.process.pid for r in self.roles if r.process is not None and r.process.is_alive()}
+
+
+def _zombie_children(parent: int) -> list[int]:
+    """Pids of ``parent``'s children that have exited and not been waited for (Linux /proc)."""
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
+        if len(fields) > 1 and fields[0] == b"Z" and fields[1] == str(parent).encode():
+            found.append(int(name))
+    return found
 
 
 def check_site_keys(config: Config) -> None:

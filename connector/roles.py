@@ -72,7 +72,9 @@ def _die_with_parent() -> None:
     Otherwise orphaned receivers would keep the port while a restarted supervisor runs recovery.
     The supervisor may have died before the death signal was armed: then this process has been
     re-parented (to init, or to a subreaper such as a container's init or systemd --user), so the
-    parent is compared with the supervisor's pid, not with 1.
+    parent is compared with the supervisor's pid, never with 1: in a container the supervisor
+    itself is PID 1 (``podman run`` without ``--init``), and its roles' parent is then 1 while it
+    is alive.
     """
     try:
         import ctypes
@@ -83,8 +85,8 @@ def _die_with_parent() -> None:
     except (OSError, AttributeError):
         pass
     parent = multiprocessing.parent_process()
-    if os.getppid() == 1 or (parent is not None and parent.pid is not None and os.getppid() != parent.pid):
-        os._exit(1)  # the supervisor is already gone
+    if parent is not None and parent.pid is not None and os.getppid() != parent.pid:
+        os._exit(1)  # the supervisor that started this role is already gone
 
 
 def _child_setup(config: Config, log_queue: Any, role: str) -> threading.Event:

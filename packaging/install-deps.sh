@@ -3,6 +3,8 @@
 #   - Debian packages: dcmtk (storescu/storescp, used by the tests and for PACS checks),
 #     orthanc + orthanc-dicomweb (the real PACS and DICOMweb peer in the tests);
 #     chromium + chromium-driver (the dashboard test drives a real headless browser);
+#   - podman, buildah, runc, debootstrap (and catatonit, netavark, iptables): the container test
+#     (tests/packaging/test_container.py) makes a Debian base locally, builds the image and runs it;
 #   - the Python package itself with its test extra.
 # Installs only what is missing; safe to run again.
 set -euo pipefail
@@ -27,6 +29,22 @@ if [ "${#need[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   # The orthanc package starts a system service; the tests run their own instances.
   $SUDO systemctl disable --now orthanc >/dev/null 2>&1 || true
+fi
+
+# Containers (tests/packaging/test_container.py): rootful podman with runc, buildah for builds,
+# debootstrap for the locally made base image (no registry pull), catatonit for --init,
+# netavark and iptables for the network of build steps. Recommends are not needed.
+cneed=()
+for tool in podman buildah runc debootstrap; do
+  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || cneed+=("$tool")
+done
+[ -x /usr/bin/catatonit ] || [ -x /usr/libexec/podman/catatonit ] || cneed+=(catatonit)
+[ -x /usr/lib/podman/netavark ] || cneed+=(netavark aardvark-dns)
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || cneed+=(iptables)
+if [ "${#cneed[@]}" -gt 0 ]; then
+  echo "installing Debian packages for the container test: ${cneed[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${cneed[@]}" >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3}"

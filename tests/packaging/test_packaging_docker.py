@@ -1,8 +1,9 @@
-"""The Dockerfile and the compose example, checked without Docker (no daemon on this machine).
+"""The Dockerfile and the compose example, checked without building anything (fast, everywhere).
 
-What can be checked for real is: the image's settings are ones the connector accepts, the files it
-copies exist, it runs as a non-root user with data and keys on volumes, and its HEALTHCHECK
-command, run as is, passes against a healthy server and fails against an unhealthy one.
+Checked here: the image's settings are ones the connector accepts, the files it copies exist, the
+dependency layers come before the source, it runs as a non-root user with data and keys on
+volumes, and its HEALTHCHECK command, run as is, passes against a healthy server and fails against
+an unhealthy one. test_container.py builds the image and runs it for real with podman.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -81,9 +83,29 @@ def test_copied_paths_exist_and_env_is_valid_config() -> None:
     env = image_env()
     config = load_config(None, environ={k: v for k, v in env.items() if k.startswith("SITE_CONNECTOR__")})
     assert str(config.storage.data_dir) == "/var/lib/site-connector"
-    assert config.http.host == "0.0.0.0" and config.http.port == 8080
-    model_dir = env["SITE_CONNECTOR__CAC__MODEL_DIR"].replace("/opt/site-connector/share/site-connector/", "")
-    assert (ROOT / model_dir / "manifest.json").exists()  # what COPY models puts there
+    # the dashboard stays on loopback unless the operator says otherwise (never 0.0.0.0 silently,
+    # which host networking would put on every interface of the server)
+    assert "SITE_CONNECTOR__HTTP__HOST" not in env
+    assert config.http.host == "127.0.0.1" and config.http.port == 8080
+    # the model pip installs from pyproject's data-files (rules/ and models/ are in the build context)
+    model_dir = env["SITE_CONNECTOR__CAC__MODEL_DIR"].replace("/opt/site-connector/share/", "share/")
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        data_files = tomllib.load(f)["tool"]["setuptools"]["data-files"]
+    assert model_dir in data_files and all((ROOT / p).exists() for p in data_files[model_dir])
+
+
+def test_dependency_layers_come_before_the_source() -> None:
+    """A code change must not download every dependency again: pyproject.toml alone is copied before
+    the dependencies' wheels are made, the source only after."""
+    build = instructions()[:max(i for i, (word, _) in enumerate(instructions()) if word == "FROM")]
+    copies = [rest for word, rest in build if word == "COPY"]
+    assert copies[0] == "pyproject.toml ./"
+    wheel_deps = next(i for i, (w, r) in enumerate(build) if w == "RUN" and "--wheel-dir /build/deps" in r)
+    first_source = next(i for i, (w, r) in enumerate(build) if w == "COPY" and r.startswith("connector"))
+    assert wheel_deps < first_source
+    assert {"rules ./rules", "models ./models"} <= set(copies)  # pyproject's data-files
+    text = DOCKERFILE.read_text()
+    assert "rm -rf /var/lib/apt/lists/*" in text and "--no-cache-dir" in text
 
 
 def _healthcheck_command() -> list[str]:
