@@ -182,6 +182,7 @@ MIGRATIONS: list[tuple[int, Any]] = [
     (7, "connector.store.state:_create_reconcile_runs"),
     (8, "connector.backfill.schema:create_schema"),
     (9, "connector.store.stage_failures:create_schema"),
+    (10, "connector.infer.validation_store:create_schema"),
 ]
 
 
