@@ -344,11 +344,14 @@ def format_text(report: ValidationReport, show_accession: bool = False) -> str:
         acc = f", accession {o.row.identifier}" if show_accession and o.row.kind == "accession" else ""
         out.append(f"  study {o.study_key} (reference line {o.row.line}{acc}): reference {o.row.agatston:.1f} "
                    f"({o.reference_category}), model {o.agatston:.1f} ({o.model_category})")
-    for o in report.outcomes:
-        if o.status != "scored":
-            where = f"study {o.study_key}" if o.study_key else "no such study on this site"
-            out.append(f"  reference line {o.row.line}: {o.status.replace('_', ' ')}"
-                       f"{' (' + o.reason + ')' if o.reason else ''}: {where}")
+    missing = [o for o in report.outcomes if o.status != "scored"]
+    if missing:
+        out.append(f"not compared: {len(missing)}")
+    for o in missing:
+        if o.status == "not_found":
+            out.append(f"  reference line {o.row.line}: not found on this site")
+        else:
+            out.append(f"  reference line {o.row.line}: study {o.study_key} not scored ({o.reason})")
     out.append(f"time: {report.seconds:.1f} s")
     if not m.get("validated_for_clinical_use"):
         out.append(f"note: {report.intended_use}")

@@ -80,13 +80,3 @@ def last_runs_per_model(conn: sqlite3.Connection) -> list[dict[str, Any]]:
         out.append(item)
     return out
 
-
-def runs(conn: sqlite3.Connection, model_sha256: str | None = None) -> list[dict[str, Any]]:
-    """Every run (of one model when given), oldest first."""
-    cols = ", ".join(COLUMNS)
-    if model_sha256 is None:
-        cur = conn.execute(f"SELECT {cols} FROM cac_validation_runs ORDER BY id")
-    else:
-        cur = conn.execute(f"SELECT {cols} FROM cac_validation_runs WHERE model_sha256 = ? ORDER BY id",
-                           (model_sha256,))
-    return [_row(list(COLUMNS), row) for row in cur]

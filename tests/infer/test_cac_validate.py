@@ -24,7 +24,7 @@ from pydicom.uid import generate_uid
 from connector.cli.main import main
 from connector.config import load_config
 from connector.infer.agatston import CATEGORIES, agatston, category_for
-from connector.infer.validation_store import last_runs_per_model, runs
+from connector.infer.validation_store import last_runs_per_model
 from connector.ingest.intake import Intake
 from connector.phantom_dicom import write_phantom
 from connector.phantoms import make_phantom
