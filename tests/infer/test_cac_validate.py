@@ -227,6 +227,27 @@ def test_text_output_names_studies_by_key_and_line(site: SyntheticSite, validate
     assert site.accession[301] not in capsys.readouterr().err
 
 
+def test_a_study_without_an_eligible_series_is_listed_not_scored(site: SyntheticSite, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = load_config(site.config, environ={})
+    layout = SiteLayout.from_config(cfg)
+    store = StateStore(layout.state_db)
+    uid = generate_uid()
+    ph = make_phantom(300, plaque_count=0, size=64, spacing=6.0, n_slices=5)  # 5 slices: too short a series
+    for path in write_phantom(ph, tmp_path / "short", study_uid=uid, extra={"AccessionNumber": "ACCSHORT"}):
+        Intake(layout, store, min_free_bytes=0, fsync=False).ingest_external(path)
+    store.close()
+    csv = tmp_path / "short.csv"
+    csv.write_text(f"ACCSHORT,10\n{site.keys[300]},0\n")
+    assert main(["-c", str(site.config), "cac", "validate", str(csv), "--json"]) == 1
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["not_scored"] == 1 and payload["compared"] == 1
+    [short] = [s for s in payload["studies"] if s["status"] == "not_scored"]
+    assert short["reason"] == "no_eligible_series" and short["study_key"] == study_key(uid) and short["line"] == 1
+    assert main(["-c", str(site.config), "cac", "validate", str(csv)]) == 1
+    assert f"reference line 1: study {study_key(uid)} not scored (no_eligible_series)" in capsys.readouterr().out
+
+
 def test_min_kappa_sets_the_exit_code(site: SyntheticSite, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     csv = tmp_path / "three.csv"
     csv.write_text("".join(f"{site.keys[s]},{round(site.truth[s], 1)}\n" for s in (300, 310, 330)))
