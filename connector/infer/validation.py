@@ -197,7 +197,6 @@ class StudyOutcome:
 
 def score_reference_studies(rows: Sequence[ReferenceRow], store: Any, layout: Any, runner: Any) -> list[StudyOutcome]:
     """Find each row's study on this site and score it with ``runner`` (as the daemon's CAC stage does)."""
-    from connector.infer.select import select_series
     from connector.infer.study import score_study
 
     accessions = accession_index(store, layout) if any(r.kind == "accession" for r in rows) else {}
@@ -227,10 +226,8 @@ def score_reference_studies(rows: Sequence[ReferenceRow], store: Any, layout: An
                 outcome.study_key, outcome.status, outcome.reason = key, "scored", None
                 outcome.agatston = float(ok.agatston.score)
                 break
-            if results:
+            if results:  # a CT series was tried and failed: the more telling reason, and its study
                 outcome.study_key, outcome.reason = key, str(results[0].error or "not_scored")
-            elif not select_series(present, runner.config).eligible:
-                outcome.reason = "no_eligible_series"
         outcome.seconds = time.perf_counter() - t0
         log.info("cac validation study: status=%s reason=%s seconds=%.2f", outcome.status, outcome.reason,
                  outcome.seconds)

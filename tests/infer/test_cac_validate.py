@@ -246,6 +246,14 @@ def test_a_study_without_an_eligible_series_is_listed_not_scored(site: Synthetic
     assert short["reason"] == "no_eligible_series" and short["study_key"] == study_key(uid) and short["line"] == 1
     assert main(["-c", str(site.config), "cac", "validate", str(csv)]) == 1
     assert f"reference line 1: study {study_key(uid)} not scored (no_eligible_series)" in capsys.readouterr().out
+    store = StateStore(layout.state_db)  # the originals leave the spool (retention): said so, not "not found"
+    for row in store.study_instances(study_key(uid)):
+        (layout.spool / row["path"]).unlink()
+    store.close()
+    csv.write_text(f"{study_key(uid)},10\n")
+    assert main(["-c", str(site.config), "cac", "validate", str(csv), "--json"]) == 1
+    [gone] = json.loads(capsys.readouterr().out)["studies"]
+    assert gone["status"] == "not_scored" and gone["reason"] == "originals_not_on_spool"
 
 
 def test_min_kappa_sets_the_exit_code(site: SyntheticSite, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
