@@ -139,6 +139,7 @@ class Supervisor:
         # checks without side effects first, then the ones that create folders and the first key
         self._check_tls()
         self._check_deid()
+        self._check_results_model()
         self._check_port("DICOM", cfg.dicom.host, cfg.dicom.port, "[dicom] port", "[dicom] host")
         if cfg.http.enabled and cfg.http.port:
             self._check_port("HTTP", cfg.http.host, cfg.http.port, "[http] port", "[http] host")
@@ -236,6 +237,29 @@ class Supervisor:
         except VocabularyError as exc:
             raise DaemonStartError(f"free-text vocabulary: {exc} ([deid] extra_vocabulary, vocabulary_files)",
                                    EXIT_CONFIG) from None
+
+    def _check_results_model(self) -> None:
+        """[results] return_to_pacs sends CAC results into the patient's record: only from a model whose
+        manifest says it is validated for clinical use, unless the site overrides it for research use."""
+        from connector.infer.errors import ModelError
+        from connector.infer.manifest import BUNDLED_MODEL_DIR, load_manifest
+
+        cfg = self.config
+        if not (cfg.results.return_to_pacs and cfg.cac.enabled) or cfg.results.allow_unvalidated_model:
+            return
+        model_dir = cfg.cac.model_dir or BUNDLED_MODEL_DIR
+        try:
+            manifest = load_manifest(model_dir)
+        except ModelError as exc:
+            raise DaemonStartError(f"[results] return_to_pacs: cannot tell whether the CAC model is validated "
+                                   f"({_reason(exc)}): fix [cac] model_dir or turn return_to_pacs off",
+                                   EXIT_CONFIG) from None
+        if not manifest.validated_for_clinical_use:
+            raise DaemonStartError(
+                f"[results] return_to_pacs refused: the CAC model {manifest.name} {manifest.version} is not validated "
+                "for clinical use (its manifest says validated_for_clinical_use: false): set [cac] model_dir to a "
+                "validated model, turn return_to_pacs off, or, for research use only, set [results] "
+                "allow_unvalidated_model = true", EXIT_CONFIG)
 
     def _check_tls(self) -> None:
         from connector.ingest.scp import tls_context

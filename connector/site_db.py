@@ -12,6 +12,7 @@ from pathlib import Path
 
 from connector.backfill.schema import create_schema as backfill_tables
 from connector.followup.schema import create_schema as followup_tables
+from connector.infer.validation_store import create_schema as cac_validation_tables
 from connector.outbox.delivery import create_schema as delivery_tables
 from connector.outbox.schema import create_schema as outbox_tables
 from connector.push.reconcile_runs import create_schema as reconcile_tables
@@ -34,6 +35,7 @@ SCHEMA_STEPS: list[Migration] = [
     (7, reconcile_tables),         # reconcile_runs (reconciliation)
     (8, backfill_tables),          # backfill jobs and worklist (backfill)
     (9, stage_failure_tables),     # stage_failures (optional stages)
+    (10, cac_validation_tables),   # cac_validation_runs (cac validate)
 ]
 
 

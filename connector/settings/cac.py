@@ -98,3 +98,9 @@ class ResultsConfig:
             "de-identification, never through the registry path), to [pacs] by C-STORE through the durable "
             "outbox with retries; NOT for clinical use while the model is the synthetic one",
     )
+    allow_unvalidated_model: bool = setting(
+        False,
+        doc="RESEARCH USE ONLY: let return_to_pacs start with a CAC model whose manifest says it is not "
+            "validated for clinical use (validated_for_clinical_use: false, as the bundled synthetic models); "
+            "its results then reach the hospital's records unvalidated",
+    )

@@ -31,7 +31,7 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
-from connector.web import backfill_page, permissions, search, views
+from connector.web import backfill_page, cac_validation_page, permissions, search, views
 from connector.web.format import FILTERS
 from connector.web.linkage_access import source_address
 from connector.web.permissions import PUBLIC, STAFF, allow, public
@@ -112,6 +112,7 @@ def create_app(web: SiteContext) -> Flask:
     app.register_blueprint(views.dashboard_bp)
     app.register_blueprint(search.search_bp)
     app.register_blueprint(backfill_page.backfill_bp)
+    app.register_blueprint(cac_validation_page.cac_validation_bp)
     app.after_request(_headers)
     app.register_error_handler(CSRFError, _csrf_failed)
     app.register_error_handler(HTTPException, _http_error)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 CSRF_FIELD = "csrf"
 NAV = [("/", "Overview"), ("/studies", "Studies"), ("/quarantine", "Quarantine"), ("/outbox", "Outbox"),
-       ("/followup", "Follow-up"), ("/backfill", "Backfill")]
+       ("/followup", "Follow-up"), ("/backfill", "Backfill"), ("/cac/validation", "CAC validation")]
 
 def site() -> SiteContext:
     """The :class:`SiteContext` this app was made for (config, state store, users, probes...)."""

@@ -33,7 +33,8 @@ def test_return_to_pacs_sends_sr_and_seg_under_the_original_patient(tmp_path: Pa
     try:
         settings = push_settings(registry.url, token, cac__enabled=True, cac__threads=2, pacs__host="127.0.0.1",
                                  pacs__port=pacs.dicom_port, pacs__ae_title="HOSPITALPACS",
-                                 results__return_to_pacs=True)
+                                 results__return_to_pacs=True,
+                                 results__allow_unvalidated_model=True)  # the bundled model: research use only
         with ConnectorProcess(tmp_path / "site", **settings) as daemon:
             storescu(daemon.port, files)
             wait_for(lambda: json.loads(daemon.cli("status", "--json", check=True).stdout)["studies"]
