@@ -306,7 +306,36 @@ def push_main(config: Config, log_queue: Any) -> None:
     _exit_role(log_queue)
 
 
-ROLE_TARGETS = {"receiver": receiver_main, "pipeline": pipeline_main, "push": push_main}
+def hl7_main(config: Config, log_queue: Any) -> None:
+    """The HL7 v2 ADT listener ([hl7] port): deaths of linked patients into follow-up.
+
+    Its own process, so a flood of ADT traffic or a parser fault never slows the DICOM receivers.
+    """
+    stop = _child_setup(config, log_queue, "hl7")
+    from connector.hl7.listener import Hl7Service
+    from connector.linkage import open_identity_provider
+    from connector.outbox import Outbox
+    from connector.site_db import open_state
+    from connector.store.layout import SiteLayout
+
+    store = open_state(SiteLayout.from_config(config).state_db)
+    provider = open_identity_provider(config)
+    service = Hl7Service(config, provider, store, Outbox(store))
+    try:
+        service.start()
+    except OSError as exc:
+        log.error("cannot listen on the HL7 port", extra={"event": "bind_failed", "port": config.hl7.port,
+                                                          "error": exc.strerror})
+        os._exit(EXIT_BIND_FAILED)
+    _wait_for_stop(stop)
+    finish, _ = stop_budget(config)
+    service.stop(timeout=finish)
+    store.close()
+    provider.close()
+    _exit_role(log_queue)
+
+
+ROLE_TARGETS = {"receiver": receiver_main, "pipeline": pipeline_main, "push": push_main, "hl7": hl7_main}
 
 
 def spawn_context() -> Any:

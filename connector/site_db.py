@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from connector.backfill.schema import create_schema as backfill_tables
+from connector.followup.schema import create_feed_schema as followup_feed_tables
 from connector.followup.schema import create_schema as followup_tables
 from connector.outbox.delivery import create_schema as delivery_tables
 from connector.outbox.schema import create_schema as outbox_tables
@@ -34,6 +35,7 @@ SCHEMA_STEPS: list[Migration] = [
     (7, reconcile_tables),         # reconcile_runs (reconciliation)
     (8, backfill_tables),          # backfill jobs and worklist (backfill)
     (9, stage_failure_tables),     # stage_failures (optional stages)
+    (10, followup_feed_tables),    # followup_source_counts, followup_merges (follow-up feeds: HL7, FHIR)
 ]
 
 
