@@ -234,6 +234,11 @@ def pipeline_main(config: Config, log_queue: Any) -> None:
         outbox = Outbox(store)
         scheduler.add_job(lambda: process_inbox(config, store, provider, outbox), "interval",
                           seconds=config.followup.poll_seconds, id="followup-inbox", max_instances=1, coalesce=True)
+    if config.fhir.enabled and config.fhir.interval_minutes > 0:  # deaths from the hospital's FHIR server
+        from connector.fhir.deaths import scheduled_job as fhir_job
+
+        scheduler.add_job(fhir_job(config, store, provider), "interval", minutes=config.fhir.interval_minutes,
+                          id="fhir-poll", max_instances=1, coalesce=True)
     scheduler.add_job(lambda: daily_summary(store), "interval", hours=24, id="daily-summary",
                       max_instances=1, coalesce=True)
     if config.registry.reconcile_interval_minutes > 0:  # ask the registry what it holds; re-send what it lacks
