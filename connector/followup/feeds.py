@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from connector.followup.importer import FollowupImporter, FollowupLinkage
 from connector.followup.outcomes import ImportSummary
 from connector.followup.reading import Row
+from connector.followup.source_counts import COUNTERS, add_counts, read_counts
 
 if TYPE_CHECKING:
     from connector.config import Config
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
     from connector.outbox import Outbox
     from connector.store.state import StateStore
 
-#: The counters kept per source (``file``, ``hl7``, ``fhir``).
-COUNTERS = ("received", "matched", "unmatched_dropped", "sent", "errors")
+__all__ = ["COUNTERS", "FeedDeath", "add_counts", "import_deaths", "merge_key", "read_counts", "record_merge",
+           "resolve"]
 _MERGE_LABEL = b"site-connector/followup/merge/v1"
 
 
@@ -45,33 +46,6 @@ class FeedDeath:
     issuer: str
     event_date: date | None  # None only for a withdrawal
     retract: bool = False
-
-
-def add_counts(conn: sqlite3.Connection, source: str, **deltas: int) -> None:
-    """Add to the per-source counters (call inside a write transaction, or in autocommit)."""
-    now = time.time()
-    for counter, delta in deltas.items():
-        if counter not in COUNTERS:
-            raise ValueError(f"unknown counter {counter}")
-        if delta:
-            conn.execute(
-                "INSERT INTO followup_source_counts (source, counter, value, updated_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (source, counter) DO UPDATE SET value = value + excluded.value, "
-                "updated_at = excluded.updated_at",
-                (source, counter, int(delta), now),
-            )
-
-
-def read_counts(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
-    """source -> counter -> value (every counter present, zero when never bumped)."""
-    out: dict[str, dict[str, int]] = {}
-    try:
-        rows = conn.execute("SELECT source, counter, value FROM followup_source_counts").fetchall()
-    except sqlite3.OperationalError:  # a database from before the feeds' schema step
-        return out
-    for source, counter, value in rows:
-        out.setdefault(source, dict.fromkeys(COUNTERS, 0))[counter] = int(value)
-    return out
 
 
 def merge_key(uid_secret: bytes, patient_id: str, issuer: str) -> str:

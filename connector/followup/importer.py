@@ -322,6 +322,14 @@ class FollowupImporter:
                 self._apply(*self._decide(c, prior.get(c.event_id)), summary)
         else:
             self._queue(candidates, summary)
+            if not self.feed:  # a feed counts its own messages (connector.followup.feeds)
+                from connector.followup.source_counts import add_counts
+
+                assert self.store is not None
+                unknown = summary.rejected.get("unknown_patient", 0)
+                with self.store.write() as conn:
+                    add_counts(conn, "file", received=summary.rows, matched=summary.matched, unmatched_dropped=unknown,
+                               sent=summary.queued, errors=summary.rejected_total - unknown)
         log.info("followup.import source=%s rows=%d matched=%d queued=%d unchanged=%d rejected=%d dry_run=%s",
                  self.feed or "file", summary.rows, summary.matched, summary.queued, summary.unchanged,
                  summary.rejected_total, dry_run)

@@ -166,6 +166,8 @@ def test_csv_and_hl7_of_one_death_are_one_event(site: Site, tmp_path: Path) -> N
     by = {e["pseudonym"]: e for e in events}
     assert by[a.pseudonym]["source"] == "death_index" and by[b.pseudonym]["source"] == "hospital_discharge"
     assert by[b.pseudonym]["days_from_index"] == days_between("20180601", "2023-05-01")
+    files = read_counts(site.store.conn)["file"]
+    assert (files["received"], files["matched"], files["sent"], files["errors"]) == (2, 2, 1, 0)
 
 
 def test_retraction_sends_a_correction_event(site: Site) -> None:
