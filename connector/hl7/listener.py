@@ -30,6 +30,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,7 +108,9 @@ class Hl7Service:
         self._seq = itertools.count()
         self._wake: queue.Queue[None] = queue.Queue()
         self._stop = threading.Event()
-        self._server: socketserver.ThreadingTCPServer | None = None
+        self._server: socketserver.TCPServer | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots = threading.BoundedSemaphore(1)
         self._threads: list[threading.Thread] = []
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
@@ -130,10 +133,36 @@ class Hl7Service:
             def handle(self) -> None:
                 service._serve(self.request, self.client_address)
 
-        class Server(socketserver.ThreadingTCPServer):
-            allow_reuse_address = True
-            daemon_threads = True
+        class Server(socketserver.TCPServer):
+            """Connections are served by a fixed pool of threads: bounded, and each pool thread keeps
+            its own database connections for its whole life (a thread per connection would open new
+            ones for every reconnect of the engine or probe of a monitor)."""
 
+            allow_reuse_address = True
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                if not service._slots.acquire(blocking=False):
+                    log.warning("hl7 connection refused", extra={"event": "hl7_too_many_connections"})
+                    self.shutdown_request(request)
+                    return
+                try:
+                    service._pool.submit(self._work, request, client_address)
+                except RuntimeError:  # stopping
+                    service._slots.release()
+                    self.shutdown_request(request)
+
+            def _work(self, request: Any, client_address: Any) -> None:
+                try:
+                    self.finish_request(request, client_address)
+                except Exception as exc:  # noqa: BLE001 - logged without its text (it may quote data)
+                    log.error("hl7 connection failed", extra={"event": "hl7_connection_error",
+                                                              "error": type(exc).__name__})
+                finally:
+                    self.shutdown_request(request)
+                    service._slots.release()
+
+        self._pool = ThreadPoolExecutor(max_workers=self.settings.max_connections, thread_name_prefix="hl7-conn")
+        self._slots = threading.BoundedSemaphore(self.settings.max_connections)
         self._server = Server((self.settings.host, self.settings.port or 0), Handler)
         serve = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                  name="hl7-listener", daemon=True)
@@ -158,6 +187,8 @@ class Hl7Service:
                     conn.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
         self._wake.put(None)
         deadline = time.monotonic() + timeout
         for t in self._threads:

@@ -44,6 +44,8 @@ class Hl7Config:
     max_message_bytes: int = setting(1024 * 1024, check(lambda v: 1024 <= v <= 64 * 1024**2,
                                                          "must be between 1024 and 67108864"),
                                      doc="larger messages are refused with AR and the connection closed")
+    max_connections: int = setting(8, check(lambda v: 1 <= v <= 256, "must be between 1 and 256"),
+                                   doc="connections served at once (engines use one or two); more are closed at once")
     idle_timeout_seconds: float = setting(300.0, check(lambda v: v > 0, "must be positive"),
                                           doc="a connection silent this long is closed (the engine reconnects)")
     tls_cert_file: Path | None = setting(None, doc="PEM certificate (with chain): the listener speaks MLLP over "

@@ -140,3 +140,26 @@ def test_kill_9_after_the_ack_still_delivers(tmp_path: Path) -> None:
         finally:
             if daemon.proc is not None and daemon.proc.poll() is None:
                 daemon.stop(timeout=60)
+
+
+def test_unusable_hl7_tls_files_stop_the_start(tmp_path: Path) -> None:
+    from tests.faults.test_startup import assert_failed_start
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    key.write_text("nor this\n")
+    assert_failed_start(ConnectorProcess(tmp_path / "site", hl7__port=free_port(), hl7__tls_cert_file=str(cert),
+                                         hl7__tls_key_file=str(key)), 2, "HL7 TLS files", "[hl7] tls_cert_file")
+
+
+def test_hl7_port_in_use_stops_the_start(tmp_path: Path) -> None:
+    import socket
+
+    from tests.faults.test_startup import assert_failed_start
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert_failed_start(ConnectorProcess(tmp_path / "site", hl7__port=port, hl7__host="127.0.0.1"), 1,
+                            f"HL7 port {port} is already in use", "[hl7] port")

@@ -8,6 +8,7 @@ import os
 import secrets
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -276,3 +277,31 @@ def test_tls_listener(tmp_path: Path) -> None:
         assert len(site.events()) == 1
     finally:
         site.close()
+
+
+def test_connections_beyond_max_connections_are_closed_and_reconnects_reuse_the_pool(tmp_path: Path) -> None:
+    site = Site(tmp_path, "max_connections = 1\n")
+    try:
+        site.fs.add_patient("MAX-1", study_date="20200101")
+        first = site.client()
+        assert ack_code(first.send(adt("A08", "MAX-1", control="1")))[0] == "AA"
+        with site.client() as second:  # the one slot is taken: closed without an answer
+            assert second.send(adt("A08", "MAX-1", control="2")) is None
+        first.close()
+        for i in range(30):  # a monitor's probes or an engine's reconnects: served one after another
+            with wait_for(lambda: _connect_and_ack(site, i), 10, what="a free slot"):
+                pass
+        threads = {t.name for t in threading.enumerate() if t.name.startswith("hl7-conn")}
+        assert len(threads) == 1  # one pool thread, reused (its database connections with it)
+    finally:
+        site.close()
+
+
+def _connect_and_ack(site: Site, i: int) -> MllpClient | None:
+    c = site.client()
+    reply = c.send(adt("A08", "MAX-1", control=f"P{i}"))
+    if reply is None:  # the previous connection's slot not released yet
+        c.close()
+        return None
+    assert ack_code(reply)[0] == "AA"
+    return c
