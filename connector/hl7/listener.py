@@ -319,7 +319,13 @@ class Hl7Service:
         for path in sorted(self.spool.glob("*" + SPOOL_SUFFIX)):
             if self._stop.is_set():
                 break
-            self._process_file(path)
+            try:
+                self._process_file(path)
+            except Exception as exc:  # noqa: BLE001 - the database busy, a damaged row: left for the next
+                # round, and the files after it still go (one bad file must not hold up every later death)
+                log.error("hl7 spooled message not processed yet", extra={"event": "hl7_process_failed",
+                                                                         "error": type(exc).__name__})
+                continue
             path.unlink(missing_ok=True)
             if self.config.storage.fsync:
                 fsync_dir(self.spool)
