@@ -315,7 +315,7 @@ class FollowupImporter:
         candidates = self._judge_together(self._judge_rows(rows, summary), summary)
         self.provider.audit(AUDIT_ACTION, rows=summary.rows, matched=summary.matched,
                             unknown=summary.rejected.get("unknown_patient", 0), dry_run=dry_run,
-                            **({"source": self.feed} if self.feed else {}))
+                            channel=self.feed or "file")
         if dry_run:
             prior = read_entries(self.store.conn, (c.event_id for c in candidates)) if self.store else {}
             for c in candidates:

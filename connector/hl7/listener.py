@@ -364,7 +364,7 @@ class Hl7Service:
                 if self.provider.lookup_patient(patient_id, issuer, audit=False) is None:
                     record_merge(conn, merge_key(secret, patient_id, issuer), subject.pseudonym)
             add_counts(conn, SOURCE, matched=1)
-        self.provider.audit("followup.merge", source=SOURCE, pseudonym=subject.pseudonym)
+        self.provider.audit("followup.merge", channel=SOURCE, pseudonym=subject.pseudonym)
 
 
 def _control_id(head: bytes) -> str:

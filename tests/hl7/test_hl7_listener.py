@@ -100,6 +100,9 @@ def test_a08_death_is_one_event_with_the_real_interval(site: Site) -> None:
     assert "HL7-100" not in str(event) and "2024-02-29" not in str(event)
     counts = site.counts()
     assert counts["received"] == 2 and counts["matched"] == 2 and counts["sent"] == 1 and counts["errors"] == 0
+    audit = [e for e in site.service.provider.audit_log.entries() if e.get("action") == "followup.import"]
+    assert [e["details"]["channel"] for e in audit] == ["hl7", "hl7"] and audit[0]["details"]["matched"] == 1
+    assert "HL7-100" not in str(audit)
 
 
 def test_unknown_patient_leaves_no_trace_on_disk(site: Site) -> None:
