@@ -194,7 +194,8 @@ def import_bundle(config: Config, path: Path, provider: Any, store: StateStore, 
     if not isinstance(data, dict) or data.get("resourceType") != "Bundle":
         raise BundleError("the file is not a FHIR Bundle (resourceType must be Bundle)")
     try:
-        Bundle.model_validate({k: v for k, v in data.items() if k != "entry"})  # the envelope; entries one by one
+        envelope = {k: v for k, v in data.items() if k != "entry"}  # the envelope; entries one by one
+        Bundle.model_validate(envelope) if hasattr(Bundle, "model_validate") else Bundle.parse_obj(envelope)
     except Exception:  # noqa: BLE001
         raise BundleError("the Bundle is not valid FHIR R4") from None
     # every identifier whose system maps to an issuer: the blind index decides whether it is linked
