@@ -38,7 +38,9 @@ from connector.settings.core import (
     StorageConfig,
 )
 from connector.settings.deid import DeidConfig
+from connector.settings.fhir import FhirConfig
 from connector.settings.followup import FollowupConfig
+from connector.settings.hl7 import Hl7Config
 from connector.settings.http import HttpConfig
 from connector.settings.linkage import LinkageConfig
 from connector.settings.pacs import PacsConfig
@@ -77,6 +79,8 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
+    hl7: Hl7Config = field(default_factory=Hl7Config)
+    fhir: FhirConfig = field(default_factory=FhirConfig)
     source: str = field(default="embedded defaults", compare=False)
 
     @property
@@ -250,6 +254,9 @@ def _cross_checks(config: Config) -> None:
         raise ConfigError(config.source, f"[pacs] {key}", problem)
     if config.results.return_to_pacs and not config.pacs.configured:
         raise ConfigError(config.source, "[results] return_to_pacs", "needs [pacs] host and ae_title (where to send)")
+    for section in ("hl7", "fhir"):  # a feed's deaths carry this code: one the follow-up import accepts
+        if getattr(config, section).source not in config.followup.sources:
+            raise ConfigError(config.source, f"[{section}] source", "must be one of [followup] sources")
 
 
 def resolve_config_path(cli_path: str | None, environ: Mapping[str, str] | None = None) -> Path | None:

@@ -143,6 +143,10 @@ class Supervisor:
         self._check_port("DICOM", cfg.dicom.host, cfg.dicom.port, "[dicom] port", "[dicom] host")
         if cfg.http.enabled and cfg.http.port:
             self._check_port("HTTP", cfg.http.host, cfg.http.port, "[http] port", "[http] host")
+        if cfg.hl7.enabled:
+            self._check_hl7_tls()
+        if cfg.hl7.enabled and cfg.hl7.port:
+            self._check_port("HL7", cfg.hl7.host, cfg.hl7.port, "[hl7] port", "[hl7] host")
         self._check_data_dir()
         self._check_keys()
         self._check_registry_token()
@@ -165,6 +169,9 @@ class Supervisor:
         self.roles.append(_Role("push", "push", (cfg, self._log_queue)))
         for role in self.roles[-2:]:
             self._spawn(role)
+        if cfg.hl7.enabled:  # the HL7 v2 ADT listener (deaths into follow-up), in its own process
+            self.roles.append(_Role("hl7", "hl7", (cfg, self._log_queue)))
+            self._spawn(self.roles[-1])
         log.info("daemon started", extra={"event": "daemon_started", "pid": os.getpid(), "config": cfg.source,
                                           "site": cfg.site.id, "port": cfg.dicom.port,
                                           "receivers": cfg.dicom.receiver_processes})
@@ -272,6 +279,16 @@ class Supervisor:
                 "be a PEM certificate and its matching private key (tls_ca_file a PEM CA bundle), readable by "
                 "the service user", EXIT_CONFIG) from None
 
+    def _check_hl7_tls(self) -> None:
+        from connector.hl7.listener import tls_context as hl7_tls_context
+
+        try:
+            hl7_tls_context(self.config)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise DaemonStartError(
+                f"HL7 TLS files cannot be loaded ({_reason(exc)}): [hl7] tls_cert_file and tls_key_file must be a "
+                "PEM certificate and its private key (tls_ca_file a PEM CA bundle)", EXIT_CONFIG) from None
+
     def _check_port(self, what: str, host: str, port: int, port_key: str, host_key: str) -> None:
         """Bind the port once, alone (no SO_REUSEPORT), so another listener of any kind is found now."""
         try:
@@ -287,7 +304,7 @@ class Supervisor:
                 sock.listen(1)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
-                    who = "storescp, Orthanc" if what == "DICOM" else "a web server"
+                    who = {"DICOM": "storescp, Orthanc", "HL7": "an MLLP listener"}.get(what, "a web server")
                     raise DaemonStartError(
                         f"{what} port {port} is already in use by another program (another site-connector, "
                         f"{who}?): stop it, or set {port_key} to a free port "

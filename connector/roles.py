@@ -234,6 +234,11 @@ def pipeline_main(config: Config, log_queue: Any) -> None:
         outbox = Outbox(store)
         scheduler.add_job(lambda: process_inbox(config, store, provider, outbox), "interval",
                           seconds=config.followup.poll_seconds, id="followup-inbox", max_instances=1, coalesce=True)
+    if config.fhir.enabled and config.fhir.interval_minutes > 0:  # deaths from the hospital's FHIR server
+        from connector.fhir.deaths import scheduled_job as fhir_job
+
+        scheduler.add_job(fhir_job(config, store, provider), "interval", minutes=config.fhir.interval_minutes,
+                          id="fhir-poll", max_instances=1, coalesce=True)
     scheduler.add_job(lambda: daily_summary(store), "interval", hours=24, id="daily-summary",
                       max_instances=1, coalesce=True)
     if config.registry.reconcile_interval_minutes > 0:  # ask the registry what it holds; re-send what it lacks
@@ -306,7 +311,36 @@ def push_main(config: Config, log_queue: Any) -> None:
     _exit_role(log_queue)
 
 
-ROLE_TARGETS = {"receiver": receiver_main, "pipeline": pipeline_main, "push": push_main}
+def hl7_main(config: Config, log_queue: Any) -> None:
+    """The HL7 v2 ADT listener ([hl7] port): deaths of linked patients into follow-up.
+
+    Its own process, so a flood of ADT traffic or a parser fault never slows the DICOM receivers.
+    """
+    stop = _child_setup(config, log_queue, "hl7")
+    from connector.hl7.listener import Hl7Service
+    from connector.linkage import open_identity_provider
+    from connector.outbox import Outbox
+    from connector.site_db import open_state
+    from connector.store.layout import SiteLayout
+
+    store = open_state(SiteLayout.from_config(config).state_db)
+    provider = open_identity_provider(config)
+    service = Hl7Service(config, provider, store, Outbox(store))
+    try:
+        service.start()
+    except OSError as exc:
+        log.error("cannot listen on the HL7 port", extra={"event": "bind_failed", "port": config.hl7.port,
+                                                          "error": exc.strerror})
+        os._exit(EXIT_BIND_FAILED)
+    _wait_for_stop(stop)
+    finish, _ = stop_budget(config)
+    service.stop(timeout=finish)
+    store.close()
+    provider.close()
+    _exit_role(log_queue)
+
+
+ROLE_TARGETS = {"receiver": receiver_main, "pipeline": pipeline_main, "push": push_main, "hl7": hl7_main}
 
 
 def spawn_context() -> Any:

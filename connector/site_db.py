@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from connector.backfill.schema import create_schema as backfill_tables
+from connector.followup.schema import create_feed_schema as followup_feed_tables
 from connector.followup.schema import create_schema as followup_tables
 from connector.infer.validation_store import create_schema as cac_validation_tables
 from connector.outbox.delivery import create_schema as delivery_tables
@@ -36,6 +37,7 @@ SCHEMA_STEPS: list[Migration] = [
     (8, backfill_tables),          # backfill jobs and worklist (backfill)
     (9, stage_failure_tables),     # stage_failures (optional stages)
     (10, cac_validation_tables),   # cac_validation_runs (cac validate)
+    (11, followup_feed_tables),    # followup_source_counts, followup_merges (follow-up feeds: HL7, FHIR)
 ]
 
 

@@ -2,6 +2,8 @@
 
     site-connector followup import FILE [--dry-run] [--json]
     site-connector followup inbox [--json]          import the settled files of [followup] inbox now
+    site-connector followup fhir-poll [--dry-run] [--json]   ask [fhir] base_url about linked patients' deaths
+    site-connector followup import bundle.json      a FHIR Bundle of Patients (deceasedDateTime)
 
 Exit codes: 0 every row was queued or unchanged; 1 the file, or some of its rows, were rejected
 (see the report next to the file); 2 configuration or key problem (nothing was read).
@@ -78,12 +80,82 @@ def _exit_code(summaries: list[Any]) -> int:
     return exitcodes.FAILURE if any(s.failed or s.rejected_total for s in summaries) else exitcodes.OK
 
 
+def _feed_exit_code(summary: Any) -> int:
+    """A feed (FHIR) run: patients the site does not know are expected, not a failure."""
+    if summary.error:
+        return exitcodes.FAILURE
+    s = summary.import_summary
+    expected = ("unknown_patient", "nothing_to_retract")
+    bad = sum(n for reason, n in (s.rejected.items() if s else ()) if reason not in expected)
+    return exitcodes.FAILURE if bad or summary.extra.get("invalid_resources") else exitcodes.OK
+
+
+def _print_feed(summary: Any, what: str, dry_run: bool) -> None:
+    d = summary.as_dict()
+    verb = "would be queued" if dry_run else "queued"
+    print(f"{what}: {d['patients']} patients received, {d['deaths']} dated deaths, {d['matched']} matched, "
+          f"{d['queued']} {verb}, {d['unchanged']} unchanged")
+    for reason, n in sorted(d["rejected"].items()):
+        print(f"  not sent, {reason}: {n}")
+    if d.get("invalid_resources"):
+        print(f"  invalid Patient resources: {d['invalid_resources']}")
+
+
+def _import_bundle(args: argparse.Namespace, path: Path) -> int:
+    from connector.fhir.deaths import BundleError, import_bundle
+
+    config = config_from_args(args)
+    provider, store, outbox = _open(config, need_store=True)
+    try:
+        summary = import_bundle(config, path, provider, store, outbox, dry_run=args.dry_run)
+    except BundleError as exc:
+        raise CommandError(f"followup import: {exc}", exitcodes.FAILURE) from None
+    finally:
+        provider.close()
+        store.close()
+    if args.json:
+        out = summary.as_dict()
+        if args.dry_run and summary.import_summary:
+            out["events"] = summary.import_summary.events
+        print_json(out)
+    else:
+        _print_feed(summary, "FHIR Bundle", args.dry_run)
+    return _feed_exit_code(summary)
+
+
+def _fhir_poll(args: argparse.Namespace) -> int:
+    from connector.fhir.client import FhirAuthError, FhirError
+    from connector.fhir.deaths import poll
+
+    config = config_from_args(args)
+    if not config.fhir.enabled:
+        raise CommandError("followup fhir-poll: no [fhir] base_url is configured", exitcodes.USAGE)
+    provider, store, outbox = _open(config, need_store=True)
+    try:
+        summary = poll(config, provider, store, outbox, dry_run=args.dry_run)
+    except FhirAuthError as exc:
+        raise CommandError(f"followup fhir-poll: {exc}", exitcodes.USAGE) from None
+    except FhirError as exc:
+        raise CommandError(f"followup fhir-poll: {exc}", exitcodes.FAILURE) from None
+    finally:
+        provider.close()
+        store.close()
+    if args.json:
+        print_json(summary.as_dict())
+    else:
+        _print_feed(summary, f"FHIR poll ({summary.asked} linked patients asked, {summary.requests} requests)",
+                    args.dry_run)
+    return _feed_exit_code(summary)
+
+
 def _import(args: argparse.Namespace) -> int:
     from connector.followup.importer import FollowupImporter
 
     path = Path(args.file)
     if not path.is_file():
         raise CommandError("followup import: the file does not exist or is not a regular file", exitcodes.USAGE)
+    if path.suffix.lower() == ".json":
+        return _import_bundle(args, path)
     config = config_from_args(args)
     provider, store, outbox = _open(config, need_store=not args.dry_run)
     try:
@@ -147,7 +219,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         epilog=_EPILOG,
     )
     add_config_option(imp)
-    imp.add_argument("file", metavar="FILE", help="the coordinator's .csv or .xlsx file")
+    imp.add_argument("file", metavar="FILE", help="the coordinator's .csv or .xlsx file, or a FHIR Bundle of "
+                     "Patients (.json; patients the site does not know are skipped, exit 0)")
     imp.add_argument("--dry-run", action="store_true",
                      help="queue nothing, write nothing; print exactly the events that would be sent")
     imp.add_argument("--json", action="store_true", help="print the summary as JSON (with the events in a dry run)")
@@ -162,3 +235,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_config_option(inbox)
     inbox.add_argument("--json", action="store_true", help="print the summaries as JSON")
     inbox.set_defaults(func=_guarded(_inbox))
+
+    fhir = sub.add_parser(
+        "fhir-poll", help="ask the hospital's FHIR server ([fhir] base_url) about the linked patients' deaths",
+        description="Search Patient?identifier=system|value,... in batches, for linked patients only, and queue "
+        "every dated death (deceasedDateTime) as a follow-up death. What the daemon does every [fhir] "
+        "interval_minutes.",
+        epilog="Exit codes: 0 done, 1 the server failed or some deaths could not be used, "
+        "2 configuration or credentials problem (no base_url, 401/403, unsafe token file).",
+    )
+    add_config_option(fhir)
+    fhir.add_argument("--dry-run", action="store_true", help="ask the server, queue nothing")
+    fhir.add_argument("--json", action="store_true", help="print the counts as JSON")
+    fhir.set_defaults(func=_guarded(_fhir_poll))

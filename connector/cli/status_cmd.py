@@ -7,6 +7,7 @@ from typing import Any
 
 from connector.cli import exitcodes
 from connector.cli.common import CommandError, add_config_option, config_from_args, print_json
+from connector.followup.source_counts import read_counts
 from connector.outbox import outbox_counts
 from connector.store.layout import SiteLayout
 from connector.store.quarantine import count_quarantine
@@ -33,6 +34,7 @@ def collect(layout: SiteLayout) -> dict[str, Any]:
         out["last_reconciliation"] = last_reconciliation(store)
         out["optional_stage_failures"] = failure_counts(store.conn)
         out["failed_optional_stages"] = recent_failures(store.conn)
+        out["followup_sources"] = read_counts(store.conn)  # per source: counts only
     finally:
         store.close()
     out["quarantined"] = count_quarantine(layout.quarantine)
@@ -58,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     for stage, n in status["optional_stage_failures"].items():
         print(f"{stage + ' failed:':<20}{n['retrying']} studies retrying, {n['given_up']} given up "
               "(images delivered regardless; 'site-connector study KEY' says why)")
+    for source, n in sorted(status["followup_sources"].items()):
+        print(f"{'follow-up ' + source + ':':<20}{n['received']} received, {n['matched']} matched, "
+              f"{n['unmatched_dropped']} unknown dropped, {n['sent']} sent, {n['errors']} errors")
     last = status["last_reconciliation"]
     if last is not None:
         import datetime as dt

@@ -6,6 +6,9 @@ Public entry points:
 * :func:`process_inbox` (the daemon's scheduler): every settled file in ``[followup] inbox``.
 * :class:`FollowupConfig` (``[followup]``), :class:`ImportSummary`, :data:`EVENT_TYPES`.
 * :func:`create_schema`: the ``followup_events`` ledger (a state-DB migration step).
+* :mod:`connector.followup.feeds`: deaths from machine feeds (HL7 v2 ADT: :mod:`connector.hl7`; FHIR:
+  :mod:`connector.fhir`) through the same importer, so every source makes the same event;
+  :mod:`connector.followup.source_counts`: per-source counts.
 
 See ``docs/followup.md`` for the file format, the rules and what leaves the site.
 """

@@ -107,7 +107,8 @@ class FollowupImporter:
     """Imports files for one site. Thread-compatible: use one importer per thread."""
 
     def __init__(self, config: Config, provider: FollowupLinkage, store: StateStore | None = None,
-                 outbox: Outbox | None = None, *, today: date | None = None, chunk_size: int = 2000) -> None:
+                 outbox: Outbox | None = None, *, today: date | None = None, chunk_size: int = 2000,
+                 feed: str = "") -> None:
         self.config = config
         self.settings = config.followup
         self.provider = provider
@@ -115,6 +116,7 @@ class FollowupImporter:
         self.outbox = outbox
         self.today = today
         self.chunk_size = chunk_size
+        self.feed = feed  # "" for coordinators' files; "hl7" or "fhir" for a machine feed (audit, rules)
         self._aliases = alias_table(self.settings)
         self._id_key = hmac.new(provider.uid_secret(), _EVENT_ID_LABEL, hashlib.sha256).digest()
         self._text_fields = tuple(f for f in ("cause", "source") if f in self.settings.allowed_free_text)
@@ -275,7 +277,7 @@ class FollowupImporter:
             content = replace(prior.content, retracted=True)
         else:
             assert c.content is not None
-            if prior is not None and prior.content == c.content:
+            if prior is not None and self._same_fact(prior.content, c.content):
                 return RowOutcome(c.row, UNCHANGED, "", c.event, prior.version), None
             content = c.content
         version = 1 if prior is None else prior.version + 1
@@ -284,6 +286,20 @@ class FollowupImporter:
             log.warning("followup.phi_check.refused event=%s", c.event)
             return RowOutcome(c.row, REJECTED, "phi_check_failed", c.event), None
         return RowOutcome(c.row, QUEUED, "", c.event, version), event
+
+    def _same_fact(self, prior: EventContent, new: EventContent) -> bool:
+        """Whether ``new`` says nothing ``prior`` did not. Who reported an event (``source``) is
+        provenance, not the fact: the same death from the death index and from the ADT feed is one
+        event, not a new version. A machine feed (HL7, FHIR) has no cause, so its silence about the
+        cause does not withdraw one a coordinator sent."""
+        if prior == new:
+            return True
+        if prior.retracted or new.retracted:
+            return False
+        adjusted = replace(new, source=prior.source)
+        if self.feed and new.cause is None:
+            adjusted = replace(adjusted, cause=prior.cause)
+        return adjusted == prior
 
     def _apply(self, outcome: RowOutcome, event: dict[str, Any] | None, summary: ImportSummary) -> None:
         summary.outcomes.append(outcome)
@@ -298,15 +314,25 @@ class FollowupImporter:
     def _import_rows(self, rows: list[Row], summary: ImportSummary, *, dry_run: bool) -> None:
         candidates = self._judge_together(self._judge_rows(rows, summary), summary)
         self.provider.audit(AUDIT_ACTION, rows=summary.rows, matched=summary.matched,
-                            unknown=summary.rejected.get("unknown_patient", 0), dry_run=dry_run)
+                            unknown=summary.rejected.get("unknown_patient", 0), dry_run=dry_run,
+                            channel=self.feed or "file")
         if dry_run:
             prior = read_entries(self.store.conn, (c.event_id for c in candidates)) if self.store else {}
             for c in candidates:
                 self._apply(*self._decide(c, prior.get(c.event_id)), summary)
         else:
             self._queue(candidates, summary)
-        log.info("followup.import rows=%d matched=%d queued=%d unchanged=%d rejected=%d dry_run=%s",
-                 summary.rows, summary.matched, summary.queued, summary.unchanged, summary.rejected_total, dry_run)
+            if not self.feed:  # a feed counts its own messages (connector.followup.feeds)
+                from connector.followup.source_counts import add_counts
+
+                assert self.store is not None
+                unknown = summary.rejected.get("unknown_patient", 0)
+                with self.store.write() as conn:
+                    add_counts(conn, "file", received=summary.rows, matched=summary.matched, unmatched_dropped=unknown,
+                               sent=summary.queued, errors=summary.rejected_total - unknown)
+        log.info("followup.import source=%s rows=%d matched=%d queued=%d unchanged=%d rejected=%d dry_run=%s",
+                 self.feed or "file", summary.rows, summary.matched, summary.queued, summary.unchanged,
+                 summary.rejected_total, dry_run)
 
     def _queue(self, candidates: list[_Candidate], summary: ImportSummary) -> None:
         from connector.push.queueing import queue_event
@@ -326,6 +352,15 @@ class FollowupImporter:
                     decided.append((outcome, event))
             for outcome, event in decided:  # counted only once committed
                 self._apply(outcome, event, summary)
+
+
+    def import_rows(self, rows: list[Row], summary: ImportSummary, *, dry_run: bool = False) -> ImportSummary:
+        """Judge and queue rows built by a machine feed (:mod:`connector.followup.feeds`): the very
+        steps a coordinator's file goes through, so every source gives the same event."""
+        if not dry_run and (self.store is None or self.outbox is None):
+            raise ValueError("a state store and an outbox are needed to queue events (or use dry_run)")
+        self._import_rows(rows, summary, dry_run=dry_run)
+        return summary
 
 
 def import_file(config: Config, path: Path, provider: FollowupLinkage, store: StateStore | None = None,

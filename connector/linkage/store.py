@@ -321,6 +321,14 @@ class LinkageStore:
         words = re.findall(r"[^\W_]+", " ".join((who.name, who.patient_id, who.issuer)))
         return frozenset(w.upper() for w in words if w)
 
+    def find_linked_by_pseudonym(self, pseudonym: str) -> LinkedSubject | None:
+        """Pseudonym, date offset and index date of a pseudonym (no identifier is decrypted): what a
+        follow-up feed needs for a patient it matched through a recorded merge."""
+        with self._read() as (db, c):
+            row = db.execute("SELECT pseudonym, blind_index, date_offset, index_date FROM subjects WHERE pseudonym = ?",
+                             [pseudonym]).fetchone()
+            return self._linked(c, row) if row is not None else None
+
     def find_by_pseudonym(self, pseudonym: str) -> SubjectIdentifiers | None:
         with self._read() as (db, c):
             row = db.execute(f"SELECT {_SUBJECT_COLS} FROM subjects WHERE pseudonym = ?", [pseudonym]).fetchone()

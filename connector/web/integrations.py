@@ -127,6 +127,14 @@ def followup_available(provider: Any | None) -> str | None:
     return None
 
 
+def followup_sources(store: StateStore) -> dict[str, dict[str, int]]:
+    """Per-source follow-up counts (file, hl7, fhir): received, matched, unmatched dropped, sent, errors."""
+    module = _optional_module("connector.followup.source_counts")
+    if module is None or not _table_exists(store, "followup_source_counts"):
+        return {}
+    return dict(module.read_counts(store.conn))
+
+
 def run_followup_import(config: Any, store: StateStore, provider: Any | None, path: Path, *, dry_run: bool,
                         report: Path | None = None) -> FollowupOutcome:
     """``connector.followup.import_file`` in dry-run or real mode, reduced to what the page shows.

@@ -158,7 +158,8 @@ def followup() -> Any:
     """The upload form for coordinators; role ``it`` is told who may import (the preview resolves MRNs)."""
     web = site()
     return page("followup.html", "Follow-up", "/followup", unavailable=integrations.followup_available(web.provider),
-                may_import=g.role in COORDINATORS, max_bytes=web.config.http.max_upload_bytes)
+                may_import=g.role in COORDINATORS, max_bytes=web.config.http.max_upload_bytes,
+                sources=integrations.followup_sources(web.store))
 
 
 # -- actions (POST, CSRF checked) -----------------------------------------------------------------
