@@ -171,3 +171,38 @@ def test_day_by_day_fall_back_and_a_crowded_day(tmp_path: Path) -> None:
     day_finds = 7
     assert asked == found.queries and asked == day_finds + 2 * len(found.splits)
     assert progress[-1] == 7.0 and progress == sorted(progress)  # forward only, to the whole range
+
+
+REFUSE_RANGES = """
+function IncomingFindRequestFilter(query, origin)
+  local d = query['0008,0020']
+  if d ~= nil and string.find(d, '-') then
+    error('date ranges are not supported')
+  end
+  return query
+end
+"""
+
+
+def test_a_pacs_that_refuses_date_ranges(tmp_path: Path) -> None:
+    # Orthanc made to refuse StudyDate ranges (its C-FIND then ends with 0xC000), as some PACS do
+    lua = tmp_path / "refuse-ranges.lua"
+    lua.write_text(REFUSE_RANGES)
+    studies = [make_study(tmp_path / "s", f"r{d}", f"2024030{d}", ("CT",), "CT") for d in (1, 3, 6)]
+    with OrthancServer(tmp_path / "orthanc", aet=PACS_AET, extra_config={"LuaScripts": [str(lua)]}) as orthanc:
+        load(orthanc, studies)
+        register_connector(orthanc, 1)
+        _verbose(orthanc)
+        flt = StudyFilter(dt.date(2024, 3, 1), dt.date(2024, 3, 7))
+        wanted = {s.study.study_uid for s in studies}
+        # [pacs] range_queries = false: one C-FIND per day, no range ever sent
+        before = _finds(orthanc)
+        by_day = find_studies(in_process_config(tmp_path / "d1", orthanc, pacs__range_queries="false"), flt)
+        assert {s.study_uid for s in by_day.studies} == wanted
+        assert by_day.queries == _finds(orthanc) - before == 7 and not by_day.splits and by_day.mode == "day"
+        # left at the default, the refusals are split down to single days: complete, but dearer
+        before = _finds(orthanc)
+        adaptive = find_studies(in_process_config(tmp_path / "d2", orthanc), flt)
+        assert {s.study_uid for s in adaptive.studies} == wanted
+        assert adaptive.queries == _finds(orthanc) - before == 13  # 7 days + 6 refused ranges
+        assert {s.reason for s in adaptive.splits} == {"status 0xC000"} and adaptive.split_days == 0
