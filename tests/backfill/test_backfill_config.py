@@ -23,6 +23,7 @@ def test_defaults_no_pacs_and_a_night_window() -> None:
     assert calling_ae(cfg) == cfg.dicom.ae_title == move_destination(cfg)
     assert client_tls_context(cfg.pacs) is None
     assert cfg.pacs.range_queries and cfg.pacs.max_results == 500  # adaptive range query by default
+    assert (cfg.backfill.series_threshold, cfg.backfill.series_in_flight) == (1000, 2)
 
 
 def test_pacs_and_backfill_sections_load(tmp_path: Path) -> None:
@@ -48,6 +49,8 @@ def test_pacs_and_backfill_sections_load(tmp_path: Path) -> None:
     ('[pacs]\nhost = "h"\nae_title = "P"\ntls_ca_file = "ca.pem"\n', "[pacs] tls"),
     ('[backfill]\nwindow = "8-18"\n', "[backfill] window"),
     ('[backfill]\nmax_concurrent = 0\n', "[backfill] max_concurrent"),
+    ('[backfill]\nseries_in_flight = 9\n', "[backfill] series_in_flight"),
+    ('[backfill]\nseries_threshold = -1\n', "[backfill] series_threshold"),
     ('[backfill]\ndescription = "("\n', "[backfill] description"),
     ('[backfill]\nmodalities = ["pet scan"]\n', "[backfill] modalities"),
 ])
