@@ -1,6 +1,7 @@
 """Large studies are retrieved series by series, several at once, from a real Orthanc: every instance
 arrives byte for byte, Orthanc logs one series-level retrieval per series, and a TCP proxy between us
-and Orthanc sees several associations open at the same time. A small study is still one request."""
+and Orthanc sees several associations open at the same time. A small study is still one request. By
+C-MOVE into the running daemon too: one C-MOVE per series in Orthanc's log."""
 
 from __future__ import annotations
 
@@ -142,3 +143,34 @@ def _sop(path: Path) -> str:
     import pydicom
 
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_c_move_series_by_series_into_the_running_daemon(tmp_path: Path) -> None:
+    import json
+
+    from tests.backfill.conftest import pacs_settings
+    from tests.support.daemon import ConnectorProcess
+
+    big = make_study(tmp_path / "s", "big", "20240301", ("CT", "PT", "MR"), "PET CT CARDIAC", per_series=8)
+    with OrthancServer(tmp_path / "orthanc", aet=PACS_AET) as orthanc:
+        load(orthanc, [big])
+        daemon = ConnectorProcess(tmp_path / "site", **pacs_settings(
+            orthanc, backfill__window="00:00-00:01", backfill__series_threshold=10, backfill__series_in_flight=3,
+            assemble__stable_seconds=3600))
+        register_connector(orthanc, daemon.port)
+        orthanc.request("PUT", "/tools/log-level", b"verbose")
+        with daemon:
+            added = json.loads(daemon.cli("backfill", "add", "--from", "2024-03-01", "--to", "2024-03-01", "--json",
+                                          check=True).stdout)
+            assert added["queued"] == 1 and added["instances"] == 24
+            before = _log_count(orthanc, "Incoming Move request")
+            out = daemon.cli("backfill", "run", "1", "--json")
+            assert out.returncode == 0, out.stderr
+            run = json.loads(out.stdout)
+            assert (run["retrieved"], run["instances"], run["failed"]) == (1, 24, 0)
+            moves = _log_count(orthanc, "Incoming Move request") - before
+            stored = stored_by_sop(daemon.spool)
+    assert moves == 3, moves  # one C-MOVE per series
+    assert set(stored) == {_sop(f) for f in big.files}
+    for f in big.files:
+        assert dataset_bytes(stored[_sop(f)]) == dataset_bytes(f)
