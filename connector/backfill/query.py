@@ -212,6 +212,7 @@ class QueryReport:
     split_days: int = 0  # days asked again by time of day
     splits: list[Split] = field(default_factory=list)  # every range cut short, in order
     mode: str = "range"  # "range" (adaptive), "day" (one C-FIND per day), "accessions"
+    reconnects: int = 0  # associations the PACS dropped mid-query, opened again
     seconds: float = 0.0
 
     @property
@@ -221,7 +222,8 @@ class QueryReport:
     def record(self) -> dict[str, Any]:
         """What the job keeps of its query: counts and the split decisions (no identifier)."""
         return {"mode": self.mode, "queries": self.queries, "matched": self.matched, "studies": len(self.studies),
-                "splits": len(self.splits), "split_days": self.split_days, "seconds": round(self.seconds, 3),
+                "splits": len(self.splits), "split_days": self.split_days, "reconnects": self.reconnects,
+                "seconds": round(self.seconds, 3),
                 "split_decisions": [s.as_dict() for s in self.splits[:MAX_DECISIONS_KEPT]]}
 
 
@@ -250,19 +252,25 @@ def _multi(value: Any) -> tuple[str, ...]:
 
 
 class StudyQuery:
-    """One association to the PACS for a series of study-level C-FINDs."""
+    """One association to the PACS for a series of study-level C-FINDs (a new one if the PACS drops it)."""
 
     def __init__(self, config: Config) -> None:
         if not config.pacs.configured:
             raise PacsUnavailable("no PACS configured: set [pacs] host and ae_title")
         self.config = config
+        self.reconnects = 0
+        self.assoc = self._associate()
+
+    def _associate(self) -> Any:
+        config = self.config
         ae = AE(ae_title=pacs.calling_ae(config))
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        self.assoc = pacs.associate(config, ae)  # PacsTlsError: a configuration problem, for the caller
-        if not self.assoc.is_established:
+        assoc = pacs.associate(config, ae)  # PacsTlsError: a configuration problem, for the caller
+        if not assoc.is_established:
             where = f"{config.pacs.host}:{config.pacs.port}"
-            why = "rejected the association" if self.assoc.is_rejected else "did not answer"
+            why = "rejected the association" if assoc.is_rejected else "did not answer"
             raise PacsUnavailable(f"PACS {config.pacs.ae_title}@{where} {why}")
+        return assoc
 
     def close(self) -> None:
         if self.assoc.is_established:
@@ -275,13 +283,29 @@ class StudyQuery:
         self.close()
 
     def ask(self, identifier: Dataset) -> Answer:
-        """One C-FIND: its final status and its matches."""
+        """One C-FIND: its final status and its matches. A PACS that drops the association (some
+        close it after a number of requests or a time) is called again once for the same request."""
+        answer = self._ask(identifier) if self.assoc.is_established else None
+        if answer is None:
+            if self.assoc.is_established:
+                self.assoc.abort()
+            self.reconnects += 1
+            log.warning("the PACS closed the query association; asking again on a new one",
+                        extra={"event": "backfill_query_reconnect", "reconnects": self.reconnects})
+            self.assoc = self._associate()
+            answer = self._ask(identifier)
+            if answer is None:
+                raise PacsUnavailable("the PACS stopped answering a C-FIND")
+        return answer
+
+    def _ask(self, identifier: Dataset) -> Answer | None:
+        """None when no final answer came (the association is gone or timed out)."""
         answers: list[Dataset] = []
         final = 0xC000
         for status, ds in self.assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind):
             code = getattr(status, "Status", None)
             if code is None:  # no answer in time: the association is gone
-                raise PacsUnavailable("the PACS stopped answering a C-FIND")
+                return None
             if code in (0xFF00, 0xFF01):
                 if ds is not None:
                     answers.append(ds)
@@ -327,6 +351,7 @@ def find_studies(config: Config, flt: StudyFilter,
             except (TypeError, ValueError):
                 expected = None
             report.studies.append(FoundStudy(uid, expected, modalities, _multi(answer.get("SOPClassesInStudy"))))
+        report.reconnects = q.reconnects
     report.seconds = time.monotonic() - started
     log.info("backfill query done", extra={"event": "backfill_query", "mode": report.mode,
                                            "queries": report.queries, "matched": report.matched,

@@ -206,3 +206,24 @@ def test_a_pacs_that_refuses_date_ranges(tmp_path: Path) -> None:
         assert {s.study_uid for s in adaptive.studies} == wanted
         assert adaptive.queries == _finds(orthanc) - before == 13  # 7 days + 6 refused ranges
         assert {s.reason for s in adaptive.splits} == {"status 0xC000"} and adaptive.split_days == 0
+
+
+def test_a_query_association_the_pacs_drops_is_opened_again(tmp_path: Path) -> None:
+    import time
+
+    from connector.backfill.query import StudyQuery, Window, _identifier
+
+    # Orthanc closes an association idle for 1 s (DicomScpTimeout); a PACS may also close one after
+    # a number of requests: the next C-FIND goes out on a new association, once
+    studies = [make_study(tmp_path / "s", "t1", "20240301", ("CT",), "CT")]
+    with OrthancServer(tmp_path / "orthanc", aet=PACS_AET, extra_config={"DicomScpTimeout": 1}) as orthanc:
+        load(orthanc, studies)
+        register_connector(orthanc, 1)
+        config = in_process_config(tmp_path / "data", orthanc)
+        window = Window(dt.date(2024, 3, 1), dt.date(2024, 3, 31))
+        with StudyQuery(config) as q:
+            first = q.ask(_identifier(**window.keys()))
+            time.sleep(3)
+            second = q.ask(_identifier(**window.keys()))
+            assert q.reconnects == 1
+    assert first.status == second.status == 0 and len(first.matches) == len(second.matches) == 1
