@@ -9,6 +9,14 @@ Both end in the same durable ingest path as a C-STORE from the PACS:
   written as a Part 10 file under ``spool/partial`` and handed to :meth:`Intake.ingest_partial`,
   the receiver's own filing step (fsync, rename, state DB row), before we answer success.
 
+Large studies, series by series: a study with more instances than ``[backfill] series_threshold``
+(the C-FIND's NumberOfStudyRelatedInstances) is listed at SERIES level (one C-FIND) and each series
+is retrieved on its own association, ``[backfill] series_in_flight`` at once, so one PET/CT of
+thousands of instances is not a single serial stream (a PACS sends one C-MOVE's instances one after
+the other, on one association). The outcomes add up to the study's; completeness is still checked
+against the study's count by the runner. When the series cannot be listed, the study is retrieved
+whole, as any other.
+
 Why one presentation context per (SOP class, transfer syntax) for C-GET: the PACS then finds a
 context in each instance's stored transfer syntax and sends the original bytes; offered several
 syntaxes in one context, a PACS picks one for all and transcodes the rest, which would change the
@@ -23,6 +31,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +53,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
@@ -133,10 +143,12 @@ def _counts(outcome: RetrieveOutcome, status: Dataset) -> None:
             setattr(outcome, attr, int(value))
 
 
-def _identifier(study: LeasedStudy) -> Dataset:
+def _identifier(study: LeasedStudy, series_uid: str | None = None) -> Dataset:
     ds = Dataset()
-    ds.QueryRetrieveLevel = "STUDY"
+    ds.QueryRetrieveLevel = "STUDY" if series_uid is None else "SERIES"
     ds.StudyInstanceUID = study.study_uid
+    if series_uid is not None:
+        ds.SeriesInstanceUID = series_uid
     return ds
 
 
@@ -158,14 +170,97 @@ def retrieve_study(config: Config, study: LeasedStudy, *, stop: threading.Event,
 
     ``on_progress(n)`` is called with the number of instances completed so far.
     """
+    if config.pacs.retrieve == "get" and intake is None:
+        raise ValueError("C-GET needs an Intake to file what it receives")
     try:
-        if config.pacs.retrieve == "get":
-            if intake is None:
-                raise ValueError("C-GET needs an Intake to file what it receives")
-            return _get(config, study, stop, intake, on_progress)
-        return _move(config, study, stop, on_progress)
+        threshold = config.backfill.series_threshold
+        if threshold and study.expected_instances is not None and study.expected_instances > threshold:
+            series = list_series(config, study)
+            if len(series) > 1:
+                return _by_series(config, study, series, stop, intake, on_progress)
+        return _retrieve(config, _identifier(study), stop, intake, on_progress, study.sop_classes)
     except pacs.PacsTlsError as exc:
         return RetrieveOutcome(error=str(exc))
+
+
+def _retrieve(config: Config, identifier: Dataset, stop: threading.Event, intake: Intake | None,
+              on_progress: Callable[[int], None] | None, sop_classes: tuple[str, ...]) -> RetrieveOutcome:
+    """One C-MOVE or C-GET (study or series level) on an association of its own."""
+    if config.pacs.retrieve == "get":
+        assert intake is not None
+        return _get(config, identifier, stop, intake, on_progress, sop_classes)
+    return _move(config, identifier, stop, on_progress)
+
+
+def list_series(config: Config, study: LeasedStudy) -> list[str]:
+    """The study's Series Instance UIDs (one SERIES-level C-FIND), or [] when the PACS cannot say."""
+    ae = AE(ae_title=pacs.calling_ae(config))
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = pacs.associate(config, ae)
+    if not assoc.is_established:
+        return []
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "SERIES"
+    ds.StudyInstanceUID = study.study_uid
+    ds.SeriesInstanceUID = ""
+    ds.NumberOfSeriesRelatedInstances = ""
+    found: list[str] = []
+    final = None
+    try:
+        for status, answer in assoc.send_c_find(ds, StudyRootQueryRetrieveInformationModelFind):
+            code = getattr(status, "Status", None)
+            if code is None:
+                return []
+            if code in (0xFF00, 0xFF01):
+                uid = str(answer.get("SeriesInstanceUID", "") or "") if answer is not None else ""
+                if uid:
+                    found.append(uid)
+            else:
+                final = int(code)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return list(dict.fromkeys(found)) if final == STATUS_SUCCESS else []
+
+
+def _by_series(config: Config, study: LeasedStudy, series: list[str], stop: threading.Event,
+               intake: Intake | None, on_progress: Callable[[int], None] | None) -> RetrieveOutcome:
+    """Each series on its own association, ``[backfill] series_in_flight`` at once; one outcome."""
+    lock = threading.Lock()
+    done: dict[int, int] = {}
+
+    def progress_of(i: int) -> Callable[[int], None]:
+        def report(n: int) -> None:
+            with lock:
+                done[i] = n
+                total = sum(done.values())
+            if on_progress is not None:
+                on_progress(total)
+        return report
+
+    def one(i: int) -> RetrieveOutcome:
+        if stop.is_set():
+            return RetrieveOutcome(error="retrieval stopped (daemon stopping)", stopped=True)
+        return _retrieve(config, _identifier(study, series[i]), stop, intake, progress_of(i), study.sop_classes)
+
+    workers = min(config.backfill.series_in_flight, len(series))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backfill-series") as pool:
+        outcomes = list(pool.map(one, range(len(series))))
+    merged = RetrieveOutcome(status=STATUS_SUCCESS)
+    for i, o in enumerate(outcomes):
+        merged.completed += o.completed
+        merged.failed += o.failed
+        merged.warning += o.warning
+        merged.stored += o.stored
+        merged.stopped = merged.stopped or o.stopped
+        if merged.error is None and (o.error or o.status is None):
+            merged.error = f"series {i + 1} of {len(series)}: {o.problem()}"
+        if o.status is not None and o.status != STATUS_SUCCESS and merged.status in (STATUS_SUCCESS, 0xB000):
+            merged.status = o.status  # a failure outranks a warning; otherwise the first one stands
+    log.info("backfill study retrieved by series", extra={"event": "backfill_series", "study": study.study_key,
+                                                          "series": len(series), "in_flight": workers,
+                                                          "completed": merged.completed, "failed": merged.failed})
+    return merged
 
 
 def _run(assoc: Any, responses: Any, outcome: RetrieveOutcome, stop: threading.Event,
@@ -192,7 +287,7 @@ def _run(assoc: Any, responses: Any, outcome: RetrieveOutcome, stop: threading.E
             assoc.release()
 
 
-def _move(config: Config, study: LeasedStudy, stop: threading.Event,
+def _move(config: Config, identifier: Dataset, stop: threading.Event,
           on_progress: Callable[[int], None] | None) -> RetrieveOutcome:
     outcome = RetrieveOutcome()
     ae = AE(ae_title=pacs.calling_ae(config))
@@ -201,7 +296,7 @@ def _move(config: Config, study: LeasedStudy, stop: threading.Event,
     if not assoc.is_established:
         outcome.error = _unreachable(config, assoc)
         return outcome
-    responses = assoc.send_c_move(_identifier(study), pacs.move_destination(config),
+    responses = assoc.send_c_move(identifier, pacs.move_destination(config),
                                   StudyRootQueryRetrieveInformationModelMove)
     _run(assoc, responses, outcome, stop, on_progress)
     return outcome
@@ -214,12 +309,12 @@ def get_contexts(sop_classes: tuple[str, ...]) -> list[tuple[str, str]]:
     return [(c, ts) for c in classes for ts in GET_TRANSFER_SYNTAXES[:per_class]]
 
 
-def _get(config: Config, study: LeasedStudy, stop: threading.Event, intake: Intake,
-         on_progress: Callable[[int], None] | None) -> RetrieveOutcome:
+def _get(config: Config, identifier: Dataset, stop: threading.Event, intake: Intake,
+         on_progress: Callable[[int], None] | None, sop_classes: tuple[str, ...] = ()) -> RetrieveOutcome:
     outcome = RetrieveOutcome()
     ae = AE(ae_title=pacs.calling_ae(config))
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    pairs = get_contexts(study.sop_classes)
+    pairs = get_contexts(sop_classes)
     for sop_class, ts in pairs:
         ae.add_requested_context(sop_class, [ts])
     roles = [build_role(c, scp_role=True) for c in dict.fromkeys(c for c, _ in pairs)]
@@ -236,7 +331,7 @@ def _get(config: Config, study: LeasedStudy, stop: threading.Event, intake: Inta
     if not assoc.is_established:
         outcome.error = _unreachable(config, assoc)
         return outcome
-    responses = assoc.send_c_get(_identifier(study), StudyRootQueryRetrieveInformationModelGet)
+    responses = assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet)
     _run(assoc, responses, outcome, stop, on_progress, stored=lambda: outcome.stored)
     return outcome
 

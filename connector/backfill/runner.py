@@ -228,7 +228,7 @@ def ensure_daily_job(config: Config, store: StateStore, today: dt.date | None = 
     flt = StudyFilter(date_from=today - dt.timedelta(days=cfg.daily_days), date_to=today - dt.timedelta(days=1),
                       modalities=tuple(cfg.modalities), description=cfg.description)
     report = find_studies(config, flt)
-    created = worklist.create_job(report.studies, flt.as_dict(), kind="daily", label=label)
+    created = worklist.create_job(report.studies, flt.as_dict(), kind="daily", label=label, query=report.record())
     log.info("daily backfill queued", extra={"event": "backfill_daily", "job": created["job"],
                                              "studies_found": len(report.studies), "queued": created["queued"]})
     return created["job"]

@@ -11,8 +11,9 @@ the spool before the backfill asked, or queued in another job: not retrieved aga
 (given up after ``[backfill] max_attempts``, with the reason) and ``cancelled``.
 
 Only the Study Instance UID is kept per study (as in ``studies``), never the accession number, the
-description or any patient attribute; filters keep the operator's dates, modalities and regex, and
-of an accession list only its length.
+description or any patient attribute; filters keep the operator's dates, modalities and regex, of
+an accession list only its length, and under ``"query"`` the record of the C-FINDs that built the
+job (mode, number of queries, the date/time ranges split because the PACS cut them short, and why).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ to tell which studies are already here.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -28,6 +29,8 @@ from connector.backfill.schema import (
     STUDY_STATES,
 )
 from connector.store.state import StateStore, study_key
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,12 @@ class Worklist:
     # -- jobs ------------------------------------------------------------------------------------
 
     def create_job(self, studies: Iterable[FoundStudy], filters: dict[str, Any], *, kind: str = "manual",
-                   label: str = "", now: float | None = None) -> dict[str, int]:
+                   label: str = "", query: dict[str, Any] | None = None,
+                   now: float | None = None) -> dict[str, int]:
         """A new active job holding ``studies``; returns ``{"job": id, "queued": n, "present": n}``.
+
+        ``query``: the record of the C-FINDs that found them (counts and split decisions, no
+        identifier), kept with the filters under ``"query"`` and logged with the job's number.
 
         A study already on the spool (at least as many instances as the PACS reports, or any when it
         reports no count) or already queued, in flight or retrieved in another job is recorded as
@@ -103,10 +110,11 @@ class Worklist:
         """
         now = time.time() if now is None else now
         counts = {QUEUED: 0, PRESENT: 0}
+        kept = dict(filters, query=query) if query is not None else filters
         with self.store.write() as conn:
             job = conn.execute(
                 "INSERT INTO backfill_jobs (kind, label, state, filters, created_at, updated_at) "
-                "VALUES (?, ?, 'active', ?, ?, ?)", (kind, label, json.dumps(filters, sort_keys=True), now, now),
+                "VALUES (?, ?, 'active', ?, ?, ?)", (kind, label, json.dumps(kept, sort_keys=True), now, now),
             ).lastrowid
             assert job is not None
             for position, s in enumerate(studies):
@@ -127,6 +135,13 @@ class Worklist:
                 counts[state] += 1
             if counts[QUEUED] == 0:
                 conn.execute("UPDATE backfill_jobs SET state='done', finished_at=? WHERE id=?", (now, job))
+        if query is not None:
+            log.info("backfill job created", extra={
+                "event": "backfill_job", "job": int(job), "kind": kind, "queued": counts[QUEUED],
+                "present": counts[PRESENT], **{k: v for k, v in query.items() if k != "split_decisions"}})
+            for decision in query.get("split_decisions", []):
+                log.info("backfill job query split", extra={"event": "backfill_job_split", "job": int(job),
+                                                             **decision})
         return {"job": int(job), "queued": counts[QUEUED], "present": counts[PRESENT]}
 
     def job(self, job_id: int) -> dict[str, Any]:

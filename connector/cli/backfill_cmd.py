@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "backfill", help="retrieve past studies from the PACS (query, worklist, throttled retrieval)",
         description="Retrospective backfill from the PACS configured in [pacs]: 'add' asks the PACS which "
-        "studies match (study-level C-FIND, one query per day) and keeps them as a worklist in the state "
+        "studies match (study-level C-FIND over the whole range, split only where the PACS cuts the answer "
+        "short) and keeps them as a worklist in the state "
         "database; the daemon retrieves them (C-MOVE to our own AE title, or C-GET: [pacs] retrieve) only "
         "inside [backfill] window, at most [backfill] max_concurrent at once; 'run' retrieves a job now, in "
         "the foreground. Retrieved instances go through the same durable ingest as C-STORE, so the rest of "
@@ -55,8 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     bsub.required = True
 
     a = bsub.add_parser("add", help="query the PACS and queue the matching studies as a new job",
-                        description="Study-level C-FIND over the date range, one query per day (a day the PACS "
-                        "cuts short is asked again hour by hour), or one per accession number; then the "
+                        description="Study-level C-FIND over the whole date range, asked again in halves (by date, "
+                        "then by time of day) only where the PACS cuts the answer short (a non-success status, "
+                        "or [pacs] max_results answers); one per day with [pacs] range_queries = false; or "
+                        "one per accession number. Then the "
                         "modality and description filters. Matching studies become a job the daemon works "
                         "through inside [backfill] window (or 'backfill run JOB' now).")
     add_config_option(a)
@@ -157,22 +160,39 @@ def run_add(args: argparse.Namespace) -> int:
                       description=args.description, accessions=accessions)
     from connector.pacs.scu import PacsTlsError
 
+    bar: Any = None
+    if not args.json:
+        from tqdm import tqdm
+
+        total = len(accessions) if accessions else (args.date_to - args.date_from).days + 1
+        bar = tqdm(total=total, unit="acc" if accessions else "day", desc="C-FIND", dynamic_ncols=True,
+                   file=sys.stderr, bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} {unit}s [{elapsed}]")
+
+    def progress(done: float, total: float) -> None:
+        if bar is not None:
+            bar.n = done
+            bar.refresh()
+
     try:
-        report = find_studies(config, flt)
+        report = find_studies(config, flt, progress=progress)
     except PacsTlsError as exc:
         raise CommandError(str(exc), exitcodes.USAGE) from None
     except PacsUnavailable as exc:
         raise CommandError(f"{exc}; check with 'site-connector echo --pacs'", exitcodes.UNAVAILABLE) from None
     except QueryFailed as exc:
         raise CommandError(f"{exc}; nothing was queued", exitcodes.FAILURE) from None
+    finally:
+        if bar is not None:
+            bar.close()
     result: dict[str, Any] = {"studies_found": len(report.studies), "instances": report.instances,
                               "queries": report.queries, "matched_before_filters": report.matched,
-                              "split_days": report.split_days, "query_seconds": round(report.seconds, 3),
+                              "split_days": report.split_days, "splits": len(report.splits),
+                              "query_mode": report.mode, "query_seconds": round(report.seconds, 3),
                               "dry_run": bool(args.dry_run), "job": None, "filters": flt.as_dict()}
     if not args.dry_run:
         _, store = _open_store(config, create=True)
         try:
-            created = Worklist(store).create_job(report.studies, flt.as_dict())
+            created = Worklist(store).create_job(report.studies, flt.as_dict(), query=report.record())
         finally:
             store.close()
         result.update(job=created["job"], queued=created["queued"], already_present=created["present"])
@@ -180,8 +200,10 @@ def run_add(args: argparse.Namespace) -> int:
         print_json(result)
     else:
         print(f"{len(report.studies)} studies found ({report.instances} instances) with {report.queries} "
-              f"C-FIND queries in {report.seconds:.1f} s" + (f"; {report.split_days} day(s) split by hour"
-                                                               if report.split_days else ""))
+              f"C-FIND queries in {report.seconds:.1f} s"
+              + (f"; {len(report.splits)} range(s) cut short by the PACS and asked again in halves"
+                 if report.splits else "")
+              + (f" ({report.split_days} day(s) split by time of day)" if report.split_days else ""))
         if args.dry_run:
             print("dry run: nothing queued")
         else:
@@ -212,6 +234,9 @@ def run_status(args: argparse.Namespace) -> int:
             f"{f['from']}..{f['to']}" if f.get("from") else "", "/".join(f.get("modalities") or []),
             f"/{f['description']}/" if f.get("description") else "",
             f"{f['accessions']} accession numbers" if f.get("accessions") else "") if part)
+        q = f.get("query") or {}
+        if q:
+            what += f" [{q['queries']} C-FIND" + (f", {q['splits']} range(s) split" if q.get("splits") else "") + "]"
         print(f"job {j['job']} ({j['kind']}{' ' + j['label'] if j['label'] else ''}, {j['state']}) {what.strip()}: "
               f"found {j['found']}, retrieved {j['retrieved']}, already present {j['already_present']}, "
               f"failed {j['failed']}, queued {j['queued'] + j['retrieving']}"

@@ -4,6 +4,8 @@
 [backfill]
 window = "20:00-06:00"        # the daemon retrieves only inside this local-time window
 max_concurrent = 2            # retrievals (associations) at once
+series_threshold = 1000       # a larger study is retrieved series by series ...
+series_in_flight = 2          # ... this many series at once
 instances_per_minute = 0      # optional cap over all retrievals; 0 = none
 daily = false                 # true: every night, query the previous days with the filters below
 ```
@@ -44,6 +46,12 @@ class BackfillConfig:
                                     "reported failed")
     retry_backoff_seconds: float = setting(300.0, check(lambda v: v >= 0, "must be zero or more"),
                                            doc="wait before the first retry; doubles with each further attempt")
+    series_threshold: int = setting(1000, check(lambda v: v >= 0, "must be zero or more"),
+                                    doc="a study with more instances than this (the C-FIND's count) is retrieved "
+                                        "series by series, series_in_flight at once; 0 = always whole studies")
+    series_in_flight: int = setting(2, check(lambda v: 1 <= v <= 8, "must be between 1 and 8"),
+                                    doc="series of one large study retrieved at once (one association each, on "
+                                        "top of max_concurrent)")
     poll_seconds: float = setting(30.0, check(lambda v: v > 0, "must be positive"),
                                   doc="how often the daemon looks for queued backfill work")
     daily: bool = setting(False, doc="every night, query the PACS for the previous days' studies matching "

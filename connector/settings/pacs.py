@@ -53,6 +53,15 @@ class PacsConfig:
     tls_key_file: Path | None = setting(None, doc="PEM private key for tls_cert_file")
     tls_check_hostname: bool = setting(True, doc="the PACS certificate must name host; turn off only when "
                                                  "the PACS certificate carries no usable name")
+    range_queries: bool = setting(True, doc="backfill asks one C-FIND for the whole date range and splits it in "
+                                            "halves (by date, then by time of day) only where the answer is cut "
+                                            "short; false = one C-FIND per day, for a PACS that refuses or "
+                                            "mis-answers date ranges")
+    max_results: int = setting(500, check(lambda v: v >= 0, "must be zero or more"),
+                               doc="the PACS's C-FIND result limit, if it has one: an answer with at least this "
+                                   "many studies is taken as cut short and asked again in halves (a PACS may end "
+                                   "a truncated answer with success); set it to your PACS's limit when lower; "
+                                   "0 = trust the PACS's status alone")
 
     @property
     def configured(self) -> bool:

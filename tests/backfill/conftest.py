@@ -36,9 +36,10 @@ class PacsStudy:
 
 
 def make_study(folder: Path, name: str, date: str, modalities: tuple[str, ...], description: str,
-               hour: int = 8, per_series: int = 1) -> PacsStudy:
-    """A tiny study (16x16 pixels, ``per_series`` instances per modality) on ``date``."""
-    study = SyntheticStudy(study_date=date, study_time=f"{hour:02d}3015")
+               hour: int = 8, per_series: int = 1, study_time: str | None = None) -> PacsStudy:
+    """A tiny study (16x16 pixels, ``per_series`` instances per modality) on ``date`` (at ``hour``:30:15,
+    or at ``study_time``)."""
+    study = SyntheticStudy(study_date=date, study_time=study_time or f"{hour:02d}3015")
     files: list[Path] = []
     for modality in modalities:
         if modality == "PT":

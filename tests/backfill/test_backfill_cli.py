@@ -39,7 +39,8 @@ def test_add_dry_run_accessions_and_job_states(env: Path, orthanc, catalogue, mo
     capsys.readouterr()
     assert main(["backfill", "add", "--from", "2024-03-01", "--to", "2024-03-05", "--dry-run", "--json"]) == 0
     dry = json.loads(capsys.readouterr().out)
-    assert (dry["studies_found"], dry["job"], dry["instances"], dry["queries"]) == (2, None, 3, 5)
+    assert (dry["studies_found"], dry["job"], dry["instances"], dry["queries"]) == (2, None, 3, 1)
+    assert (dry["query_mode"], dry["splits"]) == ("range", 0)
     accessions = env / "accessions.txt"
     accessions.write_text(f"# from the study team\n{catalogue['ct2'].study.accession}\n\n")
     assert main(["backfill", "add", "--accessions", str(accessions), "--json"]) == 0

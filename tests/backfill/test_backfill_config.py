@@ -22,6 +22,8 @@ def test_defaults_no_pacs_and_a_night_window() -> None:
     assert cfg.backfill.window == "20:00-06:00" and cfg.backfill.max_concurrent == 2 and not cfg.backfill.daily
     assert calling_ae(cfg) == cfg.dicom.ae_title == move_destination(cfg)
     assert client_tls_context(cfg.pacs) is None
+    assert cfg.pacs.range_queries and cfg.pacs.max_results == 500  # adaptive range query by default
+    assert (cfg.backfill.series_threshold, cfg.backfill.series_in_flight) == (1000, 2)
 
 
 def test_pacs_and_backfill_sections_load(tmp_path: Path) -> None:
@@ -41,10 +43,14 @@ def test_pacs_and_backfill_sections_load(tmp_path: Path) -> None:
     ('[pacs]\nhost = "h"\n', "[pacs] ae_title"),
     ('[pacs]\nae_title = "A\\\\B"\n', "[pacs] ae_title"),
     ('[pacs]\nport = 0\n', "[pacs] port"),
+    ('[pacs]\nmax_results = -1\n', "[pacs] max_results"),
+    ('[pacs]\nrange_queries = "no"\n', "[pacs] range_queries"),
     ('[pacs]\nhost = "h"\nae_title = "P"\ntls_cert_file = "c.pem"\ntls = true\n', "[pacs] tls_cert_file/tls_key_file"),
     ('[pacs]\nhost = "h"\nae_title = "P"\ntls_ca_file = "ca.pem"\n', "[pacs] tls"),
     ('[backfill]\nwindow = "8-18"\n', "[backfill] window"),
     ('[backfill]\nmax_concurrent = 0\n', "[backfill] max_concurrent"),
+    ('[backfill]\nseries_in_flight = 9\n', "[backfill] series_in_flight"),
+    ('[backfill]\nseries_threshold = -1\n', "[backfill] series_threshold"),
     ('[backfill]\ndescription = "("\n', "[backfill] description"),
     ('[backfill]\nmodalities = ["pet scan"]\n', "[backfill] modalities"),
 ])

@@ -33,7 +33,7 @@ def test_query_filters_by_day_modality_description_and_accession(tmp_path: Path,
     uid = {name: s.study.study_uid for name, s in catalogue.items()}
     found = find_studies(config, StudyFilter(day("2024-03-01"), day("2024-03-03"), modalities=("PT",)))
     assert {s.study_uid for s in found.studies} == {uid["petct1"], uid["petct3"]}
-    assert found.queries == 3 and found.matched == 4 and found.split_days == 0  # one C-FIND per day
+    assert found.queries == 1 and found.matched == 4 and found.split_days == 0  # one C-FIND for the range
     assert all(s.expected_instances == 2 and set(s.modalities) == {"CT", "PT"} for s in found.studies)
     found = find_studies(config, StudyFilter(day("2024-03-01"), day("2024-03-05"), description="calcium|brain"))
     assert {s.study_uid for s in found.studies} == {uid["ct2"], uid["mr2"]}
@@ -180,22 +180,24 @@ def test_echo_pacs_reaches_the_configured_pacs(tmp_path: Path, orthanc) -> None:
     assert out.returncode == 2 and "[pacs] host" in out.stderr
 
 
-def test_a_day_the_pacs_cuts_short_is_asked_hour_by_hour(tmp_path: Path) -> None:
+def test_a_day_the_pacs_cuts_short_is_split_by_time(tmp_path: Path) -> None:
     from connector.backfill.query import QueryFailed
     from tests.backfill.conftest import PACS_AET, make_study
     from tests.support.orthanc import OrthancServer
 
     # Orthanc ends a C-FIND that hits LimitFindResults with 'cancel' (0xFE00): no silent truncation
     day_studies = [make_study(tmp_path / "s", f"h{h}", "20240301", ("CT",), "CT", hour=h) for h in (8, 9, 15)]
-    crowded_hour = [make_study(tmp_path / "s", f"c{i}", "20240302", ("CT",), "CT", hour=10) for i in range(2)]
+    crowded_second = [make_study(tmp_path / "s", f"c{i}", "20240302", ("CT",), "CT", hour=10) for i in range(2)]
     with OrthancServer(tmp_path / "orthanc", aet=PACS_AET, extra_config={"LimitFindResults": 1}) as orthanc:
-        load(orthanc, day_studies + crowded_hour)
+        load(orthanc, day_studies + crowded_second)
         register_connector(orthanc, 1)
         config = in_process_config(tmp_path / "data", orthanc)
         found = find_studies(config, StudyFilter(day("2024-03-01"), day("2024-03-01")))
         assert {s.study_uid for s in found.studies} == {s.study.study_uid for s in day_studies}
-        assert found.split_days == 1 and found.queries == 1 + 24
-        with pytest.raises(QueryFailed, match="2024-03-02 10h"):
+        assert found.split_days == 1 and found.queries == 1 + 2 * len(found.splits)
+        assert [s.reason for s in found.splits] == ["status 0xFE00"] * len(found.splits)
+        # two studies in the same second, with a limit of one: nothing finer to ask, an error names it
+        with pytest.raises(QueryFailed, match="2024-03-02 10:30:15-10:30:15"):
             find_studies(config, StudyFilter(day("2024-03-02"), day("2024-03-02")))
 
 

@@ -17,7 +17,16 @@ A real Orthanc (the PACS) is loaded with N synthetic PET/CT studies. Then, in th
 The C-FIND that builds the worklist is timed on its own. Studies/hour and MB/s are over the bytes
 Orthanc holds; the ratio is backfill / storescp.
 
+  query 31 years     the C-FINDs of a backfill over 2000-01-01..2030-12-31 (``--query-years``) against
+                     the same Orthanc, adaptive (one range query, split where cut short; ``[pacs]
+                     range_queries = true``, the default) and day by day (``range_queries = false``, what
+                     ``backfill add`` did before), one after the other: seconds, C-FINDs, studies
+                     found (must be equal), and the ratio day-by-day / adaptive. ``--limit N`` sets
+                     Orthanc's ``LimitFindResults`` (0: none) so the adaptive query has to split.
+
     python tests/benchmarks/bench_backfill.py [--studies 20] [--ct 40] [--pet 20] [--rows 256] [--concurrent 2]
+                                              [--series-threshold 1000] [--series-in-flight 2]
+                                              [--query-years 31] [--limit 0] [--query-only]
 """
 
 from __future__ import annotations
@@ -85,6 +94,25 @@ def backfill(config_env: dict[str, str], studies: int) -> tuple[float, float, in
         store.close()
 
 
+def query_range(config_env: dict[str, str], years: int) -> dict[str, object]:
+    """C-FIND time over ``years`` years from 2000-01-01, adaptive then day by day, on one Orthanc."""
+    flt = StudyFilter(date_from=dt.date(2000, 1, 1), date_to=dt.date(2000 + years - 1, 12, 31))
+    out: dict[str, object] = {"range": f"{flt.date_from}..{flt.date_to}", "days": len(flt.days())}
+    found = {}
+    for name, ranges in (("adaptive", "true"), ("day_by_day", "false")):
+        config = load_config(None, {**config_env, "SITE_CONNECTOR__PACS__RANGE_QUERIES": ranges})
+        t0 = time.perf_counter()
+        report = find_studies(config, flt)
+        seconds = time.perf_counter() - t0
+        found[name] = {s.study_uid for s in report.studies}
+        out[name] = {"seconds": round(seconds, 3), "c_finds": report.queries, "splits": len(report.splits),
+                     "studies": len(report.studies), "reconnects": report.reconnects}
+    assert found["adaptive"] == found["day_by_day"], "adaptive and day-by-day found different studies"
+    out["ratio_day_by_day_over_adaptive"] = round(
+        out["day_by_day"]["seconds"] / max(out["adaptive"]["seconds"], 1e-6), 1)  # type: ignore[index]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--studies", type=int, default=20)
@@ -92,6 +120,12 @@ def main() -> int:
     ap.add_argument("--pet", type=int, default=20, help="PET slices per study")
     ap.add_argument("--rows", type=int, default=256, help="CT matrix size")
     ap.add_argument("--concurrent", type=int, default=2, help="[backfill] max_concurrent")
+    ap.add_argument("--query-years", type=int, default=31, help="years of the query comparison, from 2000")
+    ap.add_argument("--limit", type=int, default=0, help="Orthanc's LimitFindResults (0: none)")
+    ap.add_argument("--query-only", action="store_true", help="only the query comparison (no retrieval)")
+    ap.add_argument("--series-threshold", type=int, default=1000,
+                    help="[backfill] series_threshold: larger studies are retrieved series by series")
+    ap.add_argument("--series-in-flight", type=int, default=2, help="[backfill] series_in_flight")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-backfill-") as tmp:
         work = Path(tmp)
@@ -104,7 +138,11 @@ def main() -> int:
             files += paths
         size = sum(p.stat().st_size for p in files)
         results: dict[str, object] = {"studies": args.studies, "instances": len(files), "bytes": size,
-                                      "max_concurrent": args.concurrent}
+                                      "max_concurrent": args.concurrent, "series_threshold": args.series_threshold,
+                                      "series_in_flight": args.series_in_flight}
+        retrieval = {"backfill__max_concurrent": str(args.concurrent),
+                     "backfill__series_threshold": str(args.series_threshold),
+                     "backfill__series_in_flight": str(args.series_in_flight)}
         store_port = free_port()
         out_dir = work / "storescp-out"
         out_dir.mkdir()
@@ -115,8 +153,17 @@ def main() -> int:
         site = work / "site"
         daemon = ConnectorProcess(site, assemble__stable_seconds=86400)
         try:
-            with OrthancServer(work / "orthanc", aet=PACS_AET, env={"TCP_NODELAY": "1"}) as orthanc:
+            with OrthancServer(work / "orthanc", aet=PACS_AET, env={"TCP_NODELAY": "1"},
+                               extra_config={"LimitFindResults": args.limit}) as orthanc:
                 study_ids = sorted({orthanc.upload(p)["ParentStudy"] for p in files})
+                orthanc.request("PUT", "/modalities/siteconn", {"AET": "SITECONN", "Host": "127.0.0.1",
+                                                                "Port": daemon.port})
+                # 0. the C-FINDs of a 31-year backfill: adaptive vs day by day, same Orthanc, same run
+                results["query_31_years" if args.query_years == 31 else f"query_{args.query_years}_years"] = \
+                    query_range(env_for(work / "query-site", orthanc), args.query_years)
+                if args.query_only:
+                    print(json.dumps(results, indent=2))
+                    return 0
                 orthanc.request("PUT", "/modalities/storescp", {"AET": "STORESCP", "Host": "127.0.0.1",
                                                                 "Port": store_port})
                 orthanc.request("PUT", "/modalities/siteconn", {"AET": "SITECONN", "Host": "127.0.0.1",
@@ -129,14 +176,13 @@ def main() -> int:
                 assert sum(1 for _ in out_dir.rglob("*") if _.is_file()) == len(files)
                 # 2. backfill by C-MOVE into the running daemon
                 daemon.start()
-                q, secs, done = backfill(env_for(site / "data", orthanc,
-                                                 backfill__max_concurrent=str(args.concurrent)), args.studies)
+                q, secs, done = backfill(env_for(site / "data", orthanc, **retrieval), args.studies)
                 assert done == args.studies, f"C-MOVE retrieved {done} of {args.studies}"
                 results["backfill_c_move"] = {**rate(args.studies, size, secs), "query_seconds": round(q, 3)}
                 daemon.stop()
                 # 3. backfill by C-GET, filed in process through Intake
-                q, secs, done = backfill(env_for(work / "get-site", orthanc, pacs__retrieve="get",
-                                                 backfill__max_concurrent=str(args.concurrent)), args.studies)
+                q, secs, done = backfill(env_for(work / "get-site", orthanc, pacs__retrieve="get", **retrieval),
+                                         args.studies)
                 assert done == args.studies, f"C-GET retrieved {done} of {args.studies}"
                 results["backfill_c_get"] = {**rate(args.studies, size, secs), "query_seconds": round(q, 3)}
                 # 4. Orthanc's REST store into a fresh connector daemon: the receiver's own speed from this
