@@ -42,7 +42,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
-from connector.pacs import scu as pacs
+from connector.pacs import scu
 from connector.backfill.worklist import FoundStudy
 from connector.config import Config
 
@@ -263,9 +263,9 @@ class StudyQuery:
 
     def _associate(self) -> Any:
         config = self.config
-        ae = AE(ae_title=pacs.calling_ae(config))
+        ae = AE(ae_title=scu.calling_ae(config))
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        assoc = pacs.associate(config, ae)  # PacsTlsError: a configuration problem, for the caller
+        assoc = scu.associate(config, ae)  # PacsTlsError: a configuration problem, for the caller
         if not assoc.is_established:
             where = f"{config.pacs.host}:{config.pacs.port}"
             why = "rejected the association" if assoc.is_rejected else "did not answer"

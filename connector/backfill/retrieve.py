@@ -58,7 +58,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from connector.pacs import scu as pacs
+from connector.pacs import scu
 from connector.backfill.worklist import LeasedStudy
 from connector.config import Config
 from connector.ingest.file_meta import part10_head
@@ -179,7 +179,7 @@ def retrieve_study(config: Config, study: LeasedStudy, *, stop: threading.Event,
             if len(series) > 1:
                 return _by_series(config, study, series, stop, intake, on_progress)
         return _retrieve(config, _identifier(study), stop, intake, on_progress, study.sop_classes)
-    except pacs.PacsTlsError as exc:
+    except scu.PacsTlsError as exc:
         return RetrieveOutcome(error=str(exc))
 
 
@@ -194,9 +194,9 @@ def _retrieve(config: Config, identifier: Dataset, stop: threading.Event, intake
 
 def list_series(config: Config, study: LeasedStudy) -> list[str]:
     """The study's Series Instance UIDs (one SERIES-level C-FIND), or [] when the PACS cannot say."""
-    ae = AE(ae_title=pacs.calling_ae(config))
+    ae = AE(ae_title=scu.calling_ae(config))
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = pacs.associate(config, ae)
+    assoc = scu.associate(config, ae)
     if not assoc.is_established:
         return []
     ds = Dataset()
@@ -290,13 +290,13 @@ def _run(assoc: Any, responses: Any, outcome: RetrieveOutcome, stop: threading.E
 def _move(config: Config, identifier: Dataset, stop: threading.Event,
           on_progress: Callable[[int], None] | None) -> RetrieveOutcome:
     outcome = RetrieveOutcome()
-    ae = AE(ae_title=pacs.calling_ae(config))
+    ae = AE(ae_title=scu.calling_ae(config))
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-    assoc = pacs.associate(config, ae)
+    assoc = scu.associate(config, ae)
     if not assoc.is_established:
         outcome.error = _unreachable(config, assoc)
         return outcome
-    responses = assoc.send_c_move(identifier, pacs.move_destination(config),
+    responses = assoc.send_c_move(identifier, scu.move_destination(config),
                                   StudyRootQueryRetrieveInformationModelMove)
     _run(assoc, responses, outcome, stop, on_progress)
     return outcome
@@ -312,7 +312,7 @@ def get_contexts(sop_classes: tuple[str, ...]) -> list[tuple[str, str]]:
 def _get(config: Config, identifier: Dataset, stop: threading.Event, intake: Intake,
          on_progress: Callable[[int], None] | None, sop_classes: tuple[str, ...] = ()) -> RetrieveOutcome:
     outcome = RetrieveOutcome()
-    ae = AE(ae_title=pacs.calling_ae(config))
+    ae = AE(ae_title=scu.calling_ae(config))
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     pairs = get_contexts(sop_classes)
     for sop_class, ts in pairs:
@@ -327,7 +327,7 @@ def _get(config: Config, identifier: Dataset, stop: threading.Event, intake: Int
                 outcome.stored += 1
         return status
 
-    assoc = pacs.associate(config, ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assoc = scu.associate(config, ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     if not assoc.is_established:
         outcome.error = _unreachable(config, assoc)
         return outcome

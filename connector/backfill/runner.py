@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from connector import pacs
+from connector.pacs import scu
 from connector.backfill.retrieve import retrieve_study
 from connector.backfill.schema import FAILED
 from connector.backfill.worklist import LeasedStudy, Worklist, process_owner
@@ -178,7 +178,7 @@ class Runner:
             problem = "the PACS sent nothing"
         if problem is not None and have == 0 and self.config.pacs.retrieve == "move" and outcome.failed:
             problem += (f"; nothing arrived: is this connector's receiver running, and does the PACS know "
-                        f"{pacs.move_destination(self.config)} at this server's address and [dicom] port?")
+                        f"{scu.move_destination(self.config)} at this server's address and [dicom] port?")
         seconds = time.monotonic() - started
         if problem is None:
             self.worklist.succeed(study, have, size, seconds)

@@ -73,9 +73,9 @@ def _add_31_years(orthanc: OrthancServer, monkeypatch: pytest.MonkeyPatch,
 def _job(data: Path, job: int) -> tuple[list[str], dict]:
     """(study keys, query record) of a job."""
     from connector.backfill.worklist import Worklist
-    from connector.store.state import StateStore
+    from connector.site_db import open_state
 
-    store = StateStore(data / "state" / "state.db")
+    store = open_state(data / "state" / "state.db")
     try:
         wl = Worklist(store)
         return [r["study_key"] for r in wl.studies(job)], wl.job(job)["filters"]["query"]

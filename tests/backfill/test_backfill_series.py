@@ -13,7 +13,7 @@ from connector.backfill.query import StudyFilter, find_studies
 from connector.backfill.runner import Runner
 from connector.backfill.worklist import Worklist
 from connector.store.layout import SiteLayout
-from connector.store.state import StateStore
+from connector.site_db import open_state
 from tests.backfill.conftest import PACS_AET, day, in_process_config, load, make_study, register_connector
 from tests.support.dicomfiles import dataset_bytes, stored_by_sop
 from tests.support.orthanc import OrthancServer
@@ -89,7 +89,7 @@ def test_a_large_study_is_retrieved_series_by_series_several_at_once(tmp_path: P
                                        backfill__max_concurrent=1)
             layout = SiteLayout.from_config(config)
             layout.ensure()
-            store = StateStore(layout.state_db)
+            store = open_state(layout.state_db)
             try:
                 flt = StudyFilter(day("2024-03-01"), day("2024-03-02"))
                 found = find_studies(config, flt)
@@ -126,7 +126,7 @@ def test_series_threshold_zero_retrieves_whole_studies(tmp_path: Path) -> None:
         config = in_process_config(tmp_path / "data", orthanc, pacs__retrieve="get", backfill__series_threshold=0)
         layout = SiteLayout.from_config(config)
         layout.ensure()
-        store = StateStore(layout.state_db)
+        store = open_state(layout.state_db)
         try:
             flt = StudyFilter(day("2024-03-01"), day("2024-03-01"))
             job = Worklist(store).create_job(find_studies(config, flt).studies, flt.as_dict())["job"]
