@@ -201,7 +201,8 @@ class DeidEngine:
             if verdict.pixel_rule is not None:
                 clean_pixel_regions(ds, verdict.pixel_rule)
                 extra_codes.append(CLEAN_PIXEL_CODE)
-            self._walker.walk(ds, ctx)
+            sop_class = str(ds.get("SOPClassUID", "") or "").strip(" \x00")
+            self._walker.walk(ds, ctx, top=self.rules.for_class(sop_class))  # the IOD's types at top level
             ctx.codestream_segments += clean_pixel_codestreams(ds, _transfer_syntax(ds))
             retained = retained_graphics(ds)
             if retained:
