@@ -144,6 +144,29 @@ def test_cli_output_has_no_error_its_input_had_not(tmp_path: Path, rule_dir: Pat
     assert problems == {name: [] for name in sources}
 
 
+def test_the_other_tests_objects_stay_as_valid(tmp_path: Path) -> None:
+    """The objects the engine and benchmark tests write (tests.deid.factory): planted identifiers,
+    private blocks, nested sequences, an Enhanced CT with four-level functional groups."""
+    from tests.deid.factory import add_private, base_dataset, encode, enhanced_ct, nest_phi
+
+    engine = DeidEngine.from_rules(None, EphemeralIdentityProvider(site_id="SITE01", secret=SECRET), fsync=False)
+    ct = base_dataset()
+    add_private(ct)
+    nest_phi(ct, 3)
+    multiframe = enhanced_ct(0, 3)
+    buffer = io.BytesIO()
+    multiframe.save_as(buffer, enforce_file_format=True)
+    problems = {}
+    for name, data in (("factory-ct", encode(ct)), ("factory-enhanced-ct", buffer.getvalue())):
+        source, output = tmp_path / f"{name}.in.dcm", tmp_path / f"{name}.out.dcm"
+        source.write_bytes(data)
+        result = engine.process_bytes(data)
+        assert result.status == "ok" and result.data is not None, result.reason
+        output.write_bytes(result.data)
+        problems[name] = sorted(new_errors(source, output))
+    assert problems == {"factory-ct": [], "factory-enhanced-ct": []}
+
+
 def test_required_attributes_get_dummies_or_zero_length_by_type(tmp_path: Path, rule_dir: Path) -> None:
     """What the strict site file's removals become, attribute by attribute (PS3.15 D and Z)."""
     pairs = engine_outputs(tmp_path, [Path("registry-default.yaml"), rule_dir / "widen.yaml",
