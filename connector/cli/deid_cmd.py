@@ -92,6 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--creator", metavar="NAME", help="private creator, for a private tag such as (0019,1023)")
     e.add_argument("--rules", metavar="FILE", action="append", type=Path,
                    help="rule file (repeatable); default: [deid] rules from the config")
+    e.add_argument("--sop-class", metavar="UID",
+                   help="the decision for a top-level attribute of an object of this SOP class (the IOD's "
+                        "attribute types choose PS3.15 D, Z or X; see docs/rules.md, Valid output)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=run_explain)
     vocabulary_cmd.register(rsub)
@@ -294,8 +297,10 @@ def _rule_info(rule: Any, level: str) -> dict[str, Any]:
     return info
 
 
-def explain(profile: Profile, tag_text: str, creator: str | None = None) -> dict[str, Any]:
-    """The decision for one attribute and the reasoning behind it, as a dict (also used by tests)."""
+def explain(profile: Profile, tag_text: str, creator: str | None = None, sop_class: str | None = None
+            ) -> dict[str, Any]:
+    """The decision for one attribute and the reasoning behind it, as a dict (also used by tests).
+    ``sop_class``: as a top-level attribute of an object of that class (typed decisions)."""
     compiled = CompiledRules(profile)
     text = tag_text.strip()
     if creator is not None:  # (0019,xx23): the block does not matter, only the low byte
@@ -321,6 +326,18 @@ def explain(profile: Profile, tag_text: str, creator: str | None = None) -> dict
         out["keyword"], out["vr"] = (entry[1], entry[0]) if entry else ("", "")
         decision = compiled.public(tag)
         cands = compiled.public_candidates(tag)
+        typed = compiled.for_class(sop_class) if sop_class else None
+        if sop_class:
+            out["sop_class"] = sop_class
+            kind = profile.attribute_types.get(sop_class, {}).get(tag, 3)
+            out["iod_type"] = kind if typed is not None else None
+            if typed is not None and typed(tag).action != decision.action:
+                out["profile_action"] = decision.action
+                out["iod_type_note"] = (f"type {kind} in this SOP class's IOD (iod-attribute-types.yaml): "
+                                        f"{decision.action} becomes {typed(tag).action}")
+                decision = typed(tag)
+            elif typed is None:
+                out["iod_type_note"] = "no attribute types for this SOP class: the rules apply as written"
     out["action"] = decision.action
     out["meaning"] = ACTION_TEXT[decision.action]
     if cands:
@@ -345,7 +362,7 @@ def explain(profile: Profile, tag_text: str, creator: str | None = None) -> dict
 def run_explain(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     profile = _profile(args, config)
-    info = explain(profile, args.tag, args.creator)
+    info = explain(profile, args.tag, args.creator, args.sop_class)
     if args.json:
         print_json(info)
         return exitcodes.OK
@@ -365,6 +382,8 @@ def run_explain(args: argparse.Namespace) -> int:
             print(f"  overrides {o['file']}:{o['line']}  {o['selector']} -> {o['action']}  [{o['level']}{extra}]")
     else:
         print(f"  why:     {info['why']}")
+    if info.get("iod_type_note"):
+        print(f"  IOD:     {info['iod_type_note']}")
     if info.get("in_clean_sequence"):
         print(f"  note:    {info['in_clean_sequence']}")
     print(f"  order:   {info['precedence']}")

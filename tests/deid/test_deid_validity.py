@@ -245,3 +245,17 @@ def test_dummy_values_pass_the_phi_guard(tmp_path: Path, rule_dir: Path) -> None
     output = pairs["raw-data"][1].read_bytes()
     for value in (original.ContentDate, original.StudyInstanceUID, original.CreatorVersionUID):
         assert value.encode() not in output
+
+
+def test_rules_explain_shows_the_typed_decision() -> None:
+    from connector.cli.deid_cmd import explain
+
+    profile = load_profile(None)
+    info = explain(profile, "ReferencedStudySequence", sop_class="1.2.840.10008.5.1.4.1.1.2")
+    assert (info["action"], info["profile_action"], info["iod_type"]) == ("remove", "empty", 3)
+    assert info["rule"]["table"] == "X/Z" and "empty becomes remove" in info["iod_type_note"]
+    assert explain(profile, "DeviceSerialNumber", sop_class="1.2.840.10008.5.1.4.1.1.2.1")["action"] == "dummy"
+    assert explain(profile, "DeviceSerialNumber", sop_class="1.2.840.10008.5.1.4.1.1.2")["action"] == "remove"
+    untyped = explain(profile, "ReferencedStudySequence", sop_class="1.2.840.10008.5.1.4.1.1.7")
+    assert untyped["action"] == "empty" and untyped["iod_type"] is None
+    assert explain(profile, "ReferencedStudySequence")["action"] == "empty"  # no class: the rules as written
