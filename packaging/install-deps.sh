@@ -3,6 +3,7 @@
 #   - Debian packages: dcmtk (storescu/storescp, used by the tests and for PACS checks),
 #     orthanc + orthanc-dicomweb (the real PACS and DICOMweb peer in the tests);
 #     chromium + chromium-driver (the dashboard test drives a real headless browser);
+#     dicom3tools (dciodvfy: the de-identification tests check outputs are as valid as inputs);
 #   - podman, buildah, runc, debootstrap (and catatonit, netavark, iptables): the container test
 #     (tests/packaging/test_container.py) makes a Debian base locally, builds the image and runs it;
 #   - the Python package itself with its test extra.
@@ -19,6 +20,7 @@ command -v /usr/bin/storescu >/dev/null 2>&1 || need+=(dcmtk)
 ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so >/dev/null 2>&1 || need+=(orthanc-dicomweb)
 [ -x /usr/bin/chromium ] || need+=(chromium)  # the dashboard's browser test (headless)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)  # IOD validator (tests/deid/test_deid_validity.py)
 # OpenCV (the burned-in text OCR's image steps, from rapidocr-onnxruntime) links libGL and GLib
 libs="$(/sbin/ldconfig -p 2>/dev/null || true)"
 grep -q 'libGL\.so\.1 ' <<<"$libs" || need+=(libgl1)

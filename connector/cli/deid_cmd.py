@@ -20,14 +20,23 @@ from connector.cli.common import (
     print_json,
 )
 from connector.deid.compiler import CompiledRules, dictionary_entry
+from connector import phi_guard
 from connector.deid.engine import DeidEngine
 from connector.deid.profile import Profile, load_profile
 from connector.deid.provider import EphemeralIdentityProvider, IdentityProvider
 from connector.deid.rulefile import RuleFileError, normalise_creator, parse_tag
 from connector.deid.rule_sources import rule_paths, vocabulary_files
-from connector.deid.study import PrivacyReport, StudyRecorder, quarantine_result
-from connector.phi_guard import study_name_tokens
+from connector.deid.study import (
+    QUARANTINE_STAGE,
+    BurnedInTextCheck,
+    PrivacyReport,
+    StudyRecorder,
+    ocr_details,
+    quarantine_result,
+)
+from connector.phi_guard import burned_in_text, study_name_tokens
 from connector.store.durable import write_file_durably
+from connector.store.quarantine import quarantine
 from connector.store.layout import SiteLayout
 from connector.vocabulary import VocabularyError, load_vocabulary
 
@@ -83,6 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--creator", metavar="NAME", help="private creator, for a private tag such as (0019,1023)")
     e.add_argument("--rules", metavar="FILE", action="append", type=Path,
                    help="rule file (repeatable); default: [deid] rules from the config")
+    e.add_argument("--sop-class", metavar="UID",
+                   help="the decision for a top-level attribute of an object of this SOP class (the IOD's "
+                        "attribute types choose PS3.15 D, Z or X; see docs/rules.md, Valid output)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=run_explain)
     vocabulary_cmd.register(rsub)
@@ -124,9 +136,10 @@ def _input_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".part"))
 
 
-def _by_study(files: list[Path]) -> list[tuple[Path, frozenset[str]]]:
-    """Files in input order, each with the person-name tokens of every file of its study (the PHI
-    guard looks for all of them in each object's free text)."""
+def _by_study(files: list[Path]) -> list[list[tuple[Path, frozenset[str]]]]:
+    """Files grouped by study (studies in order of first appearance, files in input order), each
+    with the person-name tokens of every file of its study (the PHI guard looks for all of them in
+    each object's free text). A study is the unit of the burned-in text check's choice of images."""
     from pydicom import dcmread
 
     study_of: dict[Path, str] = {}
@@ -140,7 +153,7 @@ def _by_study(files: list[Path]) -> list[tuple[Path, frozenset[str]]]:
     for path, study in study_of.items():
         groups.setdefault(study, []).append(path)
     names = {study: study_name_tokens(paths) for study, paths in groups.items()}
-    return [(path, names[study_of[path]]) for path in files]
+    return [[(path, names[study]) for path in paths] for study, paths in groups.items()]
 
 
 def run_deid(args: argparse.Namespace) -> int:
@@ -169,25 +182,50 @@ def run_deid(args: argparse.Namespace) -> int:
         engine = DeidEngine(profile, provider, site_id=config.site.id, fsync=config.storage.fsync,
                             vocabulary=vocabulary)
         recorder = StudyRecorder(provider)
-        for path, study_names in _by_study(files):
-            label = str(path.relative_to(args.input)) if path != args.input else path.name
-            try:
-                result = engine.process_path(path, study_names)
-                privacy.setdefault(result.study_instance_uid or "quarantined", PrivacyReport()).add(result.details)
-                if result.status == "ok":
-                    assert result.data is not None
-                    folder = out_root / result.study_instance_uid / result.series_instance_uid
-                    folder.mkdir(parents=True, exist_ok=True)
-                    write_file_durably(folder / f"{result.sop_instance_uid}.dcm", result.data, sync=engine.fsync)
-                    recorder.record(result)
-                    deidentified += 1
-                elif result.status == "skip":
-                    skipped.append({"file": label, "reason": result.reason})
-                else:
-                    quarantine_result(qdir, path, result)
-                    quarantined.append({"file": label, "reason": result.reason})
-            except OSError as exc:  # unreadable input or a full disk: report, carry on with the rest
-                failed.append({"file": label, "reason": f"io-error:{type(exc).__name__}"})
+        for study_files in _by_study(files):
+            ocr_check = BurnedInTextCheck(config.deid.ocr)  # the daemon's check, per study
+            written: dict[Path, tuple[Path, str, dict[str, Any]]] = {}  # output -> (input, label, details)
+            study_uid = ""
+            for path, study_names in study_files:
+                label = str(path.relative_to(args.input)) if path != args.input else path.name
+                try:
+                    result = engine.process_path(path, study_names)
+                    result, sample_later = ocr_check.check_now(path, result)
+                    privacy.setdefault(result.study_instance_uid or "quarantined", PrivacyReport()).add(result.details)
+                    if result.status == "ok":
+                        assert result.data is not None
+                        folder = out_root / result.study_instance_uid / result.series_instance_uid
+                        folder.mkdir(parents=True, exist_ok=True)
+                        target = folder / f"{result.sop_instance_uid}.dcm"
+                        write_file_durably(target, result.data, sync=engine.fsync)
+                        recorder.record(result)
+                        deidentified += 1
+                        study_uid = result.study_instance_uid
+                        if sample_later:
+                            ocr_check.track(target, result.identifiers)
+                            written[target] = (path, label, result.details)
+                    elif result.status == "skip":
+                        skipped.append({"file": label, "reason": result.reason})
+                    else:
+                        quarantine_result(qdir, path, result)
+                        quarantined.append({"file": label, "reason": result.reason})
+                except OSError as exc:  # unreadable input or a full disk: report, carry on with the rest
+                    failed.append({"file": label, "reason": f"io-error:{type(exc).__name__}"})
+            for target, identifiers in ocr_check.sampled():  # first, middle, last of each series
+                assert isinstance(target, Path)
+                source, label, details = written[target]
+                try:
+                    findings = ocr_check.check_written(target.read_bytes(), identifiers, source)
+                except OSError as exc:
+                    findings = [phi_guard.Finding(burned_in_text.FAILURE, f"output: {type(exc).__name__}")]
+                if findings:
+                    target.unlink(missing_ok=True)
+                    deidentified -= 1
+                    quarantine(qdir, QUARANTINE_STAGE, findings[0].code, source_path=source,
+                               details=ocr_details(findings, details))
+                    quarantined.append({"file": label, "reason": findings[0].code})
+            if ocr_check.images:
+                privacy.setdefault(study_uid or "quarantined", PrivacyReport()).pixels_read_for_text += ocr_check.images
     except provider_errors as exc:
         raise CommandError(f"the site's linkage table failed: {exc}", exitcodes.UNAVAILABLE) from None
     finally:
@@ -259,8 +297,10 @@ def _rule_info(rule: Any, level: str) -> dict[str, Any]:
     return info
 
 
-def explain(profile: Profile, tag_text: str, creator: str | None = None) -> dict[str, Any]:
-    """The decision for one attribute and the reasoning behind it, as a dict (also used by tests)."""
+def explain(profile: Profile, tag_text: str, creator: str | None = None, sop_class: str | None = None
+            ) -> dict[str, Any]:
+    """The decision for one attribute and the reasoning behind it, as a dict (also used by tests).
+    ``sop_class``: as a top-level attribute of an object of that class (typed decisions)."""
     compiled = CompiledRules(profile)
     text = tag_text.strip()
     if creator is not None:  # (0019,xx23): the block does not matter, only the low byte
@@ -286,6 +326,18 @@ def explain(profile: Profile, tag_text: str, creator: str | None = None) -> dict
         out["keyword"], out["vr"] = (entry[1], entry[0]) if entry else ("", "")
         decision = compiled.public(tag)
         cands = compiled.public_candidates(tag)
+        typed = compiled.for_class(sop_class) if sop_class else None
+        if sop_class:
+            out["sop_class"] = sop_class
+            kind = profile.attribute_types.get(sop_class, {}).get(tag, 3)
+            out["iod_type"] = kind if typed is not None else None
+            if typed is not None and typed(tag).action != decision.action:
+                out["profile_action"] = decision.action
+                out["iod_type_note"] = (f"type {kind} in this SOP class's IOD (iod-attribute-types.yaml): "
+                                        f"{decision.action} becomes {typed(tag).action}")
+                decision = typed(tag)
+            elif typed is None:
+                out["iod_type_note"] = "no attribute types for this SOP class: the rules apply as written"
     out["action"] = decision.action
     out["meaning"] = ACTION_TEXT[decision.action]
     if cands:
@@ -310,7 +362,7 @@ def explain(profile: Profile, tag_text: str, creator: str | None = None) -> dict
 def run_explain(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     profile = _profile(args, config)
-    info = explain(profile, args.tag, args.creator)
+    info = explain(profile, args.tag, args.creator, args.sop_class)
     if args.json:
         print_json(info)
         return exitcodes.OK
@@ -330,6 +382,8 @@ def run_explain(args: argparse.Namespace) -> int:
             print(f"  overrides {o['file']}:{o['line']}  {o['selector']} -> {o['action']}  [{o['level']}{extra}]")
     else:
         print(f"  why:     {info['why']}")
+    if info.get("iod_type_note"):
+        print(f"  IOD:     {info['iod_type_note']}")
     if info.get("in_clean_sequence"):
         print(f"  note:    {info['in_clean_sequence']}")
     print(f"  order:   {info['precedence']}")

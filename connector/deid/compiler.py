@@ -15,6 +15,7 @@ distinct tags seen and its entries never change, so concurrent readers are safe.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydicom.datadict import get_entry
@@ -85,6 +86,7 @@ class CompiledRules:
         all_removes = all(o.rule.action in ("remove", "clean") for o in self._priv_all[-1:])
         self._blocks_with_rules = {k[:2] for k in self._priv_exact} | set(self._priv_block)
         self._private_default_removes = all_removes
+        self._class_cache: dict[str, Callable[[int], Decision] | None] = {}
 
     # -- hot path ---------------------------------------------------------------------------------
 
@@ -95,6 +97,17 @@ class CompiledRules:
             d = self._decide_public(tag)
             self._public_cache[tag] = d
         return d
+
+    def for_class(self, sop_class: str) -> Callable[[int], Decision] | None:
+        """The decision function for the top-level attributes of an object of ``sop_class``, with
+        PS3.15's compound codes and removals resolved from the IOD's attribute types
+        (:func:`typed_decision`); None when the profile has no types for the class."""
+        fn = self._class_cache.get(sop_class, False)
+        if fn is False:
+            types = self.profile.attribute_types.get(sop_class)
+            fn = _TypedDecisions(self, types).public if types else None
+            self._class_cache[sop_class] = fn
+        return fn  # type: ignore[return-value]
 
     def private(self, tag: int, creator: str) -> Decision:
         key = (tag, creator)
@@ -162,6 +175,58 @@ class CompiledRules:
     @property
     def unlisted_action(self) -> str:
         return self._unlisted
+
+
+class _TypedDecisions:
+    """Top-level decisions for one IOD: the profile's, then :func:`typed_decision`; cached per tag."""
+
+    def __init__(self, rules: CompiledRules, types: dict[int, int]) -> None:
+        self._rules, self._types = rules, types
+        self._cache: dict[int, Decision] = {}
+
+    def public(self, tag: int) -> Decision:
+        d = self._cache.get(tag)
+        if d is None:
+            d = typed_decision(self._rules.public(tag), self._types.get(tag, 3))
+            self._cache[tag] = d
+        return d
+
+
+def compound_action(code: str, kind: int, current: str) -> str:
+    """PS3.15's choice within a compound code (X/Z, X/D, Z/D, X/Z/D) for a type ``kind`` attribute:
+    D for type 1, Z for type 2, X for type 3 (each only if the code offers it). A code offering U
+    keeps its current action (a reference sequence keeps its items, UIDs remapped)."""
+    parts = {p.rstrip("*") for p in code.split("/")}
+    if "U" in parts:
+        return current
+    if kind == 1:
+        return "dummy" if "D" in parts else current
+    if kind == 2:
+        return "empty" if "Z" in parts else "dummy" if "D" in parts else current
+    return "remove" if "X" in parts else "empty" if "Z" in parts else current
+
+
+def typed_decision(base: Decision, kind: int) -> Decision:
+    """``base`` made safe for the attribute's PS3.3 type ``kind`` (1, 2, or 3 for anything else).
+
+    Why: an object must leave as valid as it came. A type 1 attribute is never removed or emptied
+    (dummy value; a sequence keeps its items, cleaned: no dummy item can be made safely); a type 2
+    one is emptied instead of removed; a type 3 sequence that a rule empties is removed (an empty
+    sequence needs 1-n items). Every replacement carries no information, so privacy is unchanged.
+    """
+    action = base.action
+    code = base.rule.rule.table if base.rule is not None else ""
+    if "/" in code:
+        action = compound_action(code, kind, action)
+    if kind == 1 and (action in ("remove", "empty") or (base.is_sq and action == "dummy")):
+        action = "clean" if base.is_sq else "dummy"
+    elif kind == 2 and (action == "remove" or (base.is_sq and action == "dummy")):
+        action = "empty"
+    elif kind == 3 and base.is_sq and action in ("empty", "dummy"):
+        action = "remove"
+    if action == base.action:
+        return base
+    return Decision(action, base.rule, "iod-type", base.vr, base.is_sq)
 
 
 def describe(selector: Selector) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ from connector.deid.walker import (
     value_strings,
 )
 from connector.deid.writer import encode_file
+from connector.phi_guard.burned_in_text import OcrHeader, header_facts
 from connector.vocabulary import load_vocabulary
 
 if TYPE_CHECKING:
@@ -83,6 +84,11 @@ class ObjectResult:
     # (and of the study as known when it was processed), and the tokens of its retained free text.
     person_names: frozenset[str] = field(default=frozenset(), repr=False)
     free_text_tokens: frozenset[str] = field(default=frozenset(), repr=False)
+    # For the study's burned-in text check (connector.deid.study.BurnedInTextCheck), from the header
+    # read here, so no header is read twice: how to choose the object for OCR (None: the object could
+    # not be read) and, for a de-identified object, the original's identifiers that OCR looks for.
+    ocr_header: OcrHeader | None = field(default=None, repr=False)
+    identifiers: phi_guard.Identifiers | None = field(default=None, repr=False, compare=False)
 
 
 _NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
@@ -166,11 +172,18 @@ class DeidEngine:
     def process_dataset(self, ds: Dataset, study_names: frozenset[str] = frozenset()) -> ObjectResult:
         """De-identify ``ds`` in place and encode it; the input dataset is consumed.
 
+        The result also carries what the study's OCR check needs from the original header
+        (``ocr_header``, ``identifiers``), so the study step never reads a header twice.
+
         ``study_names``: name tokens of the person-name elements of the study known so far (all of
         them: :func:`connector.phi_guard.study_name_tokens`; or those of the objects already
         processed, with :class:`connector.deid.study.StudyNameCheck` checking the rest at the end).
         The cleaner and the PHI guard refuse them in free text, as the object's own person names.
         """
+        header = header_facts(ds, self.guard_policy.allowed_classes)  # before the walk changes ds
+        return replace(self._process(ds, study_names), ocr_header=header)
+
+    def _process(self, ds: Dataset, study_names: frozenset[str]) -> ObjectResult:
         try:
             identifiers = phi_guard.collect_identifiers(ds, study_names)
             verdict = self._filters.evaluate(ds)
@@ -201,7 +214,8 @@ class DeidEngine:
             if verdict.pixel_rule is not None:
                 clean_pixel_regions(ds, verdict.pixel_rule)
                 extra_codes.append(CLEAN_PIXEL_CODE)
-            self._walker.walk(ds, ctx)
+            sop_class = str(ds.get("SOPClassUID", "") or "").strip(" \x00")
+            self._walker.walk(ds, ctx, top=self.rules.for_class(sop_class))  # the IOD's types at top level
             ctx.codestream_segments += clean_pixel_codestreams(ds, _transfer_syntax(ds))
             retained = retained_graphics(ds)
             if retained:
@@ -247,6 +261,7 @@ class DeidEngine:
             accession_number=accession,
             person_names=identifiers.person_names,
             free_text_tokens=frozenset(seen),
+            identifiers=identifiers,
         )
 
     def _refused_class(self, ds: Dataset) -> str | None:

@@ -9,7 +9,7 @@ option files can each include the basic profile and still be combined. Same-leve
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from connector.deid.rulefile import (
@@ -26,6 +26,7 @@ from connector.deid.rulefile import (
 from connector.shipped import ENV_RULES_DIR, shipped_rules_dir  # noqa: F401  (re-exported)
 
 DEFAULT_RULES_NAME = "registry-default.yaml"
+ATTRIBUTE_TYPES_NAME = "iod-attribute-types.yaml"  # PS3.3 types per IOD; always loaded (docs/rules.md)
 
 
 def default_rules_path() -> Path:
@@ -65,6 +66,9 @@ class Profile:
     methods: tuple[str, ...]
     # SOP classes that may leave, added up over the files (None: no file lists any, no class check)
     object_classes: frozenset[str] | None = None
+    # SOP Class UID -> {tag: 1 or 2}: PS3.3 types of the IOD's top-level attributes (``iods:``), from
+    # the shipped iod-attribute-types.yaml and any loaded file; absent class: types unknown
+    attribute_types: dict[str, dict[int, int]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -138,6 +142,16 @@ def load_profile(paths: Sequence[str | Path] | None = None) -> Profile:
     codes: dict[str, MethodCode] = {}
     methods: list[str] = []
     classes: set[str] | None = None
+    types: dict[str, dict[int, int]] = {}
+    shipped_types = shipped_rules_dir() / ATTRIBUTE_TYPES_NAME
+    sources = loaded if any(rf.path.resolve() == shipped_types.resolve() for rf in loaded) or \
+        not shipped_types.is_file() else [parse_rule_file(shipped_types), *loaded]
+    for rf in sources:
+        for iod in rf.iods:
+            for sop_class in iod.sop_classes:
+                table = types.setdefault(sop_class, {})
+                for tag, kind in iod.types:
+                    table[tag] = min(kind, table.get(tag, 3))  # files add up; the strictest type wins
     for rf in loaded:
         if rf.object_classes is not None:
             classes = (classes or set()) | set(rf.object_classes)
@@ -162,4 +176,5 @@ def load_profile(paths: Sequence[str | Path] | None = None) -> Profile:
         codes=tuple(codes.values()),
         methods=tuple(methods),
         object_classes=None if classes is None else frozenset(classes),
+        attribute_types=types,
     )

@@ -42,7 +42,8 @@ TEMPLATE_FIELDS = frozenset({"pseudonym", "site"})
 MISSING = "<missing>"  # filter value that matches an absent or empty attribute
 
 _TOP_KEYS = {"format", "name", "description", "method", "codes", "include", "defaults", "rules", "filters",
-             "pixel_regions", "object_classes"}
+             "pixel_regions", "object_classes", "modules", "iods"}
+ATTRIBUTE_TYPES = ("1", "1C", "2", "2C", "3")  # PS3.3 attribute types a module table may give
 _UID_RE = re.compile(r"^[0-9]+(?:\.[0-9]+)+$")
 _RULE_META = {"action", "value", "template", "max_years", "note", "table", "row", "name"}
 _SELECTORS = ("keyword", "tag", "vr", "private")
@@ -167,6 +168,23 @@ class MethodCode:
 
 
 @dataclass(frozen=True)
+class IodTypes:
+    """PS3.3 attribute types of one IOD's top-level attributes (``iods:`` in a rule file).
+
+    Why: PS3.15's compound actions (X/Z, X/D, Z/D, X/Z/D) depend on the attribute's type in the IOD,
+    and removing a type 1 or 2 attribute makes the object invalid. Only types 1 and 2 are kept
+    (1C/2C count as 1/2: the attribute was present, so its condition held); any other attribute is
+    type 3 or not in the IOD.
+    """
+
+    name: str
+    section: str
+    sop_classes: tuple[str, ...]
+    types: tuple[tuple[int, int], ...]  # (tag, 1 or 2)
+    where: Location
+
+
+@dataclass(frozen=True)
 class RuleFile:
     path: Path
     name: str
@@ -181,6 +199,7 @@ class RuleFile:
     # SOP classes that may leave (None: this file says nothing about object classes). Every file's
     # list is added up; with any list loaded, a class on none of them is quarantined.
     object_classes: tuple[str, ...] | None = None
+    iods: tuple[IodTypes, ...] = ()
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
 
 
@@ -364,6 +383,8 @@ def parse_rule_file(path: Path) -> RuleFile:
             elif uid:
                 object_classes.append(uid.strip())
 
+    iods = _iods(r, top)
+
     if r.problems:
         raise RuleFileError(r.problems)
     return RuleFile(
@@ -378,8 +399,61 @@ def parse_rule_file(path: Path) -> RuleFile:
         filters=tuple(filters),
         pixel_regions=tuple(regions),
         object_classes=None if object_classes is None else tuple(object_classes),
+        iods=tuple(iods),
         warnings=tuple(r.warnings),
     )
+
+
+def _iods(r: _Reader, top: dict[str, tuple[yaml.Node, yaml.Node]]) -> list[IodTypes]:
+    """``modules:`` (name -> section and attribute types) and ``iods:`` (SOP classes -> modules)."""
+    modules: dict[str, list[tuple[int, int]]] = {}
+    declared = (r.mapping(top["modules"][1], "modules") or {}) if "modules" in top else {}
+    for name, (_k, node) in declared.items():
+        m = r.mapping(node, f"modules.{name}") or {}
+        for key, (key_node, _v) in m.items():
+            if key not in ("section", "attributes", "note"):
+                r.error(key_node, f"modules.{name}: unknown key {key!r} (known: attributes, note, section)")
+        if "section" not in m or "attributes" not in m:
+            r.error(node, f"modules.{name} needs a PS3.3 'section' and 'attributes'")
+            continue
+        entries: list[tuple[int, int]] = []
+        for keyword, (key_node, type_node) in (r.mapping(m["attributes"][1], f"modules.{name}.attributes")
+                                               or {}).items():
+            tag = tag_for_keyword(keyword)
+            kind = r.text(type_node, f"type of {keyword}")
+            if tag is None:
+                r.error(key_node, f"modules.{name}: {keyword!r} is not a DICOM keyword")
+            elif kind not in ATTRIBUTE_TYPES:
+                r.error(type_node, f"modules.{name}.{keyword}: type must be one of {', '.join(ATTRIBUTE_TYPES)}")
+            elif kind != "3":
+                entries.append((tag, int(kind[0])))
+        modules[name] = entries
+    out: list[IodTypes] = []
+    for item in r.items(top["iods"][1], "iods") if "iods" in top else []:
+        m = r.mapping(item, "iods entry") or {}
+        for key, (key_node, _v) in m.items():
+            if key not in ("name", "section", "sop_classes", "modules", "note"):
+                r.error(key_node, f"iods entry: unknown key {key!r} (known: modules, name, note, section, sop_classes)")
+        if not {"name", "section", "sop_classes", "modules"} <= m.keys():
+            r.error(item, "an iods entry needs name, section (PS3.3 A.x), sop_classes and modules")
+            continue
+        classes = []
+        for node in r.items(m["sop_classes"][1], "sop_classes"):
+            uid = (r.text(node, "sop_classes entry") or "").strip()
+            if not _UID_RE.match(uid):
+                r.error(node, f"sop_classes entries are SOP Class UIDs (digits and dots), not {uid!r}")
+            classes.append(uid)
+        types: dict[int, int] = {}
+        for node in r.items(m["modules"][1], "modules"):
+            module = r.text(node, "modules entry") or ""
+            if module not in modules:
+                r.error(node, f"module {module!r} is not defined under 'modules:' in this file")
+                continue
+            for tag, kind in modules[module]:
+                types[tag] = min(kind, types.get(tag, 3))  # the strictest module wins (1 over 2)
+        out.append(IodTypes(r.text(m["name"][1], "name") or "", r.text(m["section"][1], "section") or "",
+                            tuple(classes), tuple(sorted(types.items())), r.at(item)))
+    return out
 
 
 def _codes(r: _Reader, node: yaml.Node) -> list[MethodCode]:

@@ -8,7 +8,10 @@ the study later: outputs are idempotent (the same input gives the same file name
 Text burned into pixels is looked for here, per study, not per object in the engine: which
 instances to read (localizers, secondary captures, a sample of every series) needs the study, and
 OCR costs too much for every slice (:mod:`connector.phi_guard.burned_in_text`). It runs in the
-pipeline's de-identification stage, never in the receiver, before an output is written.
+pipeline's de-identification stage, never in the receiver: at-risk images before their output is
+written, the sampled first, middle and last image of each series from their written output once
+the study has gone by (the choice needs the whole series, and the headers are read only once, by
+the engine), always before the study is handed on (:class:`BurnedInTextCheck`).
 """
 
 from __future__ import annotations
@@ -168,16 +171,86 @@ def output_name(result: ObjectResult) -> str:
 def check_burned_in_text(source: Path, result: ObjectResult) -> ObjectResult:
     """``result`` as it was, or a quarantine result when its de-identified pixels show text that
     must not leave (the patient's identifiers; any text in CT/PT/NM/MR): the PHI guard's OCR
-    check (:func:`connector.phi_guard.burned_in_text.check_object`). Reasons and boxes, no text."""
+    check (:func:`connector.phi_guard.burned_in_text.check_pixels`), with the identifiers the engine
+    collected from the original (read from ``source`` only when the result lacks them)."""
     assert result.data is not None
-    findings = burned_in_text.check_object(result.data, source)
+    if result.identifiers is not None:
+        findings = burned_in_text.check_pixels(result.data, result.identifiers)
+    else:
+        findings = burned_in_text.check_object(result.data, source)
     if not findings:
         return result
+    return ObjectResult("quarantine", findings[0].code, ocr_details(findings, result.details),
+                        person_names=result.person_names)
+
+
+def ocr_details(findings: list[phi_guard.Finding], details: dict[str, object] | None = None) -> dict[str, object]:
+    """A quarantine record's details for OCR findings (frame and box, never the text), logged once."""
     log.warning("burned-in text stopped an object", extra={"event": "burned_in_text_hit",
                                                            "codes": sorted({f.code for f in findings})})
-    return ObjectResult("quarantine", findings[0].code,
-                        {"findings": [f.as_dict() for f in findings[:50]], **result.details},
-                        person_names=result.person_names)
+    return {"findings": [f.as_dict() for f in findings[:50]], **(details or {})}
+
+
+class BurnedInTextCheck:
+    """The OCR check of one study (``[deid] ocr``), choosing its images from the headers the engine
+    already read (:attr:`ObjectResult.ocr_header`): no header is read a second time.
+
+    At-risk images (and every image under ``all``) are read before they are written
+    (:meth:`check_now`). The first, middle and last image of every other series can be known only
+    once the whole study has gone by, so those are read back from their written files at the end
+    (:meth:`sampled`, :meth:`check_written`), before the study is handed on; a hit is then removed
+    and quarantined, as late name hits are. Same selection and reasons as
+    :func:`connector.phi_guard.burned_in_text.instances_to_read` with :func:`check_burned_in_text`.
+    Used by the daemon's study step and by ``site-connector deid``.
+    """
+
+    def __init__(self, scope: str) -> None:
+        if scope not in burned_in_text.OCR_SCOPES:
+            raise ValueError(f"unknown OCR scope {scope!r}; one of {', '.join(burned_in_text.OCR_SCOPES)}")
+        self.scope = scope
+        self.seconds = 0.0  # time spent reading pixels for text
+        self.images = 0  # objects whose pixels were read
+        self._order = 0
+        self._series: dict[str, list[tuple[float, int, object]]] = {}
+        self._written: dict[int, tuple[object, phi_guard.Identifiers | None]] = {}
+
+    def check_now(self, source: Path, result: ObjectResult) -> tuple[ObjectResult, bool]:
+        """(result, whether it may be sampled later). An at-risk image is read now: ``result`` or its
+        quarantine. Call it for every object of the study, in order, then :meth:`track`."""
+        self._order += 1
+        header = result.ocr_header
+        if self.scope == "off" or header is None:
+            return result, False
+        if self.scope == "all" or header.at_risk:
+            if result.status == "ok":
+                started = time.perf_counter()
+                result = check_burned_in_text(source, result)
+                self.seconds += time.perf_counter() - started
+                self.images += 1
+            return result, False
+        self._series.setdefault(header.series, []).append((header.number, self._order, self._order))
+        return result, True
+
+    def track(self, key: object, identifiers: phi_guard.Identifiers | None) -> None:
+        """The object last given to :meth:`check_now` (sampling pending) was written as ``key``."""
+        self._written[self._order] = (key, identifiers)
+
+    def sampled(self) -> list[tuple[object, phi_guard.Identifiers | None]]:
+        """The written objects chosen as the first, middle or last image of their series."""
+        chosen = [order for members in self._series.values() for order in burned_in_text.sample_of_series(members)]
+        return [self._written[order] for order in sorted(chosen) if order in self._written]  # type: ignore[index]
+
+    def check_written(self, data: bytes, identifiers: phi_guard.Identifiers | None, source: Path
+                      ) -> list[phi_guard.Finding]:
+        """OCR findings for a sampled object's written bytes (identifiers of its original)."""
+        started = time.perf_counter()
+        try:
+            if identifiers is not None:
+                return burned_in_text.check_pixels(data, identifiers)
+            return burned_in_text.check_object(data, source)
+        finally:
+            self.seconds += time.perf_counter() - started
+            self.images += 1
 
 
 def deidentify_study(paths: Iterable[Path], out_dir: Path, quarantine_dir: Path, engine: DeidEngine, *,
@@ -190,17 +263,10 @@ def deidentify_study(paths: Iterable[Path], out_dir: Path, quarantine_dir: Path,
     outcome = StudyOutcome()
     recorder = StudyRecorder(engine.provider)
     names = StudyNameCheck()
-    sources = [Path(p) for p in paths]
-    started = time.perf_counter()
-    to_read = burned_in_text.instances_to_read(sources, ocr, engine.guard_policy.allowed_classes)
-    outcome.ocr_seconds += time.perf_counter() - started
-    for source in sources:
+    ocr_check = BurnedInTextCheck(ocr)
+    for source in (Path(p) for p in paths):
         result = engine.process_path(source, names.names)
-        if result.status == "ok" and source in to_read:
-            started = time.perf_counter()
-            result = check_burned_in_text(source, result)
-            outcome.ocr_seconds += time.perf_counter() - started
-            outcome.privacy.pixels_read_for_text += 1
+        result, sample_later = ocr_check.check_now(source, result)
         outcome.privacy.add(result.details)
         if result.status == "ok":
             assert result.data is not None
@@ -212,21 +278,38 @@ def deidentify_study(paths: Iterable[Path], out_dir: Path, quarantine_dir: Path,
                                     result.pseudonym)
             outcome.written.append(written)
             names.learn(result, written)
+            if sample_later:
+                ocr_check.track(written, result.identifiers)
         else:
             names.learn(result)
             if result.status == "skip":
                 outcome.skipped.append(SkippedObject(source, result.reason))
             else:
                 outcome.quarantined.append(quarantine_result(quarantine_dir, source, result))
+    removed = False
+    for key, identifiers in ocr_check.sampled():  # first, middle, last of each series: read back
+        assert isinstance(key, WrittenObject)
+        findings = ocr_check.check_written(key.path.read_bytes(), identifiers, key.source)
+        if findings:
+            key.path.unlink(missing_ok=True)
+            outcome.written.remove(key)
+            entry = quarantine(quarantine_dir, QUARANTINE_STAGE, findings[0].code, source_path=key.source,
+                               details=ocr_details(findings))
+            outcome.quarantined.append(QuarantinedObject(key.source, findings[0].code, entry.id))
+            removed = True
+    outcome.ocr_seconds = ocr_check.seconds
+    outcome.privacy.pixels_read_for_text = ocr_check.images
     late_hits = names.late_hits()
     for late in late_hits:  # free text holding a name met only in a later object: not sent
         assert isinstance(late, WrittenObject)
+        if late not in outcome.written:
+            continue  # already quarantined for burned-in text
         late.path.unlink(missing_ok=True)
         outcome.written.remove(late)
         entry = quarantine(quarantine_dir, QUARANTINE_STAGE, "phi-guard:name",
                            source_path=late.source, details={"where": "free text", "found": "after the study"})
         outcome.quarantined.append(QuarantinedObject(late.source, "phi-guard:name", entry.id))
-    if late_hits and engine.fsync:
+    if (late_hits or removed) and engine.fsync:
         fsync_dir(out_dir)
     log.info("study de-identified", extra={"event": "deid_study", **outcome.summary()})
     return outcome

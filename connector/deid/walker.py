@@ -98,10 +98,14 @@ class ElementWalker:
         self.uid = uid
         self.raw_sequences = raw_sequences  # False forces pydicom everywhere (used to test equivalence)
 
-    def walk(self, ds: Dataset, ctx: ObjectContext, clean_scope: bool = False, depth: int = 0) -> None:
+    def walk(self, ds: Dataset, ctx: ObjectContext, clean_scope: bool = False, depth: int = 0,
+             top: Callable[[int], Decision] | None = None) -> None:
+        """Apply the rules to ``ds`` and, recursively, its sequences. ``top``: the decisions for
+        ``ds``'s own elements when they differ from the profile's (the IOD's attribute types,
+        :meth:`CompiledRules.for_class`); items of sequences always use the profile's."""
         if depth > MAX_DEPTH:
             raise RuleFailure(0, "walk", "nesting-too-deep")
-        decide = self.rules.public
+        decide = top or self.rules.public
         private: list[tuple[int, Any]] = []
         for key, _elem in list(ds.items()):
             tag = int(key)  # plain int: pydicom's BaseTag compares in Python, slowly

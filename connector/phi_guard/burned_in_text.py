@@ -69,35 +69,62 @@ _FOLD = str.maketrans("OQDILSBZG", "001115826")
 
 
 @dataclass(frozen=True)
-class _Header:
-    path: Path
+class OcrHeader:
+    """What choosing an instance for OCR needs from its original header."""
+
     series: str
-    number: float
-    at_risk: bool
+    number: float  # Instance Number; inf when absent or unreadable (sorted last)
+    at_risk: bool  # always read (localizer, scout, secondary capture, risky or accepted class, ...)
 
 
-def _header(path: Path, allowed_classes: frozenset[str]) -> _Header:
-    try:
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-        image_type = {str(v).strip().upper() for v in _values(ds, "ImageType")}
-        names = " ".join(_values(ds, "SeriesDescription") + _values(ds, "ProtocolName"))
-        sop_class = str(ds.get("SOPClassUID", "")).strip()
-        at_risk = (bool(image_type & _RISKY_IMAGE_TYPES) or bool(_SCOUT_NAMES.search(names))
-                   or sop_class in PIXEL_RISK_CLASSES or sop_class in allowed_classes
-                   or str(ds.get("Modality", "")).strip().upper() in _RISKY_MODALITIES)
-        number = float(ds.get("InstanceNumber") or "inf")
-        return _Header(path, str(ds.get("SeriesInstanceUID", "")), number, at_risk)
-    except Exception:  # a header this read cannot parse: read the pixels (fail closed)
-        return _Header(path, "", float("inf"), True)
+_AT_RISK = OcrHeader("", float("inf"), True)  # a header that cannot be read: read the pixels (fail closed)
+_TAG = {"ImageType": 0x00080008, "SOPClassUID": 0x00080016, "Modality": 0x00080060,
+        "SeriesDescription": 0x0008103E, "ProtocolName": 0x00181030, "SeriesInstanceUID": 0x0020000E,
+        "InstanceNumber": 0x00200013}
 
 
-def _values(ds: Dataset, keyword: str) -> list[str]:
-    value = ds.get(keyword)
-    if value is None or value == "":
+def _raw_values(ds: Dataset, keyword: str) -> list[str]:
+    """The element's values as text, without converting a still-encoded element (the engine's walk
+    copies untouched encoded elements byte for byte, and a conversion here would cost it that)."""
+    elem = ds.get_item(_TAG[keyword])
+    value = None if elem is None else elem.value
+    if value is None or value == b"" or value == "":
         return []
+    if isinstance(value, bytes):
+        return [v.strip(" \x00") for v in value.decode("latin-1").split("\\")]
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         return [str(v) for v in value]
     return [str(value)]
+
+
+def header_facts(ds: Dataset, allowed_classes: frozenset[str] = frozenset()) -> OcrHeader:
+    """The OCR choice's view of an original header: its series, instance number and whether it is
+    at risk. Any failure counts as at risk (its pixels are read)."""
+    try:
+        image_type = {v.strip().upper() for v in _raw_values(ds, "ImageType")}
+        names = " ".join(_raw_values(ds, "SeriesDescription") + _raw_values(ds, "ProtocolName"))
+        sop_class = "".join(_raw_values(ds, "SOPClassUID")).strip()
+        modality = "".join(_raw_values(ds, "Modality")).strip().upper()
+        at_risk = (bool(image_type & _RISKY_IMAGE_TYPES) or bool(_SCOUT_NAMES.search(names))
+                   or sop_class in PIXEL_RISK_CLASSES or sop_class in allowed_classes or modality in _RISKY_MODALITIES)
+        number_text = "".join(_raw_values(ds, "InstanceNumber")).strip()
+        number = float(number_text) if number_text else float("inf")
+        return OcrHeader("".join(_raw_values(ds, "SeriesInstanceUID")).strip(), number, at_risk)
+    except Exception:
+        return _AT_RISK
+
+
+def _header(path: Path, allowed_classes: frozenset[str]) -> OcrHeader:
+    try:
+        return header_facts(dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS), allowed_classes)
+    except Exception:  # a header this read cannot parse: read the pixels (fail closed)
+        return _AT_RISK
+
+
+def sample_of_series(members: list[tuple[float, int, object]]) -> list[object]:
+    """The first, middle and last member of a series, by (instance number, arrival order)."""
+    members = sorted(members, key=lambda m: (m[0], m[1]))
+    return [members[i][2] for i in sorted({0, len(members) // 2, len(members) - 1})]
 
 
 def instances_to_read(paths: Sequence[Path], scope: str,
@@ -113,7 +140,7 @@ def instances_to_read(paths: Sequence[Path], scope: str,
     if scope != DEFAULT_OCR_SCOPE:
         raise ValueError(f"unknown OCR scope {scope!r}; one of {', '.join(OCR_SCOPES)}")
     chosen: set[Path] = set()
-    series: dict[str, list[tuple[float, int, Path]]] = {}
+    series: dict[str, list[tuple[float, int, object]]] = {}
     for order, path in enumerate(paths):
         header = _header(path, allowed_classes)
         if header.at_risk:
@@ -121,9 +148,7 @@ def instances_to_read(paths: Sequence[Path], scope: str,
         else:
             series.setdefault(header.series, []).append((header.number, order, path))
     for members in series.values():
-        members.sort()
-        for i in {0, len(members) // 2, len(members) - 1}:
-            chosen.add(members[i][2])
+        chosen.update(p for p in sample_of_series(members) if isinstance(p, Path))
     return frozenset(chosen)
 
 

@@ -9,7 +9,8 @@ daemon's step, ``deidentify_study`` (rules, PHI guard, durable writes without fs
 localizer, and the first, middle and last image of each series: 7 images read); ``--all`` adds the
 ``all`` scope (every image read). The OCR models are loaded once before timing, as the daemon's
 worker keeps them for its lifetime; load time and resident memory before and after are reported.
-The best round counts (the box is shared); CPU time is given too.
+The best round counts (the box is shared); CPU time is given too, and the OCR part's own least
+time over the rounds (``least``: what the check costs when nothing else competes for the CPU).
 
     python tests/benchmarks/bench_ocr.py [--ct 399] [--pet 200] [--rounds 3] [--all] [--json]
 """
@@ -90,15 +91,18 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         paths = write_study(root / "in", args.ct, args.pet)
         best: dict[str, tuple[float, float, dict[str, object]]] = {}
+        least_ocr: dict[str, float] = {}  # the OCR part's own best round (the box is shared)
         for _round in range(args.rounds):
             for scope in scopes:
                 measured = run(paths, root, engine, scope)
                 if scope not in best or measured[0] < best[scope][0]:
                     best[scope] = measured
+                least_ocr[scope] = min(least_ocr.get(scope, float("inf")), float(measured[2]["ocr_seconds"]))
         for scope, (seconds, cpu, summary) in best.items():
             results[scope] = {"instances": len(paths), "seconds_per_study": round(seconds, 3),
                               "cpu_seconds_per_study": round(cpu, 3), "images_read": summary["ocr_images"],
-                              "ocr_seconds": summary["ocr_seconds"], "written": summary["written"],
+                              "ocr_seconds": summary["ocr_seconds"], "ocr_seconds_least": least_ocr[scope],
+                              "written": summary["written"],
                               "quarantined": summary["quarantined"]}
     off = results["off"]
     ratios = {scope: {"time_vs_deid_alone": round(float(r["seconds_per_study"]) / float(off["seconds_per_study"]), 3),
@@ -110,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"results": results, "ratios": ratios, "memory": memory}, indent=2))
         return 0
-    print(f"{'ocr scope':<20} {'instances':>9} {'s/study':>9} {'cpu s':>8} {'read':>5} {'ocr s':>7} {'written':>8}")
+    print(f"{'ocr scope':<20} {'instances':>9} {'s/study':>9} {'cpu s':>8} {'read':>5} {'ocr s':>7} {'least':>7} "
+          f"{'written':>8}")
     for scope, r in results.items():
         print(f"{scope:<20} {r['instances']:>9} {r['seconds_per_study']:>9.3f} {r['cpu_seconds_per_study']:>8.3f} "
-              f"{r['images_read']:>5} {r['ocr_seconds']:>7.3f} {r['written']:>8}")
+              f"{r['images_read']:>5} {r['ocr_seconds']:>7.3f} {r['ocr_seconds_least']:>7.3f} {r['written']:>8}")
     for scope, rr in ratios.items():
         print(f"{scope}: {rr['time_vs_deid_alone']:.3f}x de-identification alone (wall), "
               f"{rr['cpu_vs_deid_alone']:.3f}x (cpu)")

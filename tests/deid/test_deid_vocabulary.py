@@ -75,7 +75,7 @@ def test_deid_json_reports_what_was_replaced_and_removed(tmp_path: Path) -> None
     (report,) = json.loads(out)["privacy"].values()
     assert report["objects"] == 1 and report["tokens_replaced"] >= 1 and report["spans_replaced"] >= 1
     assert "(0020,4000)" in report["removed_tags"] and "(0010,0010)" not in report["removed_tags"]
-    assert "SNORKELWAX" not in out and "555" not in out
+    assert "SNORKELWAX" not in out and "555-0199" not in out  # (a bare "555" may be part of a remapped UID)
 
 
 def test_private_blobs_are_never_kept_even_when_listed_as_safe(provider) -> None:
