@@ -253,26 +253,35 @@ class BurnedInTextCheck:
             self.images += 1
 
 
-def deidentify_study(paths: Iterable[Path], out_dir: Path, quarantine_dir: Path, engine: DeidEngine, *,
-                     ocr: str = burned_in_text.DEFAULT_OCR_SCOPE) -> StudyOutcome:
+def deidentify_study(paths: Iterable[Path], out_dir: Path, quarantine_dir: Path | None, engine: DeidEngine, *,
+                     ocr: str = burned_in_text.DEFAULT_OCR_SCOPE, wanted: set[str] | None = None) -> StudyOutcome:
     """De-identify every object of a stable study into ``out_dir``; quarantine what must not go on.
 
     ``ocr``: which objects' pixels are read for burned-in text (``[deid] ocr``: at-risk-and-sample,
-    all, off)."""
+    all, off).
+
+    Reconciliation runs a delivered study through here again to make what the registry lacks:
+    ``wanted`` (de-identified SOP Instance UIDs) limits what is written, and ``quarantine_dir``
+    None means "already dealt with the first time": what must not go on is left out, not
+    quarantined again, and no study link is recorded again. Every object still goes by in the same
+    order, so the PHI guard learns the same names and the same checks (OCR included) apply."""
     out_dir.mkdir(parents=True, exist_ok=True)
     outcome = StudyOutcome()
-    recorder = StudyRecorder(engine.provider)
+    recorder = StudyRecorder(engine.provider) if quarantine_dir is not None else None
     names = StudyNameCheck()
     ocr_check = BurnedInTextCheck(ocr)
     for source in (Path(p) for p in paths):
         result = engine.process_path(source, names.names)
         result, sample_later = ocr_check.check_now(source, result)
         outcome.privacy.add(result.details)
-        if result.status == "ok":
+        if result.status == "ok" and wanted is not None and result.sop_instance_uid not in wanted:
+            names.learn(result, None)  # its names count for the others; it is not written
+        elif result.status == "ok":
             assert result.data is not None
             target = out_dir / output_name(result)
             write_file_durably(target, result.data, sync=engine.fsync)
-            recorder.record(result)
+            if recorder is not None:
+                recorder.record(result)
             written = WrittenObject(source, target, result.sop_instance_uid, result.series_instance_uid,
                                     result.study_instance_uid, result.sop_class_uid, result.modality,
                                     result.pseudonym)
@@ -284,7 +293,7 @@ def deidentify_study(paths: Iterable[Path], out_dir: Path, quarantine_dir: Path,
             names.learn(result)
             if result.status == "skip":
                 outcome.skipped.append(SkippedObject(source, result.reason))
-            else:
+            elif quarantine_dir is not None:
                 outcome.quarantined.append(quarantine_result(quarantine_dir, source, result))
     removed = False
     for key, identifiers in ocr_check.sampled():  # first, middle, last of each series: read back
@@ -293,19 +302,21 @@ def deidentify_study(paths: Iterable[Path], out_dir: Path, quarantine_dir: Path,
         if findings:
             key.path.unlink(missing_ok=True)
             outcome.written.remove(key)
-            entry = quarantine(quarantine_dir, QUARANTINE_STAGE, findings[0].code, source_path=key.source,
-                               details=ocr_details(findings))
-            outcome.quarantined.append(QuarantinedObject(key.source, findings[0].code, entry.id))
+            if quarantine_dir is not None:
+                entry = quarantine(quarantine_dir, QUARANTINE_STAGE, findings[0].code, source_path=key.source,
+                                   details=ocr_details(findings))
+                outcome.quarantined.append(QuarantinedObject(key.source, findings[0].code, entry.id))
             removed = True
     outcome.ocr_seconds = ocr_check.seconds
     outcome.privacy.pixels_read_for_text = ocr_check.images
     late_hits = names.late_hits()
     for late in late_hits:  # free text holding a name met only in a later object: not sent
-        assert isinstance(late, WrittenObject)
-        if late not in outcome.written:
-            continue  # already quarantined for burned-in text
+        if not isinstance(late, WrittenObject) or late not in outcome.written:
+            continue  # not written (reconciliation), or already quarantined for burned-in text
         late.path.unlink(missing_ok=True)
         outcome.written.remove(late)
+        if quarantine_dir is None:
+            continue
         entry = quarantine(quarantine_dir, QUARANTINE_STAGE, "phi-guard:name",
                            source_path=late.source, details={"where": "free text", "found": "after the study"})
         outcome.quarantined.append(QuarantinedObject(late.source, "phi-guard:name", entry.id))

@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Any
 
 from connector.outbox import Outbox
 from connector.push.queueing import DESTINATION, make_batches, read_outgoing
-from connector.store.durable import write_file_durably
 from connector.store.state import StateStore
 from connector.push.reconcile_compare import Comparison, Sent, compare
 from connector.push.reconcile_runs import record_reconciliation
@@ -292,35 +291,22 @@ class Reconciler:
             result.outcome = "requeued"
 
     def regenerate(self, key: str, wanted: set[str], out_dir: Path) -> dict[str, Path]:
-        """De-identify the study's originals again, in the order the study worker used, and write the
-        outputs whose de-identified SOP Instance UID is ``wanted``; returns UID -> written file."""
-        from connector.deid.study import StudyNameCheck, output_name
+        """De-identify the study's originals again, as the study worker did (same order, same checks,
+        OCR included), writing only the outputs whose de-identified SOP Instance UID is ``wanted``;
+        returns UID -> written file."""
+        from connector.deid.study import deidentify_study
 
         rows = self.store.study_instances(key)  # the study worker's order (series, path)
         engine = self.engine
         if not wanted & {engine.uid(str(r["sop_instance_uid"])) for r in rows}:
             return {}  # none of the originals is on the spool any more
-        names = StudyNameCheck()
-        written: dict[str, Path] = {}
-        for row in rows:
-            source = self.layout.spool / row["path"]
-            if not source.is_file():
-                continue
-            result = engine.process_path(source, names.names)
-            if result.status != "ok":
-                names.learn(result)
-                continue
-            names.learn(result, result.sop_instance_uid)
-            if result.sop_instance_uid in wanted and result.data is not None:
-                out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-                target = out_dir / output_name(result)
-                write_file_durably(target, result.data, sync=engine.fsync)
-                written[result.sop_instance_uid] = target
-        for late in names.late_hits():  # the PHI guard's end-of-study check, as in the first run
-            path = written.pop(str(late), None)
-            if path is not None:
-                path.unlink(missing_ok=True)
-        return written
+        sources = [self.layout.spool / r["path"] for r in rows]
+        outcome = deidentify_study([p for p in sources if p.is_file()], out_dir, None, engine,
+                                   ocr=self.config.deid.ocr, wanted=wanted)
+        if not outcome.written:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        return {w.sop_instance_uid: w.path for w in outcome.written}
 
 
 def _worst(values: Iterable[str]) -> str:

@@ -127,3 +127,21 @@ def test_study_step_reads_no_header_twice(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.undo()
     chosen = burned_in_text.instances_to_read(sorted(files.values()), "at-risk-and-sample")
     assert sorted(p.name for p in chosen) == ["ax1.dcm", "ax3.dcm", "ax5.dcm", "scout1.dcm", "scout2.dcm"]
+
+
+def test_reconciliation_regenerates_through_the_same_checks(tmp_path: Path) -> None:
+    """Reconciliation makes lost instances again through :func:`deidentify_study` (``wanted``, no
+    quarantine): a slice sent before OCR was turned on is not sent again if it shows text now, the
+    other wanted slice is written byte for byte as the first time, and nothing is quarantined twice."""
+    files = _study(tmp_path / "in", burned_first_slice=True)
+    engine = DeidEngine.from_rules(None, EphemeralIdentityProvider(site_id="SITE01", secret=SECRET), fsync=False)
+    sources = sorted(files.values())
+    first = deidentify_study(sources, tmp_path / "first", tmp_path / "q1", engine, ocr="off")
+    by_name = {w.source.name: w for w in first.written}
+    assert {"ax1.dcm", "ax2.dcm"} <= set(by_name)  # without OCR the burned slice went out
+    wanted = {by_name["ax1.dcm"].sop_instance_uid, by_name["ax2.dcm"].sop_instance_uid}
+    again = deidentify_study(sources, tmp_path / "again", None, engine, wanted=wanted)
+    assert [w.source.name for w in again.written] == ["ax2.dcm"]
+    assert again.written[0].path.read_bytes() == by_name["ax2.dcm"].path.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == [again.written[0].path.name]
+    assert again.quarantined == []  # dealt with the first time: not quarantined again
