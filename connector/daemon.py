@@ -33,7 +33,7 @@ an init) it also waits for the orphans re-parented to it, so none stays a zombie
 with umask 0077 (:data:`connector.store.layout.PRIVATE_UMASK`): whatever it writes is the service
 user's alone, however it was started.
 
-Why one module of about 550 lines: the start-up checks, the supervision loop and the wiring of
+Why one module, long as it is: the start-up checks, the supervision loop and the wiring of
 the web server all run in the supervisor process, in that order; splitting them would scatter one
 process's life across files.
 """

@@ -18,7 +18,7 @@ Why stdlib ``ThreadingHTTPServer``: no extra dependency, one thread per connecti
 holds at most a few MB per request however large the upload. It is a development and test peer,
 not a production registry.
 
-Why one module of about 550 lines: a test peer, kept to one file per side (this HTTP side, and
+Why one module, long as it is: a test peer, kept to one file per side (this HTTP side, and
 :mod:`devregistry.storage`) so a registry developer reads the contract in one place.
 """
 

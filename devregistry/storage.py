@@ -9,7 +9,7 @@ Why it checks what it does: the real registry must never receive an identified o
 registry refuses anything without PatientIdentityRemoved = YES, and it counts duplicates and
 conflicts so tests can prove that "sent twice" never means "stored twice".
 
-Why one module of about 550 lines: a test peer, kept to one file per side (this storage side, and
+Why one module, long as it is: a test peer, kept to one file per side (this storage side, and
 :mod:`devregistry.server`); the durable-write primitives are the connector's own
 (:mod:`connector.store.durable`).
 """

@@ -6,7 +6,7 @@ change meaning (``NO`` read as false, ``00100010`` read as an integer). We there
 YAML node tree and take scalars as the text that was written. The format itself is documented in
 ``docs/rules.md``.
 
-Why about 600 lines in one module: each rule key's checks sit beside its parser, so a key's
+Why one module, long as it is: each rule key's checks sit beside its parser, so a key's
 meaning and its error messages are read together.
 """
 

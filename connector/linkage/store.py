@@ -19,7 +19,7 @@ workers seeing the same new patient get one subject. Every operation reads the k
 the same transaction, so a key rotation committed by another process is picked up (keys reloaded)
 instead of writing with a retired key.
 
-Why one class of about 500 lines: every operation (lookup, creation, rotation, the consistency
+Why one class, long as it is: every operation (lookup, creation, rotation, the consistency
 check) must read the keyring generation and use its :class:`~connector.linkage.row_cipher.RowCipher`
 inside the same transaction; keeping them on one object keeps that rule in one place. The file,
 its pragmas and schema are :mod:`connector.linkage.database`.

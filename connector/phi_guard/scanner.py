@@ -4,7 +4,7 @@ Text values are decoded with the object's character set and searched with one co
 patient (cached). The raw byte scan catches what a parser would not show (values in UN elements,
 odd encodings, padding); it skips only the pixel data itself, whose bytes are an image.
 
-Why one module of about 400 lines: the guard is independent of the engine on purpose, and its
+Why one module, long as it is: the guard is independent of the engine on purpose, and its
 value walk and byte scan share one per-patient pattern; apart, the two would each need it passed.
 """
 

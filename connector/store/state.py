@@ -12,7 +12,7 @@ only re-opens a study). Each other table's SQL lives with its owner; the list of
 Original UIDs are stored (the pipeline needs them); patient identifiers are not. Studies are known
 to logs and file names only by ``study_key``, a hash of the StudyInstanceUID.
 
-Why about 450 lines: the ``studies`` and ``instances`` tables are the store's own, and every change
+Why this length: the ``studies`` and ``instances`` tables are the store's own, and every change
 of a study's state is a method here, so no other module writes ``UPDATE studies``.
 """
 

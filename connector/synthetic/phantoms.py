@@ -13,7 +13,7 @@ driven by a ``numpy.random.Generator``: the same seed gives the same phantom, bi
 Coordinates are patient LPS in millimetres: x to the patient's left (image columns), y posterior
 (image rows), z superior (slice positions).
 
-Why one module of about 550 lines: the anatomy, the calcium and the rendering share one
+Why one module, long as it is: the anatomy, the calcium and the rendering share one
 coordinate frame and one random stream, so a phantom is reproducible from its seed alone.
 """
 
