@@ -44,6 +44,8 @@ from connector.settings.linkage import LinkageConfig
 from connector.settings.pacs import PacsConfig
 from connector.settings.pacs import cross_check as _pacs_cross_check
 from connector.settings.registry import RegistryConfig
+from connector.settings.stow import StowConfig
+from connector.settings.stow import cross_check as _stow_cross_check
 
 ENV_PREFIX = "SITE_CONNECTOR__"
 ENV_CONFIG_FILE = "SITE_CONNECTOR_CONFIG"
@@ -77,6 +79,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
+    stow: StowConfig = field(default_factory=StowConfig)
     source: str = field(default="embedded defaults", compare=False)
 
     @property
@@ -248,6 +251,10 @@ def _cross_checks(config: Config) -> None:
     if pacs_problem:
         key, _, problem = pacs_problem.partition(": ")
         raise ConfigError(config.source, f"[pacs] {key}", problem)
+    stow_problem = _stow_cross_check(config.stow)
+    if stow_problem:
+        key, _, problem = stow_problem.partition(": ")
+        raise ConfigError(config.source, f"[stow] {key}", problem)
     if config.results.return_to_pacs and not config.pacs.configured:
         raise ConfigError(config.source, "[results] return_to_pacs", "needs [pacs] host and ae_title (where to send)")
 
