@@ -43,6 +43,7 @@ import ssl
 import stat
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -307,10 +308,28 @@ class _PartFile:
 class StowReceiver:
     """Files the parts of one request through the intake; collects the per-part outcomes."""
 
-    def __init__(self, intake: Intake, offer: Offer, study: str | None, peer: str) -> None:
+    def __init__(self, intake: Intake, offer: Offer, study: str | None, peer: str, filer: ThreadPoolExecutor,
+                 *, window: int = 8) -> None:
         self.intake, self.offer, self.study, self.peer = intake, offer, study, peer
-        self.result = StowResult()
+        self.filer = filer
         self.current: _PartFile | None = None
+        self._outcomes: list[Outcome | Future[Outcome]] = []
+        self._window = threading.Semaphore(window)  # parts being filed at once for this request
+
+    @property
+    def parts(self) -> int:
+        return len(self._outcomes)
+
+    def finish(self) -> StowResult:
+        """Wait until every part handed to the filer is filed (or refused); their outcomes in order.
+
+        Called before any answer, including 400/413: the answer must follow the fsyncs, and no
+        part may still be on its way when the sender hears back.
+        """
+        result = StowResult()
+        for item in self._outcomes:
+            result.outcomes.append(item.result() if isinstance(item, Future) else item)
+        return result
 
     def on_part(self, headers: dict[str, str]) -> _PartFile:
         part = _PartFile(self.intake.partial_dir, headers, writeback=self.intake.fsync)
@@ -330,10 +349,19 @@ class StowReceiver:
         if part.reason is not None or part.path is None:
             if part.reason == OUT_OF_RESOURCES:
                 log.error("STOW-RS part not stored: out of resources", extra={"event": "disk_low"})
-            self.result.outcomes.append(Outcome(reason=part.reason or OUT_OF_RESOURCES))
+            self._outcomes.append(Outcome(reason=part.reason or OUT_OF_RESOURCES))
             part.discard()
             return
-        self.result.outcomes.append(self._file(part.path))
+        # Filed on another thread while the next part streams in: the fsyncs and the commit of
+        # one part overlap the network reading of the next (and concurrent parts share commits).
+        self._window.acquire()
+        self._outcomes.append(self.filer.submit(self._file_and_release, part.path))
+
+    def _file_and_release(self, path: Path) -> Outcome:
+        try:
+            return self._file(path)
+        finally:
+            self._window.release()
 
     def _file(self, path: Path) -> Outcome:
         """The durability protocol for one complete part; never raises."""
@@ -352,7 +380,9 @@ class StowReceiver:
             return outcome
         try:
             self.intake.check_space()
-            self.intake.ingest_partial(path, source="stow", calling_aet="", verify_complete=True, header=header)
+            # lazy_digest as for C-STORE: the dataset is hashed only to tell a re-send from changed bytes
+            self.intake.ingest_partial(path, source="stow", calling_aet="", verify_complete=True, header=header,
+                                       lazy_digest=True)
         except DiskFull:
             log.error("spool disk below free-space floor; STOW-RS part refused", extra={"event": "disk_low"})
             outcome.reason = OUT_OF_RESOURCES
@@ -561,6 +591,8 @@ class StowServer:
         self.tls = tls_context(cfg)
         self.networks = [ipaddress.ip_network(h, strict=False) for h in cfg.allowed_hosts]
         self.places = threading.BoundedSemaphore(cfg.max_connections)
+        # files complete parts (fsync, rename, commit) while their requests read on; bounded
+        self.filer = ThreadPoolExecutor(max_workers=min(16, 2 * cfg.max_connections), thread_name_prefix="stow-file")
         self._server: _Server | None = None
         self._active: dict[int, socket.socket] = {}
         self._busy = 0
@@ -628,6 +660,7 @@ class StowServer:
                     break
             time.sleep(0.02)
         self._server = None
+        self.filer.shutdown(wait=True)  # parts in hand are filed (each takes milliseconds), then the intake closes
         log.info("STOW-RS stopped", extra={"event": "stow_stopped", "aborted": len(left)})
 
     # -- one POST ------------------------------------------------------------------------------
@@ -649,7 +682,7 @@ class StowServer:
         chunked = "chunked" in handler.headers.get("Transfer-Encoding", "").lower()
         length = None if chunked else int(handler.headers.get("Content-Length", "0"))
         began = time.monotonic()
-        receiver = StowReceiver(self.intake, self.offer, match.group(1), handler.peer)
+        receiver = StowReceiver(self.intake, self.offer, match.group(1), handler.peer, self.filer)
         try:
             boundary = boundary_of(handler.headers.get("Content-Type", ""))
             reader = _LimitedReader(handler.rfile, limit=self.cfg.max_request_bytes, length=length, chunked=chunked)
@@ -657,24 +690,26 @@ class StowServer:
             size = reader.raw_bytes
         except RequestTooLarge:
             receiver.abandon()
+            receiver.finish()
             log.warning("STOW-RS body crossed max_request_bytes", extra={"event": "stow_refused",
                                                                          "peer": handler.peer, "status": 413})
             handler._error(413, "request body larger than [stow] max_request_bytes")
             return
         except (BodyError, UnicodeDecodeError) as exc:
             receiver.abandon()
+            receiver.finish()
             log.warning("STOW-RS body malformed", extra={"event": "stow_bad_body", "peer": handler.peer,
-                                                         "parts_filed": len(receiver.result.outcomes),
-                                                         "reason": str(exc)[:80]})
+                                                         "parts_filed": receiver.parts, "reason": str(exc)[:80]})
             handler._error(400, f"malformed multipart/related body: {exc}")
             return
         except OSError:  # the sender went away or went silent: nothing to answer
             receiver.abandon()
+            receiver.finish()
             handler.close_connection = True
             log.warning("STOW-RS sender dropped the request", extra={"event": "stow_dropped", "peer": handler.peer,
-                                                                     "parts_filed": len(receiver.result.outcomes)})
+                                                                     "parts_filed": receiver.parts})
             return
-        result = receiver.result
+        result = receiver.finish()
         if not result.outcomes:
             handler._error(400, "the multipart body holds no part")
             return

@@ -179,7 +179,7 @@ def test_unknown_client_refused_before_the_body_is_read(tmp_path: Path, study_fi
 def test_body_over_the_limit_gives_413_and_leaves_no_file(tmp_path: Path, study_files: list[Path]) -> None:
     door = Door(tmp_path, max_request_bytes=1024**2)
     try:
-        big = multipart([os.urandom(600_000), os.urandom(600_000)])
+        big = multipart([os.urandom(1_200_000)])
         status, _, _ = door.post(big)
         assert status == 413
         # chunked, without a Content-Length: refused when the count crosses the limit
@@ -208,6 +208,7 @@ def test_body_over_the_limit_gives_413_and_leaves_no_file(tmp_path: Path, study_
         assert answer.startswith(b"HTTP/1.1 413"), answer[:60]
         time.sleep(0.2)
         assert door.files_left() == [] and door.stored_rows() == 0
+        assert not (door.layout.quarantine / "ingest").exists() or not any((door.layout.quarantine / "ingest").iterdir())
     finally:
         door.close()
 
