@@ -48,7 +48,8 @@ class Door:
         tokens = root / "stow.tokens"
         tokens.write_text(TOKEN + "\n")
         os.chmod(tokens, 0o600)
-        self.cfg = StowConfig(enabled=True, host="127.0.0.1", port=0, token_file=tokens, **settings)  # type: ignore[arg-type]
+        settings.setdefault("token_file", tokens)
+        self.cfg = StowConfig(enabled=True, host="127.0.0.1", port=0, **settings)  # type: ignore[arg-type]
         self.layout = SiteLayout(root / "data", root / "keys")
         self.layout.ensure()
         self.store = open_state(self.layout.state_db)
@@ -242,3 +243,34 @@ def test_config_refuses_a_stow_door_without_authentication() -> None:
     assert cross_check(replace(StowConfig(enabled=True), tls_cert_file=Path("c"), tls_key_file=Path("k"),
                                tls_ca_file=Path("ca"))) is None
     assert cross_check(StowConfig()) is None  # off by default: nothing to check
+
+
+def test_mutual_tls_admits_a_sender_with_a_certificate_and_refuses_one_without(tmp_path: Path,
+                                                                             study_files: list[Path]) -> None:
+    import ssl
+
+    from tests.security.web_support import self_signed
+
+    server_cert, server_key = self_signed(tmp_path / "server")
+    client_cert, client_key = self_signed(tmp_path / "client")  # self-signed: its own CA for the test
+    door = Door(tmp_path, token_file=None, tls_cert_file=server_cert, tls_key_file=server_key,
+                tls_ca_file=client_cert)
+    body = multipart([study_files[0].read_bytes()])
+    headers = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=b0undary-x'}
+    try:
+        with_cert = ssl.create_default_context(cafile=str(server_cert))
+        with_cert.load_cert_chain(str(client_cert), str(client_key))
+        conn = http.client.HTTPSConnection("127.0.0.1", door.server.port, context=with_cert, timeout=30)
+        conn.request("POST", "/dicomweb/studies", body=body, headers=headers)
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.read()
+        conn.close()
+        without = ssl.create_default_context(cafile=str(server_cert))
+        conn = http.client.HTTPSConnection("127.0.0.1", door.server.port, context=without, timeout=30)
+        with pytest.raises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)):
+            conn.request("POST", "/dicomweb/studies", body=body, headers=headers)
+            conn.getresponse()
+        conn.close()
+        assert door.stored_rows() == 1
+    finally:
+        door.close()
