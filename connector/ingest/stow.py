@@ -687,6 +687,7 @@ class StowServer:
             boundary = boundary_of(handler.headers.get("Content-Type", ""))
             reader = _LimitedReader(handler.rfile, limit=self.cfg.max_request_bytes, length=length, chunked=chunked)
             read_multipart(reader, boundary, receiver.on_part, receiver.on_end)
+            reader.drain()  # the epilogue after the closing boundary: the next request starts after it
             size = reader.raw_bytes
         except RequestTooLarge:
             receiver.abandon()

@@ -274,3 +274,26 @@ def test_mutual_tls_admits_a_sender_with_a_certificate_and_refuses_one_without(t
         assert door.stored_rows() == 1
     finally:
         door.close()
+
+
+def test_two_requests_on_one_kept_alive_connection(door: Door, study_files: list[Path]) -> None:
+    """The body's epilogue (after the closing boundary) is consumed, so a second request on the same
+    connection is read from its first byte (Orthanc and most clients keep connections open). The
+    epilogue arrives late, after the parser has seen the closing boundary."""
+    def request(body: bytes, extra: bytes = b"") -> bytes:
+        return (b"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                + b"\r\nContent-Type: multipart/related; type=\"application/dicom\"; boundary=b0undary-x"
+                + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n" + extra + b"\r\n" + body)
+
+    epilogue = b"an epilogue, ignored\r\n"
+    first = request(multipart([study_files[0].read_bytes()]) + epilogue)
+    sock = socket.create_connection(("127.0.0.1", door.server.port), timeout=30)
+    sock.sendall(first[:-len(epilogue)])
+    time.sleep(0.5)
+    sock.sendall(epilogue + request(multipart([study_files[1].read_bytes()]), b"Connection: close\r\n"))
+    answers = b""
+    while chunk := sock.recv(65536):
+        answers += chunk
+    sock.close()
+    assert answers.count(b"HTTP/1.1 200 ") == 2, answers[:400]
+    assert door.stored_rows() == 2
