@@ -225,7 +225,7 @@ class Supervisor:
 
     def _check_stow(self) -> None:
         """[stow]: its port free, its TLS files loadable, its token file private (as the registry's)."""
-        from connector.ingest.stow import TokenFileUnsafe, check_token_file, tls_context
+        from connector.ingest.stow_auth import TokenFileUnsafe, check_token_file, tls_context
 
         cfg = self.config.stow
         try:

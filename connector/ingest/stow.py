@@ -26,380 +26,39 @@ type="application/dicom"`` body. Decisions, and why:
   ``[dicom] extra_storage_sop_classes``.
 - **Privacy.** Request paths carry Study Instance UIDs: http.server's own request log is silenced,
   and our log lines carry counts, statuses and the peer address only.
+
+This module is the HTTP side (handler, bounded server, stop); beside it: who may send
+(:mod:`connector.ingest.stow_auth`), the parts' way into the intake (:mod:`connector.ingest.stow_parts`)
+and the answer (:mod:`connector.ingest.stow_response`).
 """
 
 from __future__ import annotations
 
 import errno
-import hmac
 import ipaddress
 import json
 import logging
-import os
 import re
 import socket
 import socketserver
 import ssl
-import stat
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
-from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
-from connector.ingest.intake import DiskFull, Intake, UnreadableObject, read_header
-from connector.ingest.multipart_stream import BodyError, BodyReader, boundary_of, read_multipart
+from connector.ingest.intake import Intake
+from connector.ingest.multipart_stream import BodyError, boundary_of, read_multipart
 from connector.ingest.negotiation import Offer
+from connector.ingest.stow_auth import Tokens, tls_context
+from connector.ingest.stow_parts import LimitedReader, RequestTooLarge, StowReceiver
+from connector.ingest.stow_response import JSON_TYPE, XML_TYPE, choose_media_type, response_json, response_xml
 from connector.settings.stow import StowConfig
-from connector.store.durable import PART_SUFFIX, start_writeback
 
 log = logging.getLogger(__name__)
 
-OUT_OF_RESOURCES = 0xA700
-SOP_CLASS_REFUSED = 0xA900  # "Data Set does not match SOP Class": here, a class we do not accept
-CANNOT_UNDERSTAND = 0xC000
 _PATH_RE = re.compile(r"^/dicomweb/studies(?:/([0-9.]{1,64}))?/?$")
-_JSON = "application/dicom+json"
-_XML = "application/dicom+xml"
-
-
-class TokenFileUnsafe(Exception):
-    """The token file is open to group or others; ``str()`` says what to ``chmod``."""
-
-
-def check_token_file(cfg: StowConfig) -> None:
-    """Raise :class:`TokenFileUnsafe` when ``[stow] token_file`` exists and group or others may access it.
-
-    Why: whoever reads a token can post data that ends up at the registry as this site's.
-    """
-    if cfg.token_file is None:
-        return
-    try:
-        mode = stat.S_IMODE(cfg.token_file.stat().st_mode)
-    except OSError:
-        return  # a missing file refuses every token (logged); the start does not depend on it
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise TokenFileUnsafe(f"STOW-RS token file {cfg.token_file} is accessible by group or others (mode "
-                              f"{mode:04o}): run chmod 600 {cfg.token_file} ([stow] token_file)")
-
-
-class Tokens:
-    """The accepted bearer tokens, re-read when the file changes (so a token can be revoked without a restart)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self._seen: tuple[int, int] | None = None
-        self._tokens: tuple[bytes, ...] = ()
-        self._lock = threading.Lock()
-
-    @property
-    def required(self) -> bool:
-        return self.path is not None
-
-    def _load(self) -> tuple[bytes, ...]:
-        assert self.path is not None
-        try:
-            st = self.path.stat()
-        except OSError:
-            return ()
-        with self._lock:
-            if self._seen != (st.st_mtime_ns, st.st_size):
-                if stat.S_IMODE(st.st_mode) & (stat.S_IRWXG | stat.S_IRWXO):
-                    log.error("STOW-RS token file readable by others: every token refused",
-                              extra={"event": "stow_token_file_unsafe"})
-                    self._tokens = ()
-                else:
-                    lines = self.path.read_text().splitlines()
-                    self._tokens = tuple(t.strip().encode() for t in lines if t.strip() and not t.startswith("#"))
-                self._seen = (st.st_mtime_ns, st.st_size)
-            return self._tokens
-
-    def accepts(self, header: str) -> bool:
-        """Whether an ``Authorization`` header value carries one of the tokens (constant-time compare)."""
-        scheme, _, value = header.strip().partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            return False
-        given = value.strip().encode()
-        ok = False
-        for token in self._load():
-            ok |= hmac.compare_digest(given, token)
-        return ok
-
-
-def tls_context(cfg: StowConfig) -> ssl.SSLContext | None:
-    """The server's TLS context, or None for plain HTTP. Raises OSError/ssl.SSLError on bad files."""
-    if not cfg.tls_cert_file:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(cfg.tls_cert_file), str(cfg.tls_key_file))
-    if cfg.tls_ca_file:
-        ctx.load_verify_locations(str(cfg.tls_ca_file))
-        ctx.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: only senders holding a certificate from this CA
-    return ctx
-
-
-# -- the answer --------------------------------------------------------------------------------
-
-
-@dataclass
-class Outcome:
-    """What happened to one part: stored (``reason`` None) or failed with a PS3.18 FailureReason."""
-
-    sop_class_uid: str = ""
-    sop_instance_uid: str = ""
-    reason: int | None = None
-
-
-@dataclass
-class StowResult:
-    outcomes: list[Outcome] = field(default_factory=list)
-
-    @property
-    def stored(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.reason is None]
-
-    @property
-    def failed(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.reason is not None]
-
-    @property
-    def status(self) -> int:
-        """200 all stored, 202 some, 409 none (PS3.18 table 10.5.3-1)."""
-        if not self.failed:
-            return 200
-        return 202 if self.stored else 409
-
-
-def _item(o: Outcome) -> list[tuple[str, str, str, Any]]:
-    elems: list[tuple[str, str, str, Any]] = []
-    if o.sop_class_uid:
-        elems.append(("00081150", "UI", "ReferencedSOPClassUID", o.sop_class_uid))
-    if o.sop_instance_uid:
-        elems.append(("00081155", "UI", "ReferencedSOPInstanceUID", o.sop_instance_uid))
-    if o.reason is not None:
-        elems.append(("00081197", "US", "FailureReason", o.reason))
-    return elems
-
-
-def response_json(result: StowResult) -> dict[str, Any]:
-    """The Store Instances Response Module in the DICOM JSON model (PS3.18 F.2)."""
-    body: dict[str, Any] = {}
-    for tag, items in (("00081198", result.failed), ("00081199", result.stored)):
-        if items:
-            body[tag] = {"vr": "SQ", "Value": [{t: {"vr": vr, "Value": [v]} for t, vr, _, v in _item(o)}
-                                               for o in items]}
-    return body
-
-
-def response_xml(result: StowResult) -> str:
-    """The same response in the PS3.19 Native DICOM Model (``application/dicom+xml``)."""
-    out = ['<?xml version="1.0" encoding="UTF-8"?>',
-           '<NativeDicomModel xmlns="http://dicom.nema.org/PS3.19/models/NativeDICOM">']
-    for tag, keyword, items in (("00081198", "FailedSOPSequence", result.failed),
-                                ("00081199", "ReferencedSOPSequence", result.stored)):
-        if not items:
-            continue
-        out.append(f'<DicomAttribute tag="{tag}" vr="SQ" keyword="{keyword}">')
-        for n, o in enumerate(items, 1):
-            out.append(f'<Item number="{n}">')
-            for t, vr, kw, v in _item(o):
-                out.append(f'<DicomAttribute tag="{t}" vr="{vr}" keyword="{kw}"><Value number="1">'
-                           f'{escape(str(v))}</Value></DicomAttribute>')
-            out.append("</Item>")
-        out.append("</DicomAttribute>")
-    out.append("</NativeDicomModel>")
-    return "\n".join(out)
-
-
-def choose_media_type(accept: str) -> str | None:
-    """The response type for an Accept header: dicom+json (default), dicom+xml, or None (406)."""
-    if not accept.strip():
-        return _JSON
-    for entry in accept.split(","):
-        kind = entry.split(";")[0].strip().lower()
-        if kind in (_JSON, "application/json", "*/*", "application/*"):
-            return _JSON
-        if kind in (_XML, "application/xml", "text/xml"):
-            return _XML
-    return None
-
-
-# -- receiving one request ---------------------------------------------------------------------
-
-
-class RequestTooLarge(Exception):
-    """The body crossed ``max_request_bytes`` while it was read."""
-
-
-class _LimitedReader(BodyReader):
-    """A :class:`BodyReader` that stops at ``limit`` raw bytes (for bodies without a Content-Length)."""
-
-    def __init__(self, rfile: Any, *, limit: int, **kw: Any) -> None:
-        super().__init__(rfile, **kw)
-        self.limit = limit
-
-    def readinto(self, view: memoryview) -> int:
-        got = super().readinto(view)
-        if self.raw_bytes > self.limit:
-            raise RequestTooLarge()
-        return got
-
-    def read(self, n: int = 1024 * 1024) -> bytes:
-        data = super().read(n)
-        if self.raw_bytes > self.limit:
-            raise RequestTooLarge()
-        return data
-
-
-class _PartFile:
-    """One part on its way to a ``.part`` file; keeps reading (and dropping) the bytes after a failure."""
-
-    def __init__(self, folder: Path, headers: dict[str, str], *, writeback: bool) -> None:
-        self.path: Path | None = None
-        self.fd: int | None = None
-        self.written = 0
-        self.reason: int | None = None
-        self.writeback = writeback
-        kind = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
-        if kind != "application/dicom":
-            self.reason = CANNOT_UNDERSTAND  # metadata or bulk data parts: not a DICOM instance
-            return
-        try:
-            import tempfile
-
-            self.fd, name = tempfile.mkstemp(dir=folder, suffix=PART_SUFFIX)
-            self.path = Path(name)
-        except OSError:
-            self.reason = OUT_OF_RESOURCES
-
-    def write(self, data: memoryview) -> None:
-        if self.fd is None:
-            return
-        view = memoryview(data)
-        start = self.written
-        try:
-            while view:
-                n = os.write(self.fd, view)
-                view = view[n:]
-                self.written += n
-        except OSError:  # disk full or failing: drop this part, go on reading the body
-            self.reason = OUT_OF_RESOURCES
-            self.discard()
-            return
-        if self.writeback:
-            start_writeback(self.fd, start, self.written - start)
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-    def discard(self) -> None:
-        self.close()
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-            self.path = None
-
-
-class StowReceiver:
-    """Files the parts of one request through the intake; collects the per-part outcomes."""
-
-    def __init__(self, intake: Intake, offer: Offer, study: str | None, peer: str, filer: ThreadPoolExecutor,
-                 *, window: int = 8) -> None:
-        self.intake, self.offer, self.study, self.peer = intake, offer, study, peer
-        self.filer = filer
-        self.current: _PartFile | None = None
-        self._outcomes: list[Outcome | Future[Outcome]] = []
-        self._window = threading.Semaphore(window)  # parts being filed at once for this request
-
-    @property
-    def parts(self) -> int:
-        return len(self._outcomes)
-
-    def finish(self) -> StowResult:
-        """Wait until every part handed to the filer is filed (or refused); their outcomes in order.
-
-        Called before any answer, including 400/413: the answer must follow the fsyncs, and no
-        part may still be on its way when the sender hears back.
-        """
-        result = StowResult()
-        for item in self._outcomes:
-            result.outcomes.append(item.result() if isinstance(item, Future) else item)
-        return result
-
-    def on_part(self, headers: dict[str, str]) -> _PartFile:
-        part = _PartFile(self.intake.partial_dir, headers, writeback=self.intake.fsync)
-        if part.reason is None:
-            try:
-                self.intake.check_space()
-            except DiskFull:
-                part.reason = OUT_OF_RESOURCES
-                part.discard()
-        self.current = part
-        return part
-
-    def on_end(self, sink: Any) -> None:
-        part: _PartFile = sink
-        self.current = None
-        part.close()
-        if part.reason is not None or part.path is None:
-            if part.reason == OUT_OF_RESOURCES:
-                log.error("STOW-RS part not stored: out of resources", extra={"event": "disk_low"})
-            self._outcomes.append(Outcome(reason=part.reason or OUT_OF_RESOURCES))
-            part.discard()
-            return
-        # Filed on another thread while the next part streams in: the fsyncs and the commit of
-        # one part overlap the network reading of the next (and concurrent parts share commits).
-        self._window.acquire()
-        self._outcomes.append(self.filer.submit(self._file_and_release, part.path))
-
-    def _file_and_release(self, path: Path) -> Outcome:
-        try:
-            return self._file(path)
-        finally:
-            self._window.release()
-
-    def _file(self, path: Path) -> Outcome:
-        """The durability protocol for one complete part; never raises."""
-        try:
-            header = read_header(path, verify_complete=True)  # a part may be anything: check it whole
-        except UnreadableObject as exc:
-            try:
-                self.intake.quarantine_partial(path, exc, source="stow")
-            except OSError:
-                path.unlink(missing_ok=True)
-            return Outcome(reason=CANNOT_UNDERSTAND)
-        outcome = Outcome(header.sop_class_uid, header.sop_instance_uid)
-        if not self.offer.stores(header.sop_class_uid) or (self.study and header.study_uid != self.study):
-            path.unlink(missing_ok=True)  # refused as the SCP refuses the class at negotiation
-            outcome.reason = SOP_CLASS_REFUSED
-            return outcome
-        try:
-            self.intake.check_space()
-            # lazy_digest as for C-STORE: the dataset is hashed only to tell a re-send from changed bytes
-            self.intake.ingest_partial(path, source="stow", calling_aet="", verify_complete=True, header=header,
-                                       lazy_digest=True)
-        except DiskFull:
-            log.error("spool disk below free-space floor; STOW-RS part refused", extra={"event": "disk_low"})
-            outcome.reason = OUT_OF_RESOURCES
-        except UnreadableObject:
-            outcome.reason = CANNOT_UNDERSTAND
-        except Exception as exc:  # any storage failure: never claim success
-            log.error("could not store a STOW-RS part", extra={"event": "store_failed", "error": type(exc).__name__})
-            outcome.reason = OUT_OF_RESOURCES
-        finally:
-            path.unlink(missing_ok=True)  # consumed by the intake when stored; removed otherwise
-        return outcome
-
-    def abandon(self) -> None:
-        """The body ended badly: remove the part being written (parts already filed stay stored)."""
-        if self.current is not None:
-            self.current.discard()
-            self.current = None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -678,14 +337,14 @@ class StowServer:
     def _serve_post(self, handler: _Handler) -> None:
         match = _PATH_RE.match(handler.path.split("?")[0])
         assert match is not None  # checked by _refusal
-        media_type = choose_media_type(handler.headers.get("Accept", "")) or _JSON
+        media_type = choose_media_type(handler.headers.get("Accept", "")) or JSON_TYPE
         chunked = "chunked" in handler.headers.get("Transfer-Encoding", "").lower()
         length = None if chunked else int(handler.headers.get("Content-Length", "0"))
         began = time.monotonic()
         receiver = StowReceiver(self.intake, self.offer, match.group(1), handler.peer, self.filer)
         try:
             boundary = boundary_of(handler.headers.get("Content-Type", ""))
-            reader = _LimitedReader(handler.rfile, limit=self.cfg.max_request_bytes, length=length, chunked=chunked)
+            reader = LimitedReader(handler.rfile, limit=self.cfg.max_request_bytes, length=length, chunked=chunked)
             read_multipart(reader, boundary, receiver.on_part, receiver.on_end)
             reader.drain()  # the epilogue after the closing boundary: the next request starts after it
             size = reader.raw_bytes
@@ -714,7 +373,7 @@ class StowServer:
         if not result.outcomes:
             handler._error(400, "the multipart body holds no part")
             return
-        body = (response_xml(result).encode() if media_type == _XML
+        body = (response_xml(result).encode() if media_type == XML_TYPE
                 else json.dumps(response_json(result)).encode())
         handler.reply(result.status, body, media_type)
         seconds = time.monotonic() - began
