@@ -44,7 +44,7 @@ def multipart(parts: list[bytes], boundary: str = "b0undary-x", *, part_type: st
 class Door:
     """A StowServer on an ephemeral loopback port over a fresh site folder."""
 
-    def __init__(self, root: Path, **settings: object) -> None:
+    def __init__(self, root: Path, *, min_free_bytes: int = 0, **settings: object) -> None:
         tokens = root / "stow.tokens"
         tokens.write_text(TOKEN + "\n")
         os.chmod(tokens, 0o600)
@@ -53,7 +53,8 @@ class Door:
         self.layout = SiteLayout(root / "data", root / "keys")
         self.layout.ensure()
         self.store = open_state(self.layout.state_db)
-        self.intake = Intake(self.layout, self.store, partial_dir=self.layout.partial / "stow")
+        self.intake = Intake(self.layout, self.store, partial_dir=self.layout.partial / "stow",
+                             min_free_bytes=min_free_bytes)
         self.server = StowServer(self.cfg, self.intake, Offer(max_pdu_length=1 << 20))
         self.server.start()
 
@@ -297,3 +298,17 @@ def test_two_requests_on_one_kept_alive_connection(door: Door, study_files: list
     sock.close()
     assert answers.count(b"HTTP/1.1 200 ") == 2, answers[:400]
     assert door.stored_rows() == 2
+
+
+def test_disk_below_the_floor_fails_every_part_with_a700_and_keeps_nothing(tmp_path: Path,
+                                                                          study_files: list[Path]) -> None:
+    """The same free-space floor as C-STORE ([storage] min_free_bytes): the sender is told to retry."""
+    door = Door(tmp_path, min_free_bytes=1 << 62)
+    try:
+        status, body, _ = door.post(multipart([p.read_bytes() for p in study_files[:3]]))
+        assert status == 409, body
+        reasons = [i["00081197"]["Value"][0] for i in json.loads(body)["00081198"]["Value"]]
+        assert reasons == [0xA700] * 3
+        assert door.stored_rows() == 0 and door.files_left() == []
+    finally:
+        door.close()
