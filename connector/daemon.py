@@ -4,6 +4,7 @@
       |- receiver-0 .. receiver-N-1   C-STORE SCP on one shared port (+ drop folder in receiver-0)
       |- pipeline                     stable-study sweep, de-identification, inference, queuing
       |- push                         outbox -> registry (STOW-RS, JSON API)
+      |- stow                         DICOMweb STOW-RS listener, only with [stow] enabled
 
 Why processes: a crash in de-identification or inference must not stop reception, and receiving
 must never wait on them; separate interpreters also let the receivers use every core despite the

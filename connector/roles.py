@@ -7,6 +7,8 @@
   :mod:`connector.pipeline.stages` (de-identification, CAC, registry queuing), and the periodic jobs
   (apscheduler). It reads what receivers wrote and never talks to them.
 - ``push``: drains the outbox to the registry (STOW-RS and the JSON API), with its own retries.
+- ``stow`` (only with ``[stow] enabled``): the DICOMweb STOW-RS listener; like a receiver it writes
+  the spool and the state DB through the same intake, and nothing else.
 
 Roles are started by :mod:`connector.daemon` in fresh interpreters (multiprocessing "spawn"), so
 they share no state but the files and the database.
