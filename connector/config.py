@@ -46,6 +46,8 @@ from connector.settings.linkage import LinkageConfig
 from connector.settings.pacs import PacsConfig
 from connector.settings.pacs import cross_check as _pacs_cross_check
 from connector.settings.registry import RegistryConfig
+from connector.settings.stow import StowConfig
+from connector.settings.stow import cross_check as _stow_cross_check
 
 ENV_PREFIX = "SITE_CONNECTOR__"
 ENV_CONFIG_FILE = "SITE_CONNECTOR_CONFIG"
@@ -81,6 +83,7 @@ class Config:
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
     hl7: Hl7Config = field(default_factory=Hl7Config)
     fhir: FhirConfig = field(default_factory=FhirConfig)
+    stow: StowConfig = field(default_factory=StowConfig)
     source: str = field(default="embedded defaults", compare=False)
 
     @property
@@ -252,6 +255,10 @@ def _cross_checks(config: Config) -> None:
     if pacs_problem:
         key, _, problem = pacs_problem.partition(": ")
         raise ConfigError(config.source, f"[pacs] {key}", problem)
+    stow_problem = _stow_cross_check(config.stow)
+    if stow_problem:
+        key, _, problem = stow_problem.partition(": ")
+        raise ConfigError(config.source, f"[stow] {key}", problem)
     if config.results.return_to_pacs and not config.pacs.configured:
         raise ConfigError(config.source, "[results] return_to_pacs", "needs [pacs] host and ae_title (where to send)")
     for section in ("hl7", "fhir"):  # a feed's deaths carry this code: one the follow-up import accepts

@@ -4,6 +4,7 @@
       |- receiver-0 .. receiver-N-1   C-STORE SCP on one shared port (+ drop folder in receiver-0)
       |- pipeline                     stable-study sweep, de-identification, inference, queuing
       |- push                         outbox -> registry (STOW-RS, JSON API)
+      |- stow                         DICOMweb STOW-RS listener, only with [stow] enabled
 
 Why processes: a crash in de-identification or inference must not stop reception, and receiving
 must never wait on them; separate interpreters also let the receivers use every core despite the
@@ -141,6 +142,8 @@ class Supervisor:
         self._check_deid()
         self._check_results_model()
         self._check_port("DICOM", cfg.dicom.host, cfg.dicom.port, "[dicom] port", "[dicom] host")
+        if cfg.stow.enabled:
+            self._check_stow()
         if cfg.http.enabled and cfg.http.port:
             self._check_port("HTTP", cfg.http.host, cfg.http.port, "[http] port", "[http] host")
         if cfg.hl7.enabled:
@@ -165,9 +168,12 @@ class Supervisor:
             self._spawn(role)
         self._await_listening()
         # the pipeline and the uploader only once reception works: a failed start leaves no half-run work
+        first_late = len(self.roles)
         self.roles.append(_Role("pipeline", "pipeline", (cfg, self._log_queue)))
         self.roles.append(_Role("push", "push", (cfg, self._log_queue)))
-        for role in self.roles[-2:]:
+        if cfg.stow.enabled:  # the DICOMweb door (issue 28), after recovery like the receivers
+            self.roles.append(_Role("stow", "stow", (cfg, self._log_queue)))
+        for role in self.roles[first_late:]:
             self._spawn(role)
         if cfg.hl7.enabled:  # the HL7 v2 ADT listener (deaths into follow-up), in its own process
             self.roles.append(_Role("hl7", "hl7", (cfg, self._log_queue)))
@@ -225,6 +231,24 @@ class Supervisor:
             check_token_file(self.config.registry)
         except TokenFileUnsafe as exc:
             raise DaemonStartError(str(exc), EXIT_CONFIG) from None
+
+    def _check_stow(self) -> None:
+        """[stow]: its port free, its TLS files loadable, its token file private (as the registry's)."""
+        from connector.ingest.stow_auth import TokenFileUnsafe, check_token_file, tls_context
+
+        cfg = self.config.stow
+        try:
+            tls_context(cfg)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise DaemonStartError(
+                f"STOW-RS TLS files cannot be loaded ({_reason(exc)}): [stow] tls_cert_file and tls_key_file must "
+                "be a PEM certificate and its matching private key (tls_ca_file a PEM CA bundle), readable by "
+                "the service user", EXIT_CONFIG) from None
+        try:
+            check_token_file(cfg)
+        except TokenFileUnsafe as exc:
+            raise DaemonStartError(str(exc), EXIT_CONFIG) from None
+        self._check_port("STOW-RS", cfg.host, cfg.port, "[stow] port", "[stow] host")
 
     def _check_deid(self) -> None:
         """Rule files and the free-text vocabulary load, so a typo stops the start, not each study."""

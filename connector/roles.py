@@ -7,6 +7,8 @@
   :mod:`connector.pipeline.stages` (de-identification, CAC, registry queuing), and the periodic jobs
   (apscheduler). It reads what receivers wrote and never talks to them.
 - ``push``: drains the outbox to the registry (STOW-RS and the JSON API), with its own retries.
+- ``stow`` (only with ``[stow] enabled``): the DICOMweb STOW-RS listener; like a receiver it writes
+  the spool and the state DB through the same intake, and nothing else.
 
 Roles are started by :mod:`connector.daemon` in fresh interpreters (multiprocessing "spawn"), so
 they share no state but the files and the database.
@@ -341,6 +343,44 @@ def hl7_main(config: Config, log_queue: Any) -> None:
 
 
 ROLE_TARGETS = {"receiver": receiver_main, "pipeline": pipeline_main, "push": push_main, "hl7": hl7_main}
+
+
+def stow_main(config: Config, log_queue: Any) -> None:
+    """The DICOMweb STOW-RS listener ([stow], issue 28): files parts through the same intake as C-STORE."""
+    stop = _child_setup(config, log_queue, "stow")
+    from connector.ingest.intake import Intake
+    from connector.ingest.negotiation import Offer
+    from connector.ingest.scp import configure_receiver_process
+    from connector.ingest.stow import StowServer, bind_error_reason
+    from connector.site_db import open_state
+    from connector.store.layout import SiteLayout
+
+    layout = SiteLayout.from_config(config)
+    partial = layout.partial / "stow"
+    shutil.rmtree(partial, ignore_errors=True)  # parts of requests cut short when this role last stopped
+    partial.mkdir(mode=0o700, parents=True)
+    store = open_state(layout.state_db)
+    intake = Intake(layout, store, min_free_bytes=config.storage.min_free_bytes, fsync=config.storage.fsync,
+                    partial_dir=partial)
+    configure_receiver_process()
+    offer = Offer(max_pdu_length=config.dicom.max_pdu_length,
+                  extra_storage_classes=frozenset(config.dicom.extra_storage_sop_classes))
+    server = StowServer(config.stow, intake, offer)
+    try:
+        server.start()
+    except OSError as exc:
+        log.error("cannot listen on the STOW-RS port", extra={"event": "bind_failed", "port": config.stow.port,
+                                                              "error": bind_error_reason(exc)})
+        os._exit(EXIT_BIND_FAILED)
+    _wait_for_stop(stop)
+    drain, _ = stop_budget(config)
+    server.stop(drain_seconds=drain)
+    intake.close()
+    store.close()
+    _exit_role(log_queue)
+
+
+ROLE_TARGETS = {"receiver": receiver_main, "pipeline": pipeline_main, "push": push_main, "stow": stow_main}
 
 
 def spawn_context() -> Any:

@@ -45,7 +45,7 @@ from devregistry.dicomjson import (
     stow_response,
     study_json,
 )
-from devregistry.multipart import (
+from connector.ingest.multipart_stream import (
     BodyError,
     BodyReader,
     boundary_of,

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from devregistry.multipart import BodyError, BodyReader, read_multipart
+from connector.ingest.multipart_stream import BodyError, BodyReader, read_multipart
 
 BOUNDARY = b"stow-0123456789abcdef"
 

@@ -1,7 +1,13 @@
 """Reading request bodies as streams: Content-Length or chunked, optional gzip, multipart/related parts.
 
-Why streaming: a STOW-RS request can carry hundreds of megabytes; the dev registry must hold no
-more than a couple of megabytes per request in memory, the same promise the uploader makes.
+Why streaming: a STOW-RS request can carry hundreds of megabytes; a server must hold no more than a
+couple of megabytes per request in memory, the same promise the uploader makes. Two servers use
+this one parser: the connector's own STOW-RS door (:mod:`connector.ingest.stow`) and the dev
+registry (``devregistry/server.py``, which imports it from here: the product never imports
+``devregistry``). Why not a PyPI parser (``multipart``, ``python-multipart``): neither is available from the
+offline package index here, both are shaped around multipart/form-data, and this one is already tested against our
+uploader, writes parts straight from one reused socket buffer to a file, and adds no dependency to
+an offline site install.
 Parts are handed to a sink (a temporary file) as they arrive, straight from one reused buffer
 that the socket is read into: no copy of the body is made on the way to the file.
 """
