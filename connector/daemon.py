@@ -11,9 +11,10 @@ must never wait on them; separate interpreters also let the receivers use every 
 GIL. The supervisor itself only runs start-up recovery, starts the roles, restarts any that dies
 (with backoff), forwards SIGTERM/SIGINT and collects their logs, so it has little that can fail.
 
-Start is all or nothing. Everything that can be checked before a role runs is checked first, in
-this order: DICOM TLS files -> DICOM and HTTP ports free -> data folder writable -> site key ->
-registry token file private -> state database opens -> start-up recovery. Then the HTTP server
+Start is all or nothing. Everything that can be checked before a role runs is checked first
+(:mod:`connector.preflight`), in this order: TLS files, rules and vocabulary, the CAC model for
+results sent to the PACS -> DICOM, STOW-RS, HTTP and HL7 ports free -> data folder writable ->
+site key -> registry token file private -> state database opens -> start-up recovery. Then the HTTP server
 binds, the receivers start (and must be listening), then the pipeline and the uploader. Any
 failure stops whatever was started and raises :class:`DaemonStartError`: one line saying what
 failed and how to fix it, with exit code 2 when the operator must change the configuration, files
@@ -33,22 +34,16 @@ supervisor exits, and so is multiprocessing's resource tracker. As PID 1 (a cont
 an init) it also waits for the orphans re-parented to it, so none stays a zombie. The daemon runs
 with umask 0077 (:data:`connector.store.layout.PRIVATE_UMASK`): whatever it writes is the service
 user's alone, however it was started.
-
-Why one module, long as it is: the start-up checks, the supervision loop and the wiring of
-the web server all run in the supervisor process, in that order; splitting them would scatter one
-process's life across files.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import logging.handlers
 import os
 import signal
 import socket
 import sqlite3
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -58,6 +53,8 @@ from typing import Any
 from connector.config import Config
 from connector.ingest.intake import Intake
 from connector.ingest.recovery import RecoveryReport, recover
+from connector import preflight
+from connector.preflight import EXIT_CONFIG, DaemonStartError, reason_of as _reason
 from connector.roles import EXIT_BIND_FAILED, ROLE_TARGETS, kill_after, spawn_context
 from connector.stop_signals import StopSignals
 from connector.store.layout import PRIVATE_UMASK, SiteLayout
@@ -69,18 +66,6 @@ log = logging.getLogger(__name__)
 RESTART_BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0  # a role that ran this long gets its backoff reset
 LISTEN_TIMEOUT = 60.0  # receivers must be listening this soon after they are started
-
-EXIT_FAILURE = 1  # as connector.cli.exitcodes: restarting may help (port taken, damaged database)
-EXIT_CONFIG = 2  # the operator must change the configuration, a file or a permission first
-
-
-class DaemonStartError(Exception):
-    """The daemon cannot run. ``str()`` is one line: what failed and how to fix it; ``code`` the exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.code = code
-
 
 class StartInterrupted(Exception):
     """SIGTERM or SIGINT arrived while the daemon was starting: it stopped instead."""
@@ -96,14 +81,6 @@ class _Role:
     restarts: int = 0
     backoff: float = 1.0
     next_start: float = 0.0
-
-
-def _reason(exc: BaseException) -> str:
-    """A short, value-free reason for an OS or library error (no paths: the caller names the file)."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @dataclass
@@ -138,21 +115,21 @@ class Supervisor:
     def _start(self) -> None:
         cfg = self.config
         # checks without side effects first, then the ones that create folders and the first key
-        self._check_tls()
-        self._check_deid()
-        self._check_results_model()
-        self._check_port("DICOM", cfg.dicom.host, cfg.dicom.port, "[dicom] port", "[dicom] host")
+        preflight.check_dicom_tls(cfg)
+        preflight.check_deid(cfg)
+        preflight.check_results_model(cfg)
+        preflight.check_port("DICOM", cfg.dicom.host, cfg.dicom.port, "[dicom] port", "[dicom] host")
         if cfg.stow.enabled:
-            self._check_stow()
+            preflight.check_stow(cfg)
         if cfg.http.enabled and cfg.http.port:
-            self._check_port("HTTP", cfg.http.host, cfg.http.port, "[http] port", "[http] host")
+            preflight.check_port("HTTP", cfg.http.host, cfg.http.port, "[http] port", "[http] host")
         if cfg.hl7.enabled:
-            self._check_hl7_tls()
+            preflight.check_hl7_tls(cfg)
         if cfg.hl7.enabled and cfg.hl7.port:
-            self._check_port("HL7", cfg.hl7.host, cfg.hl7.port, "[hl7] port", "[hl7] host")
-        self._check_data_dir()
-        self._check_keys()
-        self._check_registry_token()
+            preflight.check_port("HL7", cfg.hl7.host, cfg.hl7.port, "[hl7] port", "[hl7] host")
+        preflight.check_data_dir(cfg, self.layout)
+        preflight.check_keys(cfg)
+        preflight.check_registry_token(cfg)
         self._interrupted()
         self._recover()
         self._interrupted()
@@ -185,160 +162,6 @@ class Supervisor:
     def _interrupted(self) -> None:
         if self._signals.received() is not None:
             raise StartInterrupted()
-
-    # -- start-up checks: each raises DaemonStartError naming the fix ---------------------------
-
-    def _check_data_dir(self) -> None:
-        data_dir = self.config.storage.data_dir
-        try:
-            self.layout.ensure()
-            for folder in (self.layout.state_db.parent, self.layout.partial, self.layout.incoming,
-                           self.layout.outgoing):
-                probe = folder / f".write-test-{os.getpid()}"
-                with open(probe, "wb") as fh:
-                    fh.write(b"\0")
-                    os.fsync(fh.fileno())
-                probe.unlink()
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DaemonStartError(f"data folder {data_dir} is full ({_reason(exc)}): free space on its "
-                                       "disk (the spool, quarantine) and start again") from None
-            raise DaemonStartError(
-                f"data folder {data_dir} is not writable ({_reason(exc)}): give the service user ownership "
-                f"(chown -R site-connector: {data_dir}) or set [storage] data_dir to a writable folder",
-                EXIT_CONFIG) from None
-
-    def _check_keys(self) -> None:
-        from connector.linkage import LinkageError, LinkageKeyError
-
-        try:
-            check_site_keys(self.config)
-        except LinkageKeyError as exc:  # wrong, missing or unsafe key: fixing it needs the operator
-            raise DaemonStartError(f"linkage key problem: {exc} ([keys] dir, [linkage] key_file or "
-                                   "key_source; 'site-connector linkage check' explains more)", EXIT_CONFIG) from None
-        except LinkageError as exc:
-            raise DaemonStartError(f"linkage table problem: {exc} ('site-connector linkage check' explains more)",
-                                   EXIT_FAILURE) from None
-        except OSError as exc:
-            raise DaemonStartError(f"linkage key or table not readable ({_reason(exc)}): check [keys] dir and "
-                                   "[linkage] db_path, and that the service user owns them", EXIT_CONFIG) from None
-
-    def _check_registry_token(self) -> None:
-        """A token file others can read is refused, as the site key is: whoever reads it can push as the site."""
-        from connector.push.client import TokenFileUnsafe, check_token_file
-
-        try:
-            check_token_file(self.config.registry)
-        except TokenFileUnsafe as exc:
-            raise DaemonStartError(str(exc), EXIT_CONFIG) from None
-
-    def _check_stow(self) -> None:
-        """[stow]: its port free, its TLS files loadable, its token file private (as the registry's)."""
-        from connector.ingest.stow_auth import TokenFileUnsafe, check_token_file, tls_context
-
-        cfg = self.config.stow
-        try:
-            tls_context(cfg)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise DaemonStartError(
-                f"STOW-RS TLS files cannot be loaded ({_reason(exc)}): [stow] tls_cert_file and tls_key_file must "
-                "be a PEM certificate and its matching private key (tls_ca_file a PEM CA bundle), readable by "
-                "the service user", EXIT_CONFIG) from None
-        try:
-            check_token_file(cfg)
-        except TokenFileUnsafe as exc:
-            raise DaemonStartError(str(exc), EXIT_CONFIG) from None
-        self._check_port("STOW-RS", cfg.host, cfg.port, "[stow] port", "[stow] host")
-
-    def _check_deid(self) -> None:
-        """Rule files and the free-text vocabulary load, so a typo stops the start, not each study."""
-        from connector.deid.profile import load_profile
-        from connector.deid.rulefile import RuleFileError
-        from connector.deid.rule_sources import rule_paths, vocabulary_files
-        from connector.vocabulary import VocabularyError, load_vocabulary
-
-        try:
-            load_profile(rule_paths(self.config))
-        except RuleFileError as exc:
-            first = exc.problems[0] if exc.problems else "unreadable"
-            raise DaemonStartError(f"de-identification rules have errors: {first} ('site-connector rules check "
-                                   "FILE' lists them all; [deid] rules)", EXIT_CONFIG) from None
-        try:
-            load_vocabulary(self.config.deid.extra_vocabulary, vocabulary_files(self.config))
-        except VocabularyError as exc:
-            raise DaemonStartError(f"free-text vocabulary: {exc} ([deid] extra_vocabulary, vocabulary_files)",
-                                   EXIT_CONFIG) from None
-
-    def _check_results_model(self) -> None:
-        """[results] return_to_pacs sends CAC results into the patient's record: only from a model whose
-        manifest says it is validated for clinical use, unless the site overrides it for research use."""
-        from connector.infer.errors import ModelError
-        from connector.infer.manifest import BUNDLED_MODEL_DIR, load_manifest
-
-        cfg = self.config
-        if not (cfg.results.return_to_pacs and cfg.cac.enabled) or cfg.results.allow_unvalidated_model:
-            return
-        model_dir = cfg.cac.model_dir or BUNDLED_MODEL_DIR
-        try:
-            manifest = load_manifest(model_dir)
-        except ModelError as exc:
-            raise DaemonStartError(f"[results] return_to_pacs: cannot tell whether the CAC model is validated "
-                                   f"({_reason(exc)}): fix [cac] model_dir or turn return_to_pacs off",
-                                   EXIT_CONFIG) from None
-        if not manifest.validated_for_clinical_use:
-            raise DaemonStartError(
-                f"[results] return_to_pacs refused: the CAC model {manifest.name} {manifest.version} is not validated "
-                "for clinical use (its manifest says validated_for_clinical_use: false): set [cac] model_dir to a "
-                "validated model, turn return_to_pacs off, or, for research use only, set [results] "
-                "allow_unvalidated_model = true", EXIT_CONFIG)
-
-    def _check_tls(self) -> None:
-        from connector.ingest.scp import tls_context
-
-        try:
-            tls_context(self.config.dicom)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise DaemonStartError(
-                f"DICOM TLS files cannot be loaded ({_reason(exc)}): [dicom] tls_cert_file and tls_key_file must "
-                "be a PEM certificate and its matching private key (tls_ca_file a PEM CA bundle), readable by "
-                "the service user", EXIT_CONFIG) from None
-
-    def _check_hl7_tls(self) -> None:
-        from connector.hl7.listener import tls_context as hl7_tls_context
-
-        try:
-            hl7_tls_context(self.config)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise DaemonStartError(
-                f"HL7 TLS files cannot be loaded ({_reason(exc)}): [hl7] tls_cert_file and tls_key_file must be a "
-                "PEM certificate and its private key (tls_ca_file a PEM CA bundle)", EXIT_CONFIG) from None
-
-    def _check_port(self, what: str, host: str, port: int, port_key: str, host_key: str) -> None:
-        """Bind the port once, alone (no SO_REUSEPORT), so another listener of any kind is found now."""
-        try:
-            infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        except socket.gaierror as exc:
-            raise DaemonStartError(f"{host_key} {host!r} is not an address of this server ({_reason(exc)}): set "
-                                   f"{host_key} to one of its addresses, or 0.0.0.0", EXIT_CONFIG) from None
-        family, kind, proto, _, address = infos[0]
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the real listeners: TIME_WAIT is fine
-            try:
-                sock.bind(address)
-                sock.listen(1)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    who = {"DICOM": "storescp, Orthanc", "HL7": "an MLLP listener"}.get(what, "a web server")
-                    raise DaemonStartError(
-                        f"{what} port {port} is already in use by another program (another site-connector, "
-                        f"{who}?): stop it, or set {port_key} to a free port "
-                        f"(ss -ltnp 'sport = :{port}' shows who holds it)") from None
-                if exc.errno == errno.EACCES:
-                    raise DaemonStartError(
-                        f"{what} port {port} is privileged: grant CAP_NET_BIND_SERVICE (the systemd unit does) "
-                        f"or set {port_key} above 1023", EXIT_CONFIG) from None
-                raise DaemonStartError(f"cannot listen on {what} {host}:{port} ({_reason(exc)}): check {host_key} "
-                                       f"and {port_key}", EXIT_CONFIG) from None
 
     def _recover(self) -> None:
         db = self.layout.state_db
@@ -596,21 +419,3 @@ def _zombie_children(parent: int) -> list[int]:
         if len(fields) > 1 and fields[0] == b"Z" and fields[1] == str(parent).encode():
             found.append(int(name))
     return found
-
-
-def check_site_keys(config: Config) -> None:
-    """Open (and on a brand-new site, create) the linkage key once, so key problems stop start-up.
-
-    A key file is created only when neither it nor a linkage table exists (first start of the
-    embedded default). A missing key with an existing table is an error: a new key could never
-    read it.
-    """
-    from connector.linkage import create_key_file, open_identity_provider
-    from connector.linkage.paths import resolved_paths
-
-    paths = resolved_paths(config)
-    if config.linkage.key_source == "file" and not paths.key_file.exists() and not paths.db.exists():
-        create_key_file(paths.key_file)
-        log.warning("created a new site key file; back it up separately from the data",
-                    extra={"event": "key_created"})
-    open_identity_provider(config).close()

@@ -7,7 +7,8 @@ import sys
 
 from connector.cli import exitcodes
 from connector.cli.common import CommandError, add_config_option, config_from_args
-from connector.daemon import DaemonStartError, Supervisor
+from connector.daemon import Supervisor
+from connector.preflight import DaemonStartError
 from connector.logsetup import setup_logging
 
 

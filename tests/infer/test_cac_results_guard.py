@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from connector.config import load_config
-from connector.daemon import DaemonStartError, Supervisor
+from connector.preflight import DaemonStartError, check_results_model
 from connector.infer.manifest import BUNDLED_MODEL_DIR, load_manifest
 from tests.support.daemon import ConnectorProcess
 from tests.support.net import free_port
@@ -56,13 +56,13 @@ def test_a_validated_manifest_passes_and_a_missing_one_is_refused(tmp_path: Path
     port = free_port()
     config = tmp_path / "connector.toml"
     config.write_text(_config_text(port, f'[cac]\nmodel_dir = "{validated}"\n'))
-    Supervisor(load_config(config, environ={}))._check_results_model()  # no exception
+    check_results_model(load_config(config, environ={}))  # no exception
     config.write_text(_config_text(port, f'[cac]\nmodel_dir = "{tmp_path / "nowhere"}"\n'))
     with pytest.raises(DaemonStartError) as info:
-        Supervisor(load_config(config, environ={}))._check_results_model()
+        check_results_model(load_config(config, environ={}))
     assert info.value.code == 2 and "cannot tell whether the CAC model is validated" in str(info.value)
     config.write_text(_config_text(port, "[cac]\nenabled = false\n"))  # nothing scored, nothing returned
-    Supervisor(load_config(config, environ={}))._check_results_model()
+    check_results_model(load_config(config, environ={}))
 
 
 def test_the_research_override_starts_the_daemon(tmp_path: Path) -> None:
