@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 
 from connector.synthetic import write_pet_ct_study
-from tests.faults.support import RegistryProcess, storescu, token_file, wait_for
+from tests.faults.support import RegistryProcess, storescu, token_file
+from tests.support.waiting import wait_for
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
