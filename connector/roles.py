@@ -24,6 +24,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from connector.config import Config
@@ -35,6 +36,18 @@ log = logging.getLogger(__name__)
 
 EXIT_BIND_FAILED = 4  # the receiver could not listen: the supervisor stops instead of retrying
 EXIT_STOP_OVERDUE = 3  # a role still busy this long after SIGTERM exits by itself
+
+
+def _listen_or_exit(start: Callable[[], None], what: str, port: int,
+                    reason: Callable[[OSError], object]) -> None:
+    """Start a listener role's server; a port that cannot be opened ends the role with EXIT_BIND_FAILED,
+    which the supervisor reports as such (a start failure, not a crash to restart)."""
+    try:
+        start()
+    except OSError as exc:
+        log.error(f"cannot listen on the {what} port", extra={"event": "bind_failed", "port": port,
+                                                              "error": reason(exc)})
+        os._exit(EXIT_BIND_FAILED)
 
 
 def stop_budget(config: Config) -> tuple[float, float]:
@@ -328,21 +341,13 @@ def hl7_main(config: Config, log_queue: Any) -> None:
     store = open_state(SiteLayout.from_config(config).state_db)
     provider = open_identity_provider(config)
     service = Hl7Service(config, provider, store, Outbox(store))
-    try:
-        service.start()
-    except OSError as exc:
-        log.error("cannot listen on the HL7 port", extra={"event": "bind_failed", "port": config.hl7.port,
-                                                          "error": exc.strerror})
-        os._exit(EXIT_BIND_FAILED)
+    _listen_or_exit(service.start, "HL7", config.hl7.port, lambda exc: exc.strerror)
     _wait_for_stop(stop)
     finish, _ = stop_budget(config)
     service.stop(timeout=finish)
     store.close()
     provider.close()
     _exit_role(log_queue)
-
-
-ROLE_TARGETS = {"receiver": receiver_main, "pipeline": pipeline_main, "push": push_main, "hl7": hl7_main}
 
 
 def stow_main(config: Config, log_queue: Any) -> None:
@@ -366,12 +371,7 @@ def stow_main(config: Config, log_queue: Any) -> None:
     offer = Offer(max_pdu_length=config.dicom.max_pdu_length,
                   extra_storage_classes=frozenset(config.dicom.extra_storage_sop_classes))
     server = StowServer(config.stow, intake, offer)
-    try:
-        server.start()
-    except OSError as exc:
-        log.error("cannot listen on the STOW-RS port", extra={"event": "bind_failed", "port": config.stow.port,
-                                                              "error": bind_error_reason(exc)})
-        os._exit(EXIT_BIND_FAILED)
+    _listen_or_exit(server.start, "STOW-RS", config.stow.port, bind_error_reason)
     _wait_for_stop(stop)
     drain, _ = stop_budget(config)
     server.stop(drain_seconds=drain)
@@ -380,7 +380,8 @@ def stow_main(config: Config, log_queue: Any) -> None:
     _exit_role(log_queue)
 
 
-ROLE_TARGETS = {"receiver": receiver_main, "pipeline": pipeline_main, "push": push_main, "stow": stow_main}
+ROLE_TARGETS = {"receiver": receiver_main, "pipeline": pipeline_main, "push": push_main, "stow": stow_main,
+                "hl7": hl7_main}
 
 
 def spawn_context() -> Any:

@@ -49,3 +49,14 @@ def test_no_raw_update_of_studies_outside_the_state_store() -> None:
         if path.parent.name == "linkage":  # the linkage database's own studies table
             continue
         assert "UPDATE studies" not in path.read_text(), path.relative_to(ROOT).as_posix()
+
+
+def test_every_role_the_supervisor_starts_has_a_main() -> None:
+    """A role kind appended by the supervisor without a target would fail only when that door is enabled."""
+    import re
+
+    from connector.roles import ROLE_TARGETS
+
+    kinds = set(re.findall(r'_Role\([^,]+,\s*"(\w+)"', (ROOT / "connector" / "daemon.py").read_text()))
+    assert kinds == {"receiver", "pipeline", "push", "stow", "hl7"}
+    assert kinds <= set(ROLE_TARGETS)

@@ -35,7 +35,6 @@ and the answer (:mod:`connector.ingest.stow_response`).
 from __future__ import annotations
 
 import errno
-import ipaddress
 import json
 import logging
 import re
@@ -50,7 +49,7 @@ from typing import Any
 
 from connector.ingest.intake import Intake
 from connector.ingest.multipart_stream import BodyError, boundary_of, read_multipart
-from connector.ingest.negotiation import Offer
+from connector.ingest.negotiation import Admission, Offer
 from connector.ingest.stow_auth import Tokens, tls_context
 from connector.ingest.stow_parts import LimitedReader, RequestTooLarge, StowReceiver
 from connector.ingest.stow_response import JSON_TYPE, XML_TYPE, choose_media_type, response_json, response_xml
@@ -248,7 +247,7 @@ class StowServer:
         self.offer = offer
         self.tokens = Tokens(cfg.token_file)
         self.tls = tls_context(cfg)
-        self.networks = [ipaddress.ip_network(h, strict=False) for h in cfg.allowed_hosts]
+        self.admission = Admission([], cfg.allowed_hosts)  # the same address allow-list as the SCP's
         self.places = threading.BoundedSemaphore(cfg.max_connections)
         # files complete parts (fsync, rename, commit) while their requests read on; bounded
         self.filer = ThreadPoolExecutor(max_workers=min(16, 2 * cfg.max_connections), thread_name_prefix="stow-file")
@@ -263,15 +262,7 @@ class StowServer:
         return int(self._server.server_address[1])
 
     def host_allowed(self, address: str) -> bool:
-        if not self.networks:
-            return True
-        try:
-            ip = ipaddress.ip_address(address.split("%")[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self.networks)
+        return self.admission.host_allowed(address)
 
     def start(self) -> None:
         self.intake.partial_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
