@@ -57,7 +57,7 @@ class SpacingReport:
 class CtVolume:
     """A CT series as HU voxels (slices, rows, columns), ordered inferior to superior along the normal."""
 
-    hu: np.ndarray
+    hu: np.ndarray  # int16 when the HU are whole numbers (integer rescale), else float32
     pixel_spacing: tuple[float, float]  # (row, column) mm
     positions_mm: np.ndarray  # slice centre along the normal, ascending
     spacing: SpacingReport
@@ -89,7 +89,7 @@ def load_volume(paths: Sequence[Path]) -> CtVolume:
     """Read, decode, rescale and sort the slices of one series. Raises :class:`SeriesError`."""
     if len(paths) < 2:
         raise SeriesError("too_few_slices", f"{len(paths)} slice(s); at least 2 are needed")
-    datasets = [_read(Path(p)) for p in paths]
+    datasets = [_read(Path(p), header_only=True) for p in paths]  # pixels: one slice at a time, below
     first = datasets[0]
     series_uid, study_uid = str(first.get("SeriesInstanceUID", "")), str(first.get("StudyInstanceUID", ""))
     if any(str(ds.get("SeriesInstanceUID", "")) != series_uid for ds in datasets):
@@ -120,9 +120,7 @@ def load_volume(paths: Sequence[Path]) -> CtVolume:
         raise SeriesError("too_few_slices", "fewer than 2 distinct slice positions")
     report = _spacing_report(positions[keep], duplicates)
 
-    hu = np.empty((len(keep), *shape), dtype=np.float32)
-    for out_index, ds_index in enumerate(keep):
-        hu[out_index] = _hu_pixels(datasets[ds_index], shape)
+    hu = _read_pixels([Path(paths[i]) for i in keep], shape)
     thickness = first.get("SliceThickness")
     if report.warnings:
         log.info("series spacing warnings: %s (slices=%d)", ",".join(report.warnings), len(keep))
@@ -138,14 +136,29 @@ def load_volume(paths: Sequence[Path]) -> CtVolume:
     )
 
 
-def _read(path: Path) -> Dataset:
+def _read_pixels(paths: Sequence[Path], shape: tuple[int, int]) -> np.ndarray:
+    """The slices' HU, decoded one file at a time (only one slice's pixel data and decoded array live
+    at once). int16 while every value is a whole number in int16's range (integer rescale slope and
+    intercept, the usual case): the same values as float32 in half the memory; otherwise float32."""
+    hu: np.ndarray = np.empty((len(paths), *shape), dtype=np.int16)
+    for index, path in enumerate(paths):
+        pixels = _hu_pixels(_read(path), shape)
+        if hu.dtype == np.int16 and pixels.dtype != np.int16:
+            hu = hu.astype(np.float32)
+        hu[index] = pixels
+    return hu
+
+
+def _read(path: Path, header_only: bool = False) -> Dataset:
     try:
-        return pydicom.dcmread(path)
+        return pydicom.dcmread(path, stop_before_pixels=header_only)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise SeriesError("unreadable_file", f"a slice could not be read ({type(exc).__name__})") from None
 
 
 def _hu_pixels(ds: Dataset, shape: tuple[int, int]) -> np.ndarray:
+    """HU of one slice: int16 when they are whole numbers within int16 (exactly the float32 values), else
+    float32."""
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # decoders raise many types; report the syntax, never the content
@@ -156,6 +169,15 @@ def _hu_pixels(ds: Dataset, shape: tuple[int, int]) -> np.ndarray:
         raise SeriesError("inconsistent_geometry", "pixel data does not match Rows/Columns")
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    if pixels.dtype.kind in "iu" and slope.is_integer() and intercept.is_integer() and pixels.size:
+        ends = (float(pixels.min()) * slope + intercept, float(pixels.max()) * slope + intercept)
+        if -32768 <= min(ends) and max(ends) <= 32767:
+            whole = pixels.astype(np.int32)
+            if slope != 1.0:
+                whole *= int(slope)
+            if intercept != 0.0:
+                whole += int(intercept)
+            return whole.astype(np.int16)
     out = pixels.astype(np.float32)
     if slope != 1.0:
         out *= np.float32(slope)
