@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 DUPLICATE_TOLERANCE_MM = 0.01
 UNEVEN_TOLERANCE = 0.05  # relative deviation from the median increment that counts as uneven
-GAP_FACTOR = 1.5  # a step this many times the median increment means missing slices
+GAP_FACTOR = 1.5
+DEFER_BYTES = 64 * 1024  # element values this large (the pixel data) are read from the file when used  # a step this many times the median increment means missing slices
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,10 @@ def load_volume(paths: Sequence[Path]) -> CtVolume:
     """Read, decode, rescale and sort the slices of one series. Raises :class:`SeriesError`."""
     if len(paths) < 2:
         raise SeriesError("too_few_slices", f"{len(paths)} slice(s); at least 2 are needed")
-    datasets = [_read(Path(p), header_only=True) for p in paths]  # pixels: one slice at a time, below
+    # Headers now, each slice's pixel data only when it is decoded (deferred), one slice at a time below.
+    datasets: list[Dataset | None] = [_read(Path(p)) for p in paths]
     first = datasets[0]
+    assert first is not None
     series_uid, study_uid = str(first.get("SeriesInstanceUID", "")), str(first.get("StudyInstanceUID", ""))
     if any(str(ds.get("SeriesInstanceUID", "")) != series_uid for ds in datasets):
         raise SeriesError("mixed_series", "the files belong to more than one series")
@@ -120,7 +123,7 @@ def load_volume(paths: Sequence[Path]) -> CtVolume:
         raise SeriesError("too_few_slices", "fewer than 2 distinct slice positions")
     report = _spacing_report(positions[keep], duplicates)
 
-    hu = _read_pixels([Path(paths[i]) for i in keep], shape)
+    hu = _read_pixels(datasets, keep, shape)
     thickness = first.get("SliceThickness")
     if report.warnings:
         log.info("series spacing warnings: %s (slices=%d)", ",".join(report.warnings), len(keep))
@@ -136,22 +139,27 @@ def load_volume(paths: Sequence[Path]) -> CtVolume:
     )
 
 
-def _read_pixels(paths: Sequence[Path], shape: tuple[int, int]) -> np.ndarray:
-    """The slices' HU, decoded one file at a time (only one slice's pixel data and decoded array live
-    at once). int16 while every value is a whole number in int16's range (integer rescale slope and
-    intercept, the usual case): the same values as float32 in half the memory; otherwise float32."""
-    hu: np.ndarray = np.empty((len(paths), *shape), dtype=np.int16)
-    for index, path in enumerate(paths):
-        pixels = _hu_pixels(_read(path), shape)
+def _read_pixels(datasets: list[Dataset | None], keep: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
+    """The kept slices' HU, decoded one at a time; each dataset is let go once decoded, so only one
+    slice's pixel data and decoded array live at once. int16 while every value is a whole number in
+    int16's range (integer rescale slope and intercept, the usual case): the same values as float32
+    in half the memory; otherwise float32."""
+    hu: np.ndarray = np.empty((len(keep), *shape), dtype=np.int16)
+    for index, ds_index in enumerate(keep):
+        ds = datasets[ds_index]
+        assert ds is not None
+        datasets[ds_index] = None
+        pixels = _hu_pixels(ds, shape)
+        del ds
         if hu.dtype == np.int16 and pixels.dtype != np.int16:
             hu = hu.astype(np.float32)
         hu[index] = pixels
     return hu
 
 
-def _read(path: Path, header_only: bool = False) -> Dataset:
+def _read(path: Path) -> Dataset:
     try:
-        return pydicom.dcmread(path, stop_before_pixels=header_only)
+        return pydicom.dcmread(path, defer_size=DEFER_BYTES)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise SeriesError("unreadable_file", f"a slice could not be read ({type(exc).__name__})") from None
 
