@@ -189,10 +189,15 @@ def _slice_cavity(hu: np.ndarray, px_mm: float) -> tuple[np.ndarray, float]:
     return cavity, float(np.count_nonzero(cavity) * cm2)
 
 
+def grid_step(pixel_spacing: tuple[float, float]) -> int:
+    """Every how many series pixels the working grid (~``GRID_MM``) samples."""
+    return max(1, int(round(GRID_MM / max(min(pixel_spacing), 1e-3))))
+
+
 def find_heart(hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increment: float) -> HeartRegion:
     """The heart region of a HU volume (slices, rows, columns), sorted along the patient axis."""
     n, rows, cols = hu.shape
-    step = max(1, int(round(GRID_MM / max(min(pixel_spacing), 1e-3))))
+    step = grid_step(pixel_spacing)
     px_mm = float(min(pixel_spacing)) * step
     small = hu[:, ::step, ::step]
     cavities = np.zeros(small.shape, dtype=bool)
