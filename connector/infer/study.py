@@ -45,7 +45,12 @@ def score_study(paths: Iterable[Path], runner: CacRunner) -> list[SeriesResult]:
             log.warning("cac series not scored: %s (slices=%d)", exc.code, candidate.slices)
             results.append(runner.failed(candidate.study_uid, candidate.series_uid, exc.code, time.perf_counter() - t0))
             continue
-        result = runner.score_volume(volume, load_s=time.perf_counter() - t0)
+        try:
+            result = runner.score_volume(volume, load_s=time.perf_counter() - t0)
+        except SeriesError as exc:  # a streamed series reads its files again: one may have gone meanwhile
+            log.warning("cac series not scored: %s (slices=%d)", exc.code, candidate.slices)
+            results.append(runner.failed(candidate.study_uid, candidate.series_uid, exc.code, time.perf_counter() - t0))
+            continue
         log.info(
             "cac series scored: category=%s lesions=%d slices=%d seconds=%.2f provider=%s",
             result.category,
