@@ -11,6 +11,11 @@ outside the heart), and every candidate lesion (8-connected HU >= 130 pixels on 
 or not from the marks on its pixels by :func:`connector.infer.agatston.select_coronary` (the
 lesion-level rule, documented there). A chosen lesion is scored whole: its edges come from the HU
 values, not from the model's grid.
+
+Memory (issue 29, item 4): the model runs batch by batch and only its marks are kept (one byte a
+cell at the output stride); full-resolution masks and weights exist only on the heart's slices. With
+a streamed series (:class:`connector.infer.volume.SliceStack`) nothing here grows with the slice
+count beyond the marks. docs/cac.md, "Memory and speed".
 """
 
 from __future__ import annotations
