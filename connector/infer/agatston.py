@@ -47,6 +47,7 @@ that only a better model widens (see docs/cac.md).
 from __future__ import annotations
 
 import heapq
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -61,6 +62,7 @@ _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 _AREA_EPS = 1e-9  # float slack so 4 x 0.25 mm^2 counts as the 1 mm^2 it is
 MIN_CORONARY_FRACTION = 0.2  # an object is coronary when >= this share of its pixels is marked coronary
 NECK_RATIO = 1.0  # touching pixels / equivalent diameter of the smaller part up to which parts are split
+UNITS_CACHE_SLICES = 48  # slices whose candidate units select_coronary keeps (about 1 MB each at 512²)
 OVERLAP_TO_JOIN = 0.5  # units on adjacent slices are one lesion when they overlap by this share of the smaller
 
 NO_MARK, CORONARY, OTHER = 0, 1, 2
@@ -89,6 +91,8 @@ class AgatstonResult:
     # (slices, rows, columns) uint8: each scored lesion's density weight (1-4) on its pixels, 0 elsewhere.
     # What the scored-calcium map, the study page and the DICOM SEG show. None only when built by hand.
     weights: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # The volume's slice that weights[0] is (the runtime scores only the heart's slices).
+    first_slice: int = field(default=0, compare=False)
 
     @property
     def lesion_count(self) -> int:
@@ -128,8 +132,13 @@ def agatston(
     mask: np.ndarray | None,
     pixel_spacing: tuple[float, float],
     slice_increment: float,
+    *,
+    first_slice: int = 0,
 ) -> AgatstonResult:
     """Score a volume ``hu`` (Z, Y, X) in Hounsfield units.
+
+    ``first_slice``: ``hu`` is that slab of a larger volume, from that slice on (lesions carry the
+    volume's slice numbers; ``weights`` covers the slab only).
 
     ``mask`` (same shape, bool) restricts scoring to coronary calcium; None scores every voxel
     (useful for phantoms). ``pixel_spacing`` is (row, column) in mm; ``slice_increment`` is the
@@ -162,7 +171,7 @@ def agatston(
                 continue
             weight = density_weight(float(peak))
             lut[label] = weight
-            lesions.append(Lesion(k, int(pixels), area, float(peak), weight, area * weight * z_factor))
+            lesions.append(Lesion(k + first_slice, int(pixels), area, float(peak), weight, area * weight * z_factor))
         if lut.any():
             weights[k] = lut[labels]
     score = float(sum(lesion.area_mm2 * lesion.weight for lesion in lesions) * z_factor)
@@ -173,6 +182,7 @@ def agatston(
         lesions=tuple(lesions),
         slice_increment_mm=float(slice_increment),
         weights=weights,
+        first_slice=first_slice,
     )
 
 
@@ -193,23 +203,34 @@ def select_coronary(
     slices: Iterable[int] | None = None,
     min_fraction: float = MIN_CORONARY_FRACTION,
     neck_ratio: float = NECK_RATIO,
+    within: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Full-resolution mask of the coronary lesions, each whole (or a split-off coronary part).
 
     ``marks`` is a :data:`MarkLookup` or a full volume of mark codes; ``slices`` names the slices
     that carry a coronary mark at all (the caller knows them cheaply; None: every slice), which is
-    where lesions can start. Score the result with :func:`agatston`. The rule is in the module
-    docstring.
+    where lesions can start. ``within`` (first, last): the mask of those slices only, shape
+    (last - first + 1, rows, columns) (lesions are still followed and judged across every slice,
+    so the choice is the same as on the whole volume). Score the result with :func:`agatston`. The
+    rule is in the module docstring.
     """
     if hu.ndim != 3:
         raise ValueError("hu must be a (slices, rows, columns) volume")
     lookup = marks_from_array(marks) if isinstance(marks, np.ndarray) else marks
-    mask = np.zeros(hu.shape, dtype=bool)
-    cache: dict[int, _SliceUnits] = {}
+    first, last = (0, hu.shape[0] - 1) if within is None else within
+    mask = np.zeros((max(0, last - first + 1), *hu.shape[1:]), dtype=bool)
+    # A slice's units are a pure function of its HU and marks: the most recently used are kept (a
+    # lesion runs over a few neighbouring slices), older ones recomputed if a lesion comes back to
+    # them, so memory stays bounded on a whole-body scan with marks on hundreds of slices.
+    cache: OrderedDict[int, _SliceUnits] = OrderedDict()
 
     def units(k: int) -> _SliceUnits:
-        if k not in cache:
+        if k in cache:
+            cache.move_to_end(k)
+        else:
             cache[k] = _slice_units(hu[k], k, lookup, neck_ratio)
+            if len(cache) > UNITS_CACHE_SLICES:
+                cache.popitem(last=False)
         return cache[k]
 
     seen: set[tuple[int, int]] = set()
@@ -242,8 +263,9 @@ def select_coronary(
             coronary = sum(int(units(j).coronary[v]) for j, v in lesion)
             if coronary >= min_fraction * pixels:
                 for j, v in lesion:
-                    box = units(j).boxes[v - 1]
-                    mask[j][box] |= units(j).labels[box] == v
+                    if first <= j <= last:
+                        box = units(j).boxes[v - 1]
+                        mask[j - first][box] |= units(j).labels[box] == v
     return mask
 
 

@@ -48,9 +48,10 @@ CHEST_WALL_MIN_MM2 = 150.0  # bone pieces this large are skeleton (sternum, ribs
 
 @dataclass(frozen=True)
 class HeartRegion:
-    """``mask`` (slices, rows, cols) bool on the series grid; ``slices`` the heart's slice range."""
+    """``slab`` (last - first + 1, rows, cols) bool: the region on the heart's slices first..last of the
+    series grid (nothing lies outside them); ``mask`` the same on the whole volume."""
 
-    mask: np.ndarray
+    slab: np.ndarray
     first: int
     last: int
     areas_cm2: tuple[float, ...]  # mediastinum area per slice (diagnostics, tests)
@@ -59,17 +60,32 @@ class HeartRegion:
     def found(self) -> bool:
         return self.last >= self.first
 
+    @property
+    def mask(self) -> np.ndarray:
+        """The region on the whole volume (slices, rows, cols) (tests, tools; the runtime uses ``slab``)."""
+        out = np.zeros((len(self.areas_cm2), *self.slab.shape[1:]), dtype=bool)
+        if self.found:
+            out[self.first : self.last + 1] = self.slab
+        return out
+
     def restrict(self, lesions: np.ndarray, min_share: float = 0.5) -> np.ndarray:
         """``lesions`` (a bool mask like the volume) keeping only the lesions (8-connected pieces per
         slice) that lie at least ``min_share`` inside the region: a lesion is kept or dropped whole."""
         out = np.zeros_like(lesions)
+        if self.found:
+            out[self.first : self.last + 1] = self.restrict_slab(lesions[self.first : self.last + 1], min_share)
+        return out
+
+    def restrict_slab(self, lesions: np.ndarray, min_share: float = 0.5) -> np.ndarray:
+        """:meth:`restrict` for a mask of the heart's slices only (first..last), as ``slab``."""
+        out = np.zeros_like(lesions)
         if not self.found:
             return out
         eight = np.ones((3, 3), dtype=bool)
-        for k in np.flatnonzero(lesions[self.first : self.last + 1].any(axis=(1, 2))) + self.first:
+        for k in np.flatnonzero(lesions.any(axis=(1, 2))):
             labels, n = ndimage.label(lesions[k], structure=eight)
             total = np.bincount(labels.ravel(), minlength=n + 1)
-            inside = np.bincount(labels[self.mask[k]], minlength=n + 1)
+            inside = np.bincount(labels[self.slab[k]], minlength=n + 1)
             keep = np.flatnonzero((inside >= min_share * total) & (np.arange(n + 1) > 0))
             out[k] = np.isin(labels, keep)
         return out
@@ -82,6 +98,19 @@ def _largest(mask: np.ndarray) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     return labels == int(sizes.argmax())
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes`` (4-connected background) by one labelling instead of an iterated
+    dilation: background pieces that do not reach the image's edge are holes."""
+    labels, n = ndimage.label(~mask)
+    if n == 0:
+        return mask.copy()
+    border = np.zeros(n + 1, dtype=bool)
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        border[edge] = True
+    border[0] = True  # the mask itself
+    return mask | ~border[labels]
 
 
 def _hull(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -104,54 +133,79 @@ def _hull(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     x = a[:, 1] + t * (b[:, 1] - a[:, 1])
     left = np.where(crosses, x, np.inf).min(axis=1)
     right = np.where(crosses, x, -np.inf).max(axis=1)
-    for row, c0, c1 in zip(range(r0, r1 + 1), left, right, strict=True):
-        if c0 <= c1:
-            out[row, max(0, int(np.ceil(c0))): min(shape[1], int(np.floor(c1)) + 1)] = True
+    spans = left <= right
+    c0 = np.where(spans, np.ceil(np.where(spans, left, 0.0)), 0.0).clip(0, None)
+    c1 = np.where(spans, np.floor(np.where(spans, right, -1.0)) + 1, 0.0).clip(None, shape[1])
+    columns = np.arange(shape[1])
+    out[r0 : r1 + 1] = spans[:, None] & (columns >= c0[:, None]) & (columns < c1[:, None])
     return out
+
+
+def _row_extremes(mask: np.ndarray) -> np.ndarray:
+    """(N, 2) row/col points: the leftmost and rightmost set pixel of every row of ``mask``. Their
+    convex hull is the hull of all set pixels (a hull vertex is extreme in its row), from far fewer
+    points."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    sub = mask[rows]
+    left = sub.argmax(axis=1)
+    right = mask.shape[1] - 1 - sub[:, ::-1].argmax(axis=1)
+    points = np.concatenate([np.stack([rows, left], axis=1), np.stack([rows, right], axis=1)])
+    return np.unique(points, axis=0)  # sorted, as np.argwhere's points are (one point per pixel)
 
 
 def _slice_cavity(hu: np.ndarray, px_mm: float) -> tuple[np.ndarray, float]:
     """(mediastinum mask on the working grid, its area in cm2) for one slice."""
     cm2 = px_mm * px_mm / 100.0
-    body = ndimage.binary_fill_holes(_largest(hu > BODY_HU))
+    body = _fill_holes(_largest(hu > BODY_HU))
     air = body & (hu < AIR_HU)
     labels, n = ndimage.label(air)
     if n == 0:
         return np.zeros_like(body), 0.0
     sizes = np.bincount(labels.ravel()) * cm2
-    lungs = np.isin(labels, np.flatnonzero(sizes >= MIN_LUNG_CM2)) & (labels > 0)
+    big = sizes >= MIN_LUNG_CM2
+    big[0] = False
+    lungs = big[labels]
     cols = np.flatnonzero(body.any(axis=0))
     if len(cols) == 0:
         return np.zeros_like(body), 0.0
     centre = (cols[0] + cols[-1]) / 2.0
-    lung_cols = np.nonzero(lungs)[1]
-    left = np.count_nonzero(lung_cols > centre) * cm2
-    right = np.count_nonzero(lung_cols < centre) * cm2
+    per_column = np.count_nonzero(lungs, axis=0)
+    columns = np.arange(hu.shape[1])
+    left = int(per_column[columns > centre].sum()) * cm2
+    right = int(per_column[columns < centre].sum()) * cm2
     if left < MIN_LUNG_CM2 or right < MIN_LUNG_CM2:
         return np.zeros_like(body), 0.0
-    hull = _hull(np.argwhere(lungs), lungs.shape)
+    hull = _hull(_row_extremes(lungs), lungs.shape)
     cavity = hull & body & ~lungs & (hu > SOFT_HU)
-    behind = np.arange(hu.shape[0])[:, None] > np.argwhere(hull)[:, 0].mean()
+    per_row = np.count_nonzero(hull, axis=1)  # the hull pixels' mean row, from counts per row
+    total = int(per_row.sum())
+    centre_row = float((np.arange(hu.shape[0]) * per_row).sum()) / total if total else float("nan")
+    behind = np.arange(hu.shape[0])[:, None] > centre_row
     spine = _largest(cavity & _large_bone(hu, px_mm) & behind)  # never a plaque: those are smaller
-    if spine.any():
-        cavity &= np.arange(hu.shape[0])[:, None] < np.argwhere(spine)[:, 0].min()  # in front of the spine
+    spine_rows = np.flatnonzero(spine.any(axis=1))
+    if len(spine_rows):
+        cavity &= np.arange(hu.shape[0])[:, None] < spine_rows[0]  # in front of the spine
     cavity = _largest(cavity)
     return cavity, float(np.count_nonzero(cavity) * cm2)
+
+
+def grid_step(pixel_spacing: tuple[float, float]) -> int:
+    """Every how many series pixels the working grid (~``GRID_MM``) samples."""
+    return max(1, int(round(GRID_MM / max(min(pixel_spacing), 1e-3))))
 
 
 def find_heart(hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increment: float) -> HeartRegion:
     """The heart region of a HU volume (slices, rows, columns), sorted along the patient axis."""
     n, rows, cols = hu.shape
-    step = max(1, int(round(GRID_MM / max(min(pixel_spacing), 1e-3))))
+    step = grid_step(pixel_spacing)
     px_mm = float(min(pixel_spacing)) * step
     small = hu[:, ::step, ::step]
     cavities = np.zeros(small.shape, dtype=bool)
     areas = np.zeros(n)
     for k in range(n):
-        cavities[k], areas[k] = _slice_cavity(small[k], px_mm)
-    empty = np.zeros(hu.shape, dtype=bool)
+        cavities[k], areas[k] = _slice_cavity(np.ascontiguousarray(small[k]), px_mm)
     if areas.max(initial=0.0) < MIN_HEART_CM2:
-        return HeartRegion(empty, 0, -1, tuple(areas.round(1)))
+        return HeartRegion(np.zeros((0, rows, cols), dtype=bool), 0, -1, tuple(areas.round(1)))
     peak = int(areas.argmax())
     floor = max(MIN_HEART_CM2, RUN_FRACTION * areas[peak])
     first = last = peak
@@ -163,31 +217,34 @@ def find_heart(hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increme
     first, last = max(0, first - margin), min(n - 1, last + margin)
     # in-plane: the union of the heart slices' mediastinum, so the margin slices get the heart's outline
     outline = cavities[first : last + 1].any(axis=0)
-    outline = ndimage.binary_fill_holes(outline)
+    outline = _fill_holes(outline)
     grow = max(1, int(round(XY_MARGIN_MM / px_mm)))
-    mask = np.zeros(hu.shape, dtype=bool)
+    mask = np.zeros((last - first + 1, rows, cols), dtype=bool)
     full_px = float(pixel_spacing[0]) * float(pixel_spacing[1])
     for k in range(first, last + 1):
-        skeleton = _large_bone(small[k], px_mm)
-        extended = _forward_to_chest_wall(outline, small[k], skeleton, int(round(ANTERIOR_MM / px_mm)))
-        grown = _to_series_grid(ndimage.binary_dilation(extended, iterations=grow), step, rows, cols)
-        if not grown.any():
+        coarse = np.ascontiguousarray(small[k])
+        skeleton = _large_bone(coarse, px_mm)
+        extended = _forward_to_chest_wall(outline, coarse, skeleton, int(round(ANTERIOR_MM / px_mm)))
+        grown = ndimage.binary_dilation(extended, iterations=grow)
+        grown_rows, grown_cols = np.flatnonzero(grown.any(axis=1)), np.flatnonzero(grown.any(axis=0))
+        if not len(grown_rows):
             continue
         # the skeleton is cut at the series' own resolution (on the coarse grid a plaque that nearly
-        # touches the sternum would merge with it), within the region's bounding box only
-        (r0, c0), (r1, c1) = np.argwhere(grown).min(axis=0), np.argwhere(grown).max(axis=0) + 1
+        # touches the sternum would merge with it), within the region's bounding box only: the
+        # only part of the slice ever seen at full resolution
+        r0, r1 = int(grown_rows[0]) * step, min((int(grown_rows[-1]) + 1) * step, rows)
+        c0, c1 = int(grown_cols[0]) * step, min((int(grown_cols[-1]) + 1) * step, cols)
         box = (slice(r0, r1), slice(c0, c1))
         skeleton_full = _large_bone(hu[k][box], full_px ** 0.5)
-        cut = _outside_pieces(skeleton_full, _to_series_grid(extended, step, rows, cols)[box])
-        mask[k][box] = grown[box] & ~cut
+        cut = _outside_pieces(skeleton_full, _box_on_series_grid(extended, step, r0, r1, c0, c1))
+        mask[k - first][box] = _box_on_series_grid(grown, step, r0, r1, c0, c1) & ~cut
     return HeartRegion(mask, first, last, tuple(areas.round(1)))
 
 
-def _to_series_grid(small: np.ndarray, step: int, rows: int, cols: int) -> np.ndarray:
-    out = np.zeros((rows, cols), dtype=bool)
-    up = np.repeat(np.repeat(small, step, axis=0), step, axis=1)[:rows, :cols]
-    out[: up.shape[0], : up.shape[1]] = up
-    return out
+def _box_on_series_grid(small: np.ndarray, step: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    """Rows r0:r1 and columns c0:c1 of ``small`` (the working grid) brought to the series grid (each
+    working pixel covers step x step series pixels)."""
+    return small[np.arange(r0, r1) // step][:, np.arange(c0, c1) // step]
 
 
 def _outside_pieces(pieces: np.ndarray, inside: np.ndarray) -> np.ndarray:
@@ -197,7 +254,9 @@ def _outside_pieces(pieces: np.ndarray, inside: np.ndarray) -> np.ndarray:
         return pieces
     total = np.bincount(labels.ravel(), minlength=n + 1)
     within = np.bincount(labels[inside], minlength=n + 1)
-    return np.isin(labels, np.flatnonzero((within < 0.5 * total) & (np.arange(n + 1) > 0)))
+    outside = within < 0.5 * total
+    outside[0] = False
+    return outside[labels]
 
 
 def _large_bone(hu: np.ndarray, px_mm: float) -> np.ndarray:
@@ -206,7 +265,9 @@ def _large_bone(hu: np.ndarray, px_mm: float) -> np.ndarray:
     if n == 0:
         return np.zeros(hu.shape, dtype=bool)
     sizes = np.bincount(labels.ravel(), minlength=n + 1) * px_mm * px_mm
-    return np.isin(labels, np.flatnonzero(sizes >= CHEST_WALL_MIN_MM2)) & (labels > 0)
+    large = sizes >= CHEST_WALL_MIN_MM2
+    large[0] = False
+    return large[labels]
 
 
 def _forward_to_chest_wall(outline: np.ndarray, hu: np.ndarray, skeleton: np.ndarray, reach: int) -> np.ndarray:
@@ -215,10 +276,12 @@ def _forward_to_chest_wall(outline: np.ndarray, hu: np.ndarray, skeleton: np.nda
     most ``reach`` pixels: the front of the heart and the LAD lie in front of the lungs."""
     out = outline.copy()
     passable = (hu > SOFT_HU) & ~skeleton
-    for col in np.flatnonzero(outline.any(axis=0)):
-        top = int(np.argmax(outline[:, col]))
-        for row in range(top - 1, max(-1, top - 1 - reach), -1):
-            if not passable[row, col]:
-                break
-            out[row, col] = True
+    columns = np.flatnonzero(outline.any(axis=0))
+    if reach <= 0 or not len(columns):
+        return out
+    top = outline[:, columns].argmax(axis=0)  # each column's first outline row
+    rows = top[None, :] - np.arange(1, reach + 1)[:, None]  # (reach, columns): the rows above it, nearest first
+    open_ = (rows >= 0) & passable[rows.clip(0, None), columns[None, :]]
+    open_ = np.logical_and.accumulate(open_, axis=0)  # up to the first blocked row
+    out[rows[open_], np.broadcast_to(columns, rows.shape)[open_]] = True
     return out

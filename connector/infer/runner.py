@@ -11,13 +11,18 @@ outside the heart), and every candidate lesion (8-connected HU >= 130 pixels on 
 or not from the marks on its pixels by :func:`connector.infer.agatston.select_coronary` (the
 lesion-level rule, documented there). A chosen lesion is scored whole: its edges come from the HU
 values, not from the model's grid.
+
+Memory (issue 29, item 4): the model runs batch by batch and only its marks are kept (one byte a
+cell at the output stride); full-resolution masks and weights exist only on the heart's slices. With
+a streamed series (:class:`connector.infer.volume.SliceStack`) nothing here grows with the slice
+count beyond the marks. docs/cac.md, "Memory and speed".
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,13 +64,34 @@ class Segmentation:
 
 
 @dataclass(frozen=True)
+class MarkGrid:
+    """The model's marks (CORONARY, OTHER, NO_MARK) on its output grid, (slices, h, w) uint8, plus the
+    series -> output grid index maps: all that scoring keeps of the model's outputs (16 kB a slice at
+    stride 4, where the probabilities took 192 kB)."""
+
+    marks: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    crop: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
 class ScoredVolume:
     agatston: AgatstonResult
-    mask: np.ndarray  # full-resolution coronary-calcium mask the score was computed in
+    slab: np.ndarray  # coronary-calcium mask the score was computed in, on slices first .. first + len - 1
+    first: int
+    slices: int  # of the whole volume
     inference_s: float
     scoring_s: float
     crop: tuple[int, int, int, int]
     heart_found: bool = True  # False: no heart in the scan (connector.infer.heart_region); nothing scored
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The mask on the whole volume (tests, tools: the runtime keeps only the heart's slices)."""
+        out = np.zeros((self.slices, *self.slab.shape[1:]), dtype=bool)
+        out[self.first : self.first + len(self.slab)] = self.slab
+        return out
 
 
 def choose_providers(requested: Sequence[str]) -> list[str]:
@@ -129,48 +155,98 @@ class CacRunner:
 
     # -----------------------------------------------------------------------------------------
 
-    def segment(self, hu: np.ndarray, pixel_spacing: tuple[float, float]) -> Segmentation:
-        """Run the model on every slice (with its neighbours), batched."""
-        spec, out = self.manifest.input, self.manifest.output
+    def _crop(self, hu: np.ndarray, grid: GridMap) -> tuple[int, int, int, int]:
+        spec = self.manifest.input
+        if not spec.size_multiple:
+            return 0, spec.in_plane_size, 0, spec.in_plane_size
+        # body_box of the model grid's maximum over slices: resampling picks pixels (and fills air
+        # beyond the series), so that is the model grid of the series' maximum, one slice not all
+        return body_box(grid.to_model(hu.max(axis=0)[None], AIR_HU), spec.size_multiple, CROP_MARGIN_PX)
+
+    def _outputs(
+        self, hu: np.ndarray, pixel_spacing: tuple[float, float]
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray, GridMap, tuple[int, int, int, int]]]:
+        """(first slice, heart probabilities, calcium probabilities, grid, crop) per batch: the model
+        run slab by slab, each batch's slices (with their neighbours) resampled and windowed on their
+        own, so no float32 copy of the volume exists."""
+        spec = self.manifest.input
         grid = GridMap.build(hu.shape[1:], pixel_spacing, spec.in_plane_size, spec.pixel_spacing_mm)
-        model_grid = grid.to_model(hu, AIR_HU)
-        r0, r1, c0, c1 = 0, spec.in_plane_size, 0, spec.in_plane_size
-        if spec.size_multiple:
-            r0, r1, c0, c1 = body_box(model_grid, spec.size_multiple, CROP_MARGIN_PX)
-        volume = window(model_grid[:, r0:r1, c0:c1], *spec.hu_window)
-        n = volume.shape[0]
+        r0, r1, c0, c1 = crop = self._crop(hu, grid)
+        n, batch = hu.shape[0], self.config.batch_size
+        for start in range(0, n, batch):
+            centres = np.arange(start, min(start + batch, n))
+            needed, where = np.unique(neighbour_indices(n, centres, spec.slices_per_sample), return_inverse=True)
+            slab = window(grid.to_model(hu[needed], AIR_HU)[:, r0:r1, c0:c1], *spec.hu_window)
+            sample = slab[where.reshape(len(centres), spec.slices_per_sample)]
+            p_heart, p_calcium = self.session.run(
+                [self.manifest.output.heart, self.manifest.output.calcium], {spec.name: sample}
+            )
+            yield start, p_heart, p_calcium, grid, crop
+
+    def _index_maps(self, grid: GridMap) -> tuple[np.ndarray, np.ndarray]:
+        stride = self.manifest.output.stride
+        rows = np.where(grid.series_rows >= 0, grid.series_rows // stride, -1)
+        cols = np.where(grid.series_cols >= 0, grid.series_cols // stride, -1)
+        return rows, cols
+
+    def segment(self, hu: np.ndarray, pixel_spacing: tuple[float, float]) -> Segmentation:
+        """The model's probabilities for every slice (with its neighbours), batched (tests, tools; the
+        runtime keeps only the marks: :meth:`mark_grid`)."""
+        spec, out = self.manifest.input, self.manifest.output
+        n = hu.shape[0]
         size, s = spec.in_plane_size // out.stride, out.stride
         heart = np.zeros((n, size, size), dtype=np.float32)
         coronary = np.zeros((n, size, size), dtype=np.float32)
         other = np.zeros((n, size, size), dtype=np.float32)
         other_classes = [i for i, c in enumerate(out.calcium_classes) if c not in ("none", "coronary")]
-        batch = self.config.batch_size
-        for start in range(0, n, batch):
-            centres = np.arange(start, min(start + batch, n))
-            sample = volume[neighbour_indices(n, centres, spec.slices_per_sample)]
-            p_heart, p_calcium = self.session.run([out.heart, out.calcium], {spec.name: sample})
-            heart[start : start + len(centres), r0 // s : r1 // s, c0 // s : c1 // s] = p_heart[:, 0]
-            coronary[start : start + len(centres), r0 // s : r1 // s, c0 // s : c1 // s] = p_calcium[
-                :, out.coronary_class
-            ]
+        grid, crop = None, (0, 0, 0, 0)
+        for start, p_heart, p_calcium, grid, crop in self._outputs(hu, pixel_spacing):
+            r0, r1, c0, c1 = crop
+            at = (slice(start, start + len(p_heart)), slice(r0 // s, r1 // s), slice(c0 // s, c1 // s))
+            heart[at] = p_heart[:, 0]
+            coronary[at] = p_calcium[:, out.coronary_class]
             if other_classes:
-                other[start : start + len(centres), r0 // s : r1 // s, c0 // s : c1 // s] = p_calcium[
-                    :, other_classes
-                ].sum(axis=1)
-        rows = np.where(grid.series_rows >= 0, grid.series_rows // out.stride, -1)
-        cols = np.where(grid.series_cols >= 0, grid.series_cols // out.stride, -1)
-        return Segmentation(heart=heart, coronary=coronary, other=other, rows=rows, cols=cols, crop=(r0, r1, c0, c1))
+                other[at] = p_calcium[:, other_classes].sum(axis=1)
+        assert grid is not None
+        rows, cols = self._index_maps(grid)
+        return Segmentation(heart=heart, coronary=coronary, other=other, rows=rows, cols=cols, crop=crop)
 
     def marks(self, seg: Segmentation) -> np.ndarray:
         """Mark codes on the output grid: CORONARY, OTHER or NO_MARK per cell (slices, h, w) uint8."""
+        return self._mark_codes(seg.heart, seg.coronary, seg.other)
+
+    def _mark_codes(self, heart: np.ndarray, coronary_p: np.ndarray, other_p: np.ndarray | None) -> np.ndarray:
         t = self.manifest.output.threshold
-        coronary = (seg.coronary >= t) & (seg.heart >= t)
-        other = ((seg.other >= t) | (seg.coronary >= t)) & ~coronary
+        coronary = (coronary_p >= t) & (heart >= t)
+        other = coronary_p >= t
+        if other_p is not None:
+            other |= other_p >= t
+        other &= ~coronary
         return np.where(coronary, CORONARY, np.where(other, OTHER, NO_MARK)).astype(np.uint8)
 
-    def coronary_mask(self, hu: np.ndarray, seg: Segmentation) -> np.ndarray:
-        """Full-resolution mask of the lesions the model chose, each whole (see ``select_coronary``)."""
-        grid = self.marks(seg)
+    def mark_grid(self, hu: np.ndarray, pixel_spacing: tuple[float, float]) -> MarkGrid:
+        """The model's marks for every slice, computed batch by batch (the probabilities are dropped)."""
+        spec, out = self.manifest.input, self.manifest.output
+        size, s = spec.in_plane_size // out.stride, out.stride
+        marks = np.zeros((hu.shape[0], size, size), dtype=np.uint8)  # NO_MARK where the model did not run
+        other_classes = [i for i, c in enumerate(out.calcium_classes) if c not in ("none", "coronary")]
+        grid, crop = None, (0, 0, 0, 0)
+        for start, p_heart, p_calcium, grid, crop in self._outputs(hu, pixel_spacing):
+            r0, r1, c0, c1 = crop
+            other = p_calcium[:, other_classes].sum(axis=1) if other_classes else None
+            codes = self._mark_codes(p_heart[:, 0], p_calcium[:, out.coronary_class], other)
+            marks[start : start + len(p_heart), r0 // s : r1 // s, c0 // s : c1 // s] = codes
+        assert grid is not None
+        rows, cols = self._index_maps(grid)
+        return MarkGrid(marks=marks, rows=rows, cols=cols, crop=crop)
+
+    def coronary_mask(
+        self, hu: np.ndarray, seg: Segmentation | MarkGrid, within: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        """Mask of the lesions the model chose, each whole (see ``select_coronary``), at full
+        resolution; ``within`` (first, last): only those slices' (the lesions are still followed
+        beyond them)."""
+        grid = seg.marks if isinstance(seg, MarkGrid) else self.marks(seg)
         outside = (seg.rows < 0)[:, None] | (seg.cols < 0)[None, :]  # series pixels beyond the model's view
         rows, cols = np.clip(seg.rows, 0, None), np.clip(seg.cols, 0, None)
 
@@ -178,23 +254,30 @@ class CacRunner:
             return np.where(outside[rr, cc], NO_MARK, grid[k][rows[rr], cols[cc]])
 
         with_coronary = np.flatnonzero((grid == CORONARY).any(axis=(1, 2)))
-        return select_coronary(hu, lookup, slices=with_coronary.tolist())
+        return select_coronary(hu, lookup, slices=with_coronary.tolist(), within=within)
 
     def score_hu(self, hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increment: float) -> ScoredVolume:
-        """Segment and score a HU volume (slices, rows, columns) already sorted along the normal."""
+        """Segment and score a HU volume (slices, rows, columns) already sorted along the normal.
+
+        Memory: besides ``hu`` itself, a few hundred kB a slice at most (the heart search's 3 mm grid,
+        the model's marks) plus the heart's slices at full resolution; the model runs batch by batch.
+        """
         t0 = time.perf_counter()
         region = find_heart(hu, pixel_spacing, slice_increment)  # without the model: where scoring may happen
         if not region.found:
-            empty = np.zeros(hu.shape, dtype=bool)
-            return ScoredVolume(agatston=agatston(hu, empty, pixel_spacing, slice_increment), mask=empty,
+            return ScoredVolume(agatston=agatston(hu[:0], None, pixel_spacing, slice_increment),
+                                slab=np.zeros((0, *hu.shape[1:]), dtype=bool), first=0, slices=hu.shape[0],
                                 inference_s=0.0, scoring_s=time.perf_counter() - t0, crop=(0, 0, 0, 0),
                                 heart_found=False)
-        seg = self.segment(hu, pixel_spacing)
+        grid = self.mark_grid(hu, pixel_spacing)
         t1 = time.perf_counter()
-        mask = region.restrict(self.coronary_mask(hu, seg))  # a lesion off the heart is never scored
-        result = agatston(hu, mask, pixel_spacing, slice_increment)
+        within = (region.first, region.last)
+        slab = region.restrict_slab(self.coronary_mask(hu, grid, within))  # a lesion off the heart is never scored
+        result = agatston(hu[region.first : region.last + 1], slab, pixel_spacing, slice_increment,
+                          first_slice=region.first)
         t2 = time.perf_counter()
-        return ScoredVolume(agatston=result, mask=mask, inference_s=t1 - t0, scoring_s=t2 - t1, crop=seg.crop)
+        return ScoredVolume(agatston=result, slab=slab, first=region.first, slices=hu.shape[0],
+                            inference_s=t1 - t0, scoring_s=t2 - t1, crop=grid.crop)
 
     def score_volume(self, volume: CtVolume, load_s: float = 0.0) -> SeriesResult:
         """Score a loaded series and wrap it as a :class:`SeriesResult`."""
@@ -216,7 +299,8 @@ class CacRunner:
             slice_thickness_mm=volume.slice_thickness_mm,
             pixel_spacing_mm=volume.pixel_spacing,
             warnings=volume.spacing.warnings,
-            scored_calcium=scored_calcium_of(volume.hu, weights, volume.pixel_spacing, volume.slice_increment_mm),
+            scored_calcium=scored_calcium_of(volume.hu, weights, volume.pixel_spacing, volume.slice_increment_mm,
+                                             first_slice=scored.agatston.first_slice),
             source_paths=volume.source_paths,
         )
 

@@ -41,13 +41,16 @@ class ScoredCalcium:
 
 
 def scored_calcium_of(
-    hu: np.ndarray, weights: np.ndarray, pixel_spacing_mm: tuple[float, float], slice_increment_mm: float
+    hu: np.ndarray, weights: np.ndarray, pixel_spacing_mm: tuple[float, float], slice_increment_mm: float,
+    *, first_slice: int = 0,
 ) -> ScoredCalcium:
-    """The map of a scored volume: the slices of ``weights`` (an AgatstonResult's) that carry calcium."""
-    keep = np.flatnonzero(weights.reshape(weights.shape[0], -1).any(axis=1))
+    """The map of a scored volume: the slices of ``weights`` (an AgatstonResult's) that carry calcium.
+    ``weights`` covers the volume's slices from ``first_slice`` on (AgatstonResult.first_slice)."""
+    found = np.flatnonzero(weights.reshape(weights.shape[0], -1).any(axis=1))
+    keep = found + first_slice
     return ScoredCalcium(
         hu=np.clip(np.rint(hu[keep]), -32768, 32767).astype(np.int16),
-        weights=weights[keep].astype(np.uint8),
+        weights=weights[found].astype(np.uint8),
         slice_indices=tuple(int(i) for i in keep),
         pixel_spacing_mm=(float(pixel_spacing_mm[0]), float(pixel_spacing_mm[1])),
         slice_increment_mm=float(slice_increment_mm),

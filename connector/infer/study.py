@@ -22,6 +22,11 @@ from connector.infer.volume import load_volume
 
 log = logging.getLogger(__name__)
 
+# A series whose HU would take more than this is not held in memory but decoded from its files
+# slice by slice as scoring needs them (connector.infer.volume.SliceStack): 256 MB is 512 slices of
+# 512², more than a CTAC of the chest; a whole-body scan streams, so peak memory does not grow with it.
+RESIDENT_MB = 256.0
+
 
 def score_study(paths: Iterable[Path], runner: CacRunner) -> list[SeriesResult]:
     """Results for the study's eligible series, best-ranked first; [] when none is eligible.
@@ -35,12 +40,17 @@ def score_study(paths: Iterable[Path], runner: CacRunner) -> list[SeriesResult]:
     for candidate in selection.eligible:
         t0 = time.perf_counter()
         try:
-            volume = load_volume(candidate.paths)
+            volume = load_volume(candidate.paths, max_resident_mb=RESIDENT_MB)
         except SeriesError as exc:
             log.warning("cac series not scored: %s (slices=%d)", exc.code, candidate.slices)
             results.append(runner.failed(candidate.study_uid, candidate.series_uid, exc.code, time.perf_counter() - t0))
             continue
-        result = runner.score_volume(volume, load_s=time.perf_counter() - t0)
+        try:
+            result = runner.score_volume(volume, load_s=time.perf_counter() - t0)
+        except SeriesError as exc:  # a streamed series reads its files again: one may have gone meanwhile
+            log.warning("cac series not scored: %s (slices=%d)", exc.code, candidate.slices)
+            results.append(runner.failed(candidate.study_uid, candidate.series_uid, exc.code, time.perf_counter() - t0))
+            continue
         log.info(
             "cac series scored: category=%s lesions=%d slices=%d seconds=%.2f provider=%s",
             result.category,

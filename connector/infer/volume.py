@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 DUPLICATE_TOLERANCE_MM = 0.01
 UNEVEN_TOLERANCE = 0.05  # relative deviation from the median increment that counts as uneven
-GAP_FACTOR = 1.5  # a step this many times the median increment means missing slices
+GAP_FACTOR = 1.5
+DEFER_BYTES = 64 * 1024  # element values this large (the pixel data) are read from the file when used  # a step this many times the median increment means missing slices
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class SpacingReport:
 class CtVolume:
     """A CT series as HU voxels (slices, rows, columns), ordered inferior to superior along the normal."""
 
-    hu: np.ndarray
+    hu: np.ndarray  # int16 when the HU are whole numbers (integer rescale), else float32; or a SliceStack
     pixel_spacing: tuple[float, float]  # (row, column) mm
     positions_mm: np.ndarray  # slice centre along the normal, ascending
     spacing: SpacingReport
@@ -85,12 +86,17 @@ def slice_normal(orientation: Sequence[float] | np.ndarray) -> np.ndarray:
     return normal / norm
 
 
-def load_volume(paths: Sequence[Path]) -> CtVolume:
-    """Read, decode, rescale and sort the slices of one series. Raises :class:`SeriesError`."""
+def load_volume(paths: Sequence[Path], max_resident_mb: float = float("inf")) -> CtVolume:
+    """Read, decode, rescale and sort the slices of one series. Raises :class:`SeriesError`.
+
+    A series whose HU (2 bytes a pixel) would take more than ``max_resident_mb`` is not held: ``hu``
+    is then a :class:`SliceStack`, which decodes slices from their files when asked."""
     if len(paths) < 2:
         raise SeriesError("too_few_slices", f"{len(paths)} slice(s); at least 2 are needed")
-    datasets = [_read(Path(p)) for p in paths]
+    # Headers now, each slice's pixel data only when it is decoded (deferred), one slice at a time below.
+    datasets: list[Dataset | None] = [_read(Path(p)) for p in paths]
     first = datasets[0]
+    assert first is not None
     series_uid, study_uid = str(first.get("SeriesInstanceUID", "")), str(first.get("StudyInstanceUID", ""))
     if any(str(ds.get("SeriesInstanceUID", "")) != series_uid for ds in datasets):
         raise SeriesError("mixed_series", "the files belong to more than one series")
@@ -120,9 +126,10 @@ def load_volume(paths: Sequence[Path]) -> CtVolume:
         raise SeriesError("too_few_slices", "fewer than 2 distinct slice positions")
     report = _spacing_report(positions[keep], duplicates)
 
-    hu = np.empty((len(keep), *shape), dtype=np.float32)
-    for out_index, ds_index in enumerate(keep):
-        hu[out_index] = _hu_pixels(datasets[ds_index], shape)
+    if len(keep) * shape[0] * shape[1] * 2 > max_resident_mb * 1024 * 1024:
+        hu: np.ndarray | SliceStack = SliceStack.scan(datasets, keep, [Path(paths[i]) for i in keep], shape, spacing)
+    else:
+        hu = _read_pixels(datasets, keep, shape)
     thickness = first.get("SliceThickness")
     if report.warnings:
         log.info("series spacing warnings: %s (slices=%d)", ",".join(report.warnings), len(keep))
@@ -138,14 +145,34 @@ def load_volume(paths: Sequence[Path]) -> CtVolume:
     )
 
 
+def _read_pixels(datasets: list[Dataset | None], keep: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
+    """The kept slices' HU, decoded one at a time; each dataset is let go once decoded, so only one
+    slice's pixel data and decoded array live at once. int16 while every value is a whole number in
+    int16's range (integer rescale slope and intercept, the usual case): the same values as float32
+    in half the memory; otherwise float32."""
+    hu: np.ndarray = np.empty((len(keep), *shape), dtype=np.int16)
+    for index, ds_index in enumerate(keep):
+        ds = datasets[ds_index]
+        assert ds is not None
+        datasets[ds_index] = None
+        pixels = _hu_pixels(ds, shape)
+        del ds
+        if hu.dtype == np.int16 and pixels.dtype != np.int16:
+            hu = hu.astype(np.float32)
+        hu[index] = pixels
+    return hu
+
+
 def _read(path: Path) -> Dataset:
     try:
-        return pydicom.dcmread(path)
+        return pydicom.dcmread(path, defer_size=DEFER_BYTES)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise SeriesError("unreadable_file", f"a slice could not be read ({type(exc).__name__})") from None
 
 
 def _hu_pixels(ds: Dataset, shape: tuple[int, int]) -> np.ndarray:
+    """HU of one slice: int16 when they are whole numbers within int16 (exactly the float32 values), else
+    float32."""
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # decoders raise many types; report the syntax, never the content
@@ -156,6 +183,15 @@ def _hu_pixels(ds: Dataset, shape: tuple[int, int]) -> np.ndarray:
         raise SeriesError("inconsistent_geometry", "pixel data does not match Rows/Columns")
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    if pixels.dtype.kind in "iu" and slope.is_integer() and intercept.is_integer() and pixels.size:
+        ends = (float(pixels.min()) * slope + intercept, float(pixels.max()) * slope + intercept)
+        if -32768 <= min(ends) and max(ends) <= 32767:
+            whole = pixels.astype(np.int32)
+            if slope != 1.0:
+                whole *= int(slope)
+            if intercept != 0.0:
+                whole += int(intercept)
+            return whole.astype(np.int16)
     out = pixels.astype(np.float32)
     if slope != 1.0:
         out *= np.float32(slope)
@@ -184,3 +220,90 @@ def _spacing_report(sorted_positions: np.ndarray, duplicates: int) -> SpacingRep
         gaps=int(np.count_nonzero(steps > GAP_FACTOR * increment)),
         duplicates_removed=duplicates,
     )
+
+
+class SliceStack:
+    """The HU of a long series without holding it: slices are decoded from their files when indexed,
+    the few most recent kept. What scoring asks of a volume besides single slices and slabs (the
+    heart search's coarse grid, the maximum over slices for the model's crop) is computed in one
+    pass at the start, so memory does not grow with the slice count (about 60 kB a slice at 512²).
+
+    Supports what the CAC runtime uses of a (slices, rows, columns) array: ``shape``, ``ndim``,
+    ``dtype``, ``len``, ``stack[k]``, ``stack[a:b]``, ``stack[indices]``, ``stack[:, ::s, ::s]`` for the
+    heart search's step and ``stack.max(axis=0)``.
+    """
+
+    RECENT = 12  # decoded slices kept (a model batch and its neighbours)
+
+    def __init__(self, paths: Sequence[Path], shape: tuple[int, int], dtype: np.dtype, step: int,
+                 coarse: np.ndarray, maximum: np.ndarray) -> None:
+        self.paths = tuple(paths)
+        self.shape = (len(self.paths), *shape)
+        self.ndim = 3
+        self.dtype = dtype
+        self._step, self._coarse, self._maximum = step, coarse, maximum
+        self._recent: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def scan(cls, datasets: list[Dataset | None], keep: Sequence[int], paths: Sequence[Path],
+             shape: tuple[int, int], spacing: tuple[float, float]) -> SliceStack:
+        """Decode every kept slice once (``datasets`` are let go as they are decoded), keeping only the
+        coarse grid and the running maximum."""
+        from connector.infer.heart_region import grid_step
+
+        step = grid_step(spacing)
+        coarse: np.ndarray | None = None
+        maximum: np.ndarray | None = None
+        dtype = np.dtype(np.int16)
+        for index, ds_index in enumerate(keep):
+            ds = datasets[ds_index]
+            assert ds is not None
+            datasets[ds_index] = None
+            pixels = _hu_pixels(ds, shape)
+            del ds
+            if coarse is None or maximum is None:
+                coarse = np.empty((len(keep), *pixels[::step, ::step].shape), dtype=np.int16)
+                maximum = pixels.copy()
+            if pixels.dtype != np.int16 and dtype == np.int16:
+                dtype = np.dtype(np.float32)
+                coarse, maximum = coarse.astype(np.float32), maximum.astype(np.float32)
+            coarse[index] = pixels[::step, ::step]
+            np.maximum(maximum, pixels, out=maximum)
+        assert coarse is not None and maximum is not None
+        return cls(paths, shape, dtype, step, coarse, maximum)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def slice(self, k: int) -> np.ndarray:
+        if k not in self._recent:
+            if len(self._recent) >= self.RECENT:
+                self._recent.pop(next(iter(self._recent)))
+            pixels = _hu_pixels(_read(self.paths[k]), self.shape[1:])
+            self._recent[k] = pixels.astype(self.dtype, copy=False)
+        return self._recent[k]
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            k = int(key)
+            return self.slice(k + len(self) if k < 0 else k)
+        if isinstance(key, slice):
+            indices = range(*key.indices(len(self)))
+            out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
+            for i, k in enumerate(indices):
+                out[i] = self.slice(k)
+            return out
+        if isinstance(key, np.ndarray) and key.ndim == 1 and key.dtype.kind in "iu":
+            out = np.empty((len(key), *self.shape[1:]), dtype=self.dtype)
+            for i, k in enumerate(key):
+                out[i] = self.slice(int(k))
+            return out
+        if (isinstance(key, tuple) and len(key) == 3 and key[0] == slice(None)
+                and key[1] == key[2] == slice(None, None, self._step)):
+            return self._coarse
+        raise TypeError(f"SliceStack does not support indexing with {key!r}")
+
+    def max(self, axis: int | None = None) -> np.ndarray:
+        if axis != 0:
+            raise TypeError("SliceStack.max supports axis=0 only")
+        return self._maximum
