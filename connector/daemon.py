@@ -5,11 +5,15 @@
       |- pipeline                     stable-study sweep, de-identification, inference, queuing
       |- push                         outbox -> registry (STOW-RS, JSON API)
       |- stow                         DICOMweb STOW-RS listener, only with [stow] enabled
+      |- hl7                          HL7 v2 (MLLP) listener for deaths, only with [hl7] enabled
 
 Why processes: a crash in de-identification or inference must not stop reception, and receiving
 must never wait on them; separate interpreters also let the receivers use every core despite the
 GIL. The supervisor itself only runs start-up recovery, starts the roles, restarts any that dies
 (with backoff), forwards SIGTERM/SIGINT and collects their logs, so it has little that can fail.
+Why this length: supervision (start, restart with backoff, stop, reap) is one loop over one set of
+processes; the start-up checks already live in :mod:`connector.preflight` and the role bodies in
+:mod:`connector.roles`.
 
 Start is all or nothing. Everything that can be checked before a role runs is checked first
 (:mod:`connector.preflight`), in this order: TLS files, rules and vocabulary, the CAC model for

@@ -26,6 +26,9 @@ universal), ModalitiesInStudy, StudyDescription, NumberOfStudyRelatedInstances,
 NumberOfStudyRelatedSeries, SOPClassesInStudy (all as return keys). Modality and description
 filters are applied here, not by the PACS: support for matching on ModalitiesInStudy varies
 between PACS, and the regex could not be expressed in DICOM wildcards anyway.
+
+Why one module, long as it is: the range splitting, the day-by-day fall-back and the filters
+share one answer type and one notion of "cut short"; the C-FIND itself is :mod:`connector.pacs.scu`.
 """
 
 from __future__ import annotations
