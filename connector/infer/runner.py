@@ -37,7 +37,7 @@ from connector.infer.preprocess import (
     GridMap,
     body_box,
     neighbour_indices,
-    window,
+    window_channels,
 )
 from connector.infer.results import SeriesResult, Timings
 from connector.infer.scored_calcium import scored_calcium_of
@@ -170,14 +170,7 @@ class CacRunner:
 
     def _channels(self, planes: np.ndarray) -> list[np.ndarray]:
         """The windowed channels of resampled planes (..., H, W), one per manifest window."""
-        out = []
-        for w in self.manifest.input.windows:
-            ch = window(planes, w.lo, w.hi)
-            if (w.to_lo, w.to_hi) != (0.0, 1.0):
-                ch *= np.float32(w.to_hi - w.to_lo)
-                ch += np.float32(w.to_lo)
-            out.append(ch)
-        return out
+        return window_channels(planes, self.manifest.input.windows)
 
     def plane_map(self, n: int, slice_increment: float | None) -> np.ndarray:
         """Series slice of each model plane along z: the identity except for a 3d model that declares
