@@ -3,8 +3,13 @@
 Why: the model is a replaceable component (a site will swap the synthetic demo model for a validated
 one), so the connector never trusts a bare ``.onnx`` file. Every model folder holds ``manifest.json``
 next to the model; the SHA-256 of the model bytes must match the manifest or the runner refuses to
-start. The input and output specs tell the runtime how to prepare slices and read the outputs, so a
-model trained with other settings (window, spacing, slice count) runs without code changes.
+start. The input and output specs are the model contract (docs/cac.md, models/manifest.schema.json):
+the input layout (2d slices, 2.5d slice stacks, 3d patches), grid, HU windows as channels, and the
+output kind (per-class probabilities with named coronary / non-coronary classes, or a coronary-calcium
+probability plus a heart probability), stride and thresholds. The runtime follows them, so a registry's
+own model of another shape runs without code changes. v1/v2 manifests (layout ``NCHW``, one
+``hu_window``, no ``kind``) read as 2.5d / classes, as before. A broken manifest is refused with a
+message naming the field.
 """
 
 from __future__ import annotations

@@ -129,6 +129,11 @@ class CacRunner:
         wanted_out = {manifest.output.calcium} | ({manifest.output.heart} if manifest.output.heart else set())
         if manifest.input.name not in inputs or not wanted_out <= outputs:
             raise ModelError("model_io_mismatch", "the model's input/output names differ from its manifest")
+        rank = next(len(i.shape) for i in session.get_inputs() if i.name == manifest.input.name)
+        if rank != (5 if manifest.input.layout == "3d" else 4):
+            raise ModelError("model_io_mismatch",
+                             f"the model's input has {rank} dimensions; input.layout {manifest.input.layout} needs "
+                             f"{5 if manifest.input.layout == '3d' else 4}")
 
     @classmethod
     def from_config(cls, config: object) -> CacRunner:

@@ -248,3 +248,13 @@ def test_model_whose_outputs_differ_from_its_manifest_is_refused(tmp_path: Path)
     with pytest.raises(ModelError) as err:
         CacRunner.load(tmp_path / "m")
     assert err.value.code == "model_io_mismatch"
+
+
+def test_model_whose_input_rank_differs_from_its_layout_is_refused(tmp_path: Path) -> None:
+    shutil.copytree(MODEL_3D, tmp_path / "m")
+    data = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    data["input"]["layout"] = "2d"  # the 3d model's input is (N, C, D, H, W)
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError) as err:
+        CacRunner.load(tmp_path / "m")
+    assert err.value.code == "model_io_mismatch" and "5 dimensions" in str(err.value)
