@@ -163,7 +163,8 @@ def graph_input(recipe: Recipe) -> onnx.ValueInfoProto:
 def stem_model(recipe: Recipe) -> onnx.ModelProto:
     g = Graph(recipe.layout == "3d")
     feats = stem(g, "image")
-    out = helper.make_tensor_value_info(feats, TensorProto.FLOAT, ["N", n_features(recipe), *(["D"] if g.three_d else []), "h", "w"])
+    dims: list[object] = ["N", n_features(recipe), *(["D"] if g.three_d else []), "h", "w"]
+    out = helper.make_tensor_value_info(feats, TensorProto.FLOAT, dims)
     graph = helper.make_graph(g.nodes, "stem", [graph_input(recipe)], [out], g.inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
@@ -226,8 +227,9 @@ def cells(recipe: Recipe, ph: Phantom, session: ort.InferenceSession, rng: np.ra
           ) -> tuple[np.ndarray, ...]:
     """(features, coronary, noncoronary, heart, candidate, hard) of the cells that matter: every cell
     holding HU >= 130 (non-coronary ones sampled), and RANDOM_CELLS_PER_SLICE others a slice; ``hard``:
-    non-coronary calcium in or at the heart (valves, aortic root), what the model must learn to leave. The phantom is rendered on the model's own grid (and,
-    3D, at its slice spacing), so the runtime would feed exactly these planes."""
+    non-coronary calcium in or at the heart (valves, aortic root), what the model must learn to leave.
+    The phantom is rendered on the model's own grid (and, 3D, at its slice spacing), so the runtime
+    would feed exactly these planes."""
     channels = window_channels(ph.hu, recipe.windows)
     if recipe.layout == "3d":  # one patch of every plane: the stem's z context is 3 planes, patches overlap 2
         x = np.stack(channels, axis=0)[None]

@@ -245,7 +245,8 @@ def _parse_output(out: dict[str, Any], spec_in: InputSpec) -> OutputSpec:
             raise ValueError("outputs.calcium.classes must be at least two distinct names")
         if legacy or "coronary" not in calcium:
             if "coronary" not in classes:
-                raise ValueError("outputs.calcium.classes must include 'coronary' (or name the coronary classes in outputs.calcium.coronary)")
+                raise ValueError("outputs.calcium.classes must include 'coronary' "
+                                 "(or name the coronary classes in outputs.calcium.coronary)")
             coronary = (classes.index("coronary"),)
         else:
             coronary = _class_indices(calcium["coronary"], classes, "outputs.calcium.coronary")
