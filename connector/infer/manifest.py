@@ -83,6 +83,7 @@ class OutputSpec:
     coronary_classes: tuple[int, ...] = ()  # kind classes: indices summed into the coronary probability
     noncoronary_classes: tuple[int, ...] = ()  # ... and into the non-coronary calcium probability
     heart_threshold: float | None = None  # None: the same as threshold
+    labels: bool = False  # kind classes: the calcium output is a label map (N, 1, [D,] h, w) of class indices
 
     @property
     def heart_cut(self) -> float:
@@ -135,6 +136,7 @@ def load_manifest(model_dir: Path) -> ModelManifest:
 
 LAYOUTS = ("2d", "2.5d", "3d")
 KINDS = ("classes", "probability+heart")
+ENCODINGS = ("probabilities", "labels")  # kind classes: C probability channels, or one channel of class indices
 LEGACY_LAYOUT = "NCHW"  # v1/v2 manifests: 2.5d with slices_per_sample slices
 NO_CALCIUM = ("none", "background")  # class names that are not calcium when a manifest does not say
 
@@ -256,8 +258,11 @@ def _parse_output(out: dict[str, Any], spec_in: InputSpec) -> OutputSpec:
             noncoronary = tuple(i for i, c in enumerate(classes) if i not in coronary and c not in NO_CALCIUM)
         if set(coronary) & set(noncoronary):
             raise ValueError("outputs.calcium: a class cannot be both coronary and non-coronary")
+        encoding = str(calcium.get("encoding", "probabilities"))
+        if encoding not in ENCODINGS:
+            raise ValueError(f"outputs.calcium.encoding must be one of {', '.join(ENCODINGS)}; got {encoding!r}")
     else:
-        classes, coronary, noncoronary = ("calcium",), (0,), ()
+        classes, coronary, noncoronary, encoding = ("calcium",), (0,), (), "probabilities"
     spec_out = OutputSpec(
         heart=heart,
         calcium=str(_field(calcium, "name", "outputs.calcium")),
@@ -269,6 +274,7 @@ def _parse_output(out: dict[str, Any], spec_in: InputSpec) -> OutputSpec:
         coronary_classes=coronary,
         noncoronary_classes=noncoronary,
         heart_threshold=heart_t,
+        labels=encoding == "labels",
     )
     if spec_out.stride < 1 or spec_in.in_plane_size % spec_out.stride:
         raise ValueError("outputs.stride must divide input.in_plane_size")

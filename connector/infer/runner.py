@@ -246,6 +246,10 @@ class CacRunner:
                 p_heart = p_heart[where[:, 0], :, where[:, 1]] if p_heart is not None else None
             if out.kind == "probability+heart":
                 coronary, other = p_calcium[:, 0], None
+            elif out.labels:  # class indices: a cell's probability of its own class is 1
+                label = p_calcium[:, 0]
+                coronary = np.isin(label, out.coronary_classes).astype(np.float32)
+                other = np.isin(label, out.noncoronary_classes).astype(np.float32) if out.noncoronary_classes else None
             else:
                 coronary = _class_sum(p_calcium, out.coronary_classes)
                 other = _class_sum(p_calcium, out.noncoronary_classes) if out.noncoronary_classes else None

@@ -258,3 +258,45 @@ def test_model_whose_input_rank_differs_from_its_layout_is_refused(tmp_path: Pat
     with pytest.raises(ModelError) as err:
         CacRunner.load(tmp_path / "m")
     assert err.value.code == "model_io_mismatch" and "5 dimensions" in str(err.value)
+
+
+def test_classes_as_a_label_map(tmp_path: Path) -> None:
+    """``calcium.encoding: labels``: one channel of class indices (an ArgMax export) is read as the
+    named classes; a probe model labels 0..344 HU background, 345..689 coronary, 690+ noncoronary."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from connector.infer.agatston import CORONARY, OTHER
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", "W"])
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["m"], kernel_shape=[4, 4], strides=[4, 4]),
+        helper.make_node("Mul", ["m", "k"], ["mk"]),
+        helper.make_node("Cast", ["mk"], ["labels"], to=TensorProto.INT64),  # truncates: 0, 1 or 2
+    ]
+    inits = [helper.make_tensor("k", TensorProto.FLOAT, [], [2.9])]
+    out = helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", 1, "h", "w"])
+    model = helper.make_model(helper.make_graph(nodes, "labels", [x], [out], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    blob = model.SerializeToString()
+    (tmp_path / "model.onnx").write_bytes(blob)
+    manifest = _manifest_template()
+    manifest["sha256"] = hashlib.sha256(blob).hexdigest()
+    manifest["input"] = {"name": "x", "layout": "2d", "windows": [[0, 1000]], "in_plane_size": 16, "pixel_spacing_mm": 1.0}
+    manifest["outputs"] = {"kind": "classes", "stride": 4,
+                           "calcium": {"name": "labels", "encoding": "labels",
+                                       "classes": ["background", "coronary", "noncoronary"]}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert not list(jsonschema.Draft202012Validator(SCHEMA).iter_errors(manifest))
+    runner = CacRunner.load(tmp_path)
+    hu = np.full((2, 16, 16), 100.0, np.float32)
+    hu[:, 4:12, 0:8] = 500.0  # coronary by the probe's labels
+    hu[:, 4:12, 8:16] = 800.0  # noncoronary
+    marks = runner.mark_grid(hu, (1.0, 1.0)).marks
+    assert (marks[:, 1:3, 0:2] == CORONARY).all() and (marks[:, 1:3, 2:4] == OTHER).all()
+    assert (marks[:, 0] == 0).all() and (marks[:, 3] == 0).all()
+    bad = copy.deepcopy(manifest)
+    bad["outputs"]["calcium"]["encoding"] = "argmax"
+    assert list(jsonschema.Draft202012Validator(SCHEMA).iter_errors(bad))
+    with pytest.raises(ValueError, match="outputs.calcium.encoding"):
+        _parse(bad)
