@@ -8,11 +8,20 @@ series' own pixel grid.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 AIR_HU = -1000.0
+
+
+class HuWindowLike(Protocol):
+    lo: float
+    hi: float
+    to_lo: float
+    to_hi: float
 
 
 def window(hu: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -20,6 +29,19 @@ def window(hu: np.ndarray, lo: float, hi: float) -> np.ndarray:
     out = np.asarray(hu, dtype=np.float32) - np.float32(lo)
     out *= np.float32(1.0 / (hi - lo))
     np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def window_channels(planes: np.ndarray, windows: Sequence[HuWindowLike]) -> list[np.ndarray]:
+    """One float32 channel per window (HU clipped to [lo, hi], scaled onto [to_lo, to_hi]); the
+    runtime and the training scripts both call this, so a model sees in use what it saw in training."""
+    out = []
+    for w in windows:
+        ch = window(planes, w.lo, w.hi)
+        if (w.to_lo, w.to_hi) != (0.0, 1.0):
+            ch *= np.float32(w.to_hi - w.to_lo)
+            ch += np.float32(w.to_lo)
+        out.append(ch)
     return out
 
 

@@ -37,7 +37,7 @@ from connector.infer.preprocess import (
     GridMap,
     body_box,
     neighbour_indices,
-    window,
+    window_channels,
 )
 from connector.infer.results import SeriesResult, Timings
 from connector.infer.scored_calcium import scored_calcium_of
@@ -94,6 +94,11 @@ class ScoredVolume:
         return out
 
 
+def _class_sum(p: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
+    """Probability of any of ``classes`` (N, C, h, w) -> (N, h, w); one class is taken as is (bit for bit)."""
+    return p[:, classes[0]] if len(classes) == 1 else p[:, list(classes)].sum(axis=1)
+
+
 def choose_providers(requested: Sequence[str]) -> list[str]:
     """Providers to ask ORT for: the configured ones that exist here, else CUDA when present; CPU last."""
     available = ort.get_available_providers()
@@ -121,9 +126,14 @@ class CacRunner:
         self.provider = session.get_providers()[0]
         inputs = {i.name for i in session.get_inputs()}
         outputs = {o.name for o in session.get_outputs()}
-        wanted_out = {manifest.output.heart, manifest.output.calcium}
+        wanted_out = {manifest.output.calcium} | ({manifest.output.heart} if manifest.output.heart else set())
         if manifest.input.name not in inputs or not wanted_out <= outputs:
             raise ModelError("model_io_mismatch", "the model's input/output names differ from its manifest")
+        rank = next(len(i.shape) for i in session.get_inputs() if i.name == manifest.input.name)
+        if rank != (5 if manifest.input.layout == "3d" else 4):
+            raise ModelError("model_io_mismatch",
+                             f"the model's input has {rank} dimensions; input.layout {manifest.input.layout} needs "
+                             f"{5 if manifest.input.layout == '3d' else 4}")
 
     @classmethod
     def from_config(cls, config: object) -> CacRunner:
@@ -163,25 +173,87 @@ class CacRunner:
         # beyond the series), so that is the model grid of the series' maximum, one slice not all
         return body_box(grid.to_model(hu.max(axis=0)[None], AIR_HU), spec.size_multiple, CROP_MARGIN_PX)
 
+    def _channels(self, planes: np.ndarray) -> list[np.ndarray]:
+        """The windowed channels of resampled planes (..., H, W), one per manifest window."""
+        return window_channels(planes, self.manifest.input.windows)
+
+    def plane_map(self, n: int, slice_increment: float | None) -> np.ndarray:
+        """Series slice of each model plane along z: the identity except for a 3d model that declares
+        ``slice_spacing_mm`` (nearest slice, planes from the first slice to the last)."""
+        sz = self.manifest.input.slice_spacing_mm
+        if self.manifest.input.layout != "3d" or sz is None or not slice_increment or \
+                abs(sz - slice_increment) <= 0.01 * sz:
+            return np.arange(n)
+        planes = int(np.floor((n - 1) * slice_increment / sz + 1e-6)) + 1
+        return np.clip(np.rint(np.arange(planes) * sz / slice_increment).astype(np.int64), 0, n - 1)
+
+    def _samples(self, n_planes: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per batch: (planes scored, the model plane of each sample position, where each scored plane's
+        output lies as (sample, depth index)). 2d/2.5d: one sample per plane; 3d: patches of ``depth``
+        planes, consecutive ones sharing ``overlap``, each plane's output taken from the patch where it
+        lies most central (edge planes repeat where the series is shorter than a patch)."""
+        spec, batch = self.manifest.input, self.config.batch_size
+        if spec.layout != "3d":
+            for start in range(0, n_planes, batch):
+                centres = np.arange(start, min(start + batch, n_planes))
+                around = neighbour_indices(n_planes, centres, spec.slices_per_sample)
+                yield centres, around, np.stack([np.arange(len(centres)), np.zeros(len(centres), int)], axis=1)
+            return
+        depth, step = spec.slices_per_sample, spec.slices_per_sample - spec.patch_overlap
+        starts = list(range(0, max(n_planes - depth, 0) + 1, step))
+        if starts[-1] + depth < n_planes:
+            starts.append(n_planes - depth)
+        starts_a = np.asarray(starts)
+        j = np.arange(n_planes)[:, None]
+        centrality = np.minimum(j - starts_a[None], starts_a[None] + depth - 1 - j)
+        centrality = np.where(centrality >= 0, centrality, -depth)  # outside the patch
+        owner = centrality.argmax(axis=1)  # patch that scores each plane
+        per = max(1, batch // depth)
+        for b0 in range(0, len(starts), per):
+            idx = np.arange(b0, min(b0 + per, len(starts)))
+            around = np.clip(starts_a[idx, None] + np.arange(depth)[None], 0, n_planes - 1)
+            planes = np.flatnonzero(np.isin(owner, idx))
+            where = np.stack([owner[planes] - b0, planes - starts_a[owner[planes]]], axis=1)
+            yield planes, around, where
+
     def _outputs(
-        self, hu: np.ndarray, pixel_spacing: tuple[float, float]
-    ) -> Iterator[tuple[int, np.ndarray, np.ndarray, GridMap, tuple[int, int, int, int]]]:
-        """(first slice, heart probabilities, calcium probabilities, grid, crop) per batch: the model
-        run slab by slab, each batch's slices (with their neighbours) resampled and windowed on their
-        own, so no float32 copy of the volume exists."""
-        spec = self.manifest.input
+        self, hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increment: float | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None, GridMap, tuple[int, int, int, int]]]:
+        """Per batch: (model planes, heart, coronary and non-coronary calcium probabilities on them
+        (planes, h, w), grid, crop); the manifest's layout says how samples are built, its output kind
+        how the probabilities are read. Each batch's slices are resampled and windowed on their own, so
+        no float32 copy of the volume exists."""
+        spec, out = self.manifest.input, self.manifest.output
         grid = GridMap.build(hu.shape[1:], pixel_spacing, spec.in_plane_size, spec.pixel_spacing_mm)
         r0, r1, c0, c1 = crop = self._crop(hu, grid)
-        n, batch = hu.shape[0], self.config.batch_size
-        for start in range(0, n, batch):
-            centres = np.arange(start, min(start + batch, n))
-            needed, where = np.unique(neighbour_indices(n, centres, spec.slices_per_sample), return_inverse=True)
-            slab = window(grid.to_model(hu[needed], AIR_HU)[:, r0:r1, c0:c1], *spec.hu_window)
-            sample = slab[where.reshape(len(centres), spec.slices_per_sample)]
-            p_heart, p_calcium = self.session.run(
-                [self.manifest.output.heart, self.manifest.output.calcium], {spec.name: sample}
-            )
-            yield start, p_heart, p_calcium, grid, crop
+        z = self.plane_map(hu.shape[0], slice_increment)
+        names = [out.calcium] + ([out.heart] if out.heart else [])
+        for planes, around, where in self._samples(len(z)):
+            needed, inverse = np.unique(z[around], return_inverse=True)
+            inverse = inverse.reshape(around.shape)
+            channels = self._channels(grid.to_model(hu[needed], AIR_HU)[:, r0:r1, c0:c1])
+            if spec.layout == "3d":  # (patches, windows, depth, H, W)
+                sample = np.stack([ch[inverse] for ch in channels], axis=1)
+            elif len(channels) == 1:  # v1/v2: (N, slices, H, W), as before
+                sample = channels[0][inverse]
+            else:  # (N, slices * windows, H, W), slice-major
+                sample = np.stack([ch[inverse] for ch in channels], axis=2)
+                sample = sample.reshape(len(around), -1, *sample.shape[-2:])
+            results = self.session.run(names, {spec.name: sample})
+            p_calcium, p_heart = results[0], (results[1] if out.heart else None)
+            if spec.layout == "3d":  # (N, C, D, h, w) -> (planes, C, h, w)
+                p_calcium = p_calcium[where[:, 0], :, where[:, 1]]
+                p_heart = p_heart[where[:, 0], :, where[:, 1]] if p_heart is not None else None
+            if out.kind == "probability+heart":
+                coronary, other = p_calcium[:, 0], None
+            elif out.labels:  # class indices: a cell's probability of its own class is 1
+                label = p_calcium[:, 0]
+                coronary = np.isin(label, out.coronary_classes).astype(np.float32)
+                other = np.isin(label, out.noncoronary_classes).astype(np.float32) if out.noncoronary_classes else None
+            else:
+                coronary = _class_sum(p_calcium, out.coronary_classes)
+                other = _class_sum(p_calcium, out.noncoronary_classes) if out.noncoronary_classes else None
+            yield planes, (p_heart[:, 0] if p_heart is not None else None), coronary, other, grid, crop
 
     def _index_maps(self, grid: GridMap) -> tuple[np.ndarray, np.ndarray]:
         stride = self.manifest.output.stride
@@ -189,25 +261,39 @@ class CacRunner:
         cols = np.where(grid.series_cols >= 0, grid.series_cols // stride, -1)
         return rows, cols
 
-    def segment(self, hu: np.ndarray, pixel_spacing: tuple[float, float]) -> Segmentation:
-        """The model's probabilities for every slice (with its neighbours), batched (tests, tools; the
-        runtime keeps only the marks: :meth:`mark_grid`)."""
+    def _series_planes(self, n: int, slice_increment: float | None) -> np.ndarray | None:
+        """Model plane of each series slice (nearest), or None where they are the same."""
+        z = self.plane_map(n, slice_increment)
+        if len(z) == n and (z == np.arange(n)).all():
+            return None
+        sz, inc = self.manifest.input.slice_spacing_mm, slice_increment
+        assert sz is not None and inc
+        return np.clip(np.rint(np.arange(n) * inc / sz).astype(np.int64), 0, len(z) - 1)
+
+    def segment(
+        self, hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increment: float | None = None
+    ) -> Segmentation:
+        """The model's probabilities for every slice, batched (tests, tools; the runtime keeps only the
+        marks: :meth:`mark_grid`). Without a heart output the heart probability reads 1 (no gating);
+        without a non-coronary one, 0."""
         spec, out = self.manifest.input, self.manifest.output
-        n = hu.shape[0]
+        planes_n = len(self.plane_map(hu.shape[0], slice_increment))
         size, s = spec.in_plane_size // out.stride, out.stride
-        heart = np.zeros((n, size, size), dtype=np.float32)
-        coronary = np.zeros((n, size, size), dtype=np.float32)
-        other = np.zeros((n, size, size), dtype=np.float32)
-        other_classes = [i for i, c in enumerate(out.calcium_classes) if c not in ("none", "coronary")]
+        heart = np.zeros((planes_n, size, size), dtype=np.float32)
+        coronary = np.zeros((planes_n, size, size), dtype=np.float32)
+        other = np.zeros((planes_n, size, size), dtype=np.float32)
         grid, crop = None, (0, 0, 0, 0)
-        for start, p_heart, p_calcium, grid, crop in self._outputs(hu, pixel_spacing):
+        for planes, p_heart, p_coronary, p_other, grid, crop in self._outputs(hu, pixel_spacing, slice_increment):
             r0, r1, c0, c1 = crop
-            at = (slice(start, start + len(p_heart)), slice(r0 // s, r1 // s), slice(c0 // s, c1 // s))
-            heart[at] = p_heart[:, 0]
-            coronary[at] = p_calcium[:, out.coronary_class]
-            if other_classes:
-                other[at] = p_calcium[:, other_classes].sum(axis=1)
+            at = (planes, slice(r0 // s, r1 // s), slice(c0 // s, c1 // s))
+            heart[at] = p_heart if p_heart is not None else 1.0
+            coronary[at] = p_coronary
+            if p_other is not None:
+                other[at] = p_other
         assert grid is not None
+        back = self._series_planes(hu.shape[0], slice_increment)
+        if back is not None:
+            heart, coronary, other = heart[back], coronary[back], other[back]
         rows, cols = self._index_maps(grid)
         return Segmentation(heart=heart, coronary=coronary, other=other, rows=rows, cols=cols, crop=crop)
 
@@ -215,28 +301,38 @@ class CacRunner:
         """Mark codes on the output grid: CORONARY, OTHER or NO_MARK per cell (slices, h, w) uint8."""
         return self._mark_codes(seg.heart, seg.coronary, seg.other)
 
-    def _mark_codes(self, heart: np.ndarray, coronary_p: np.ndarray, other_p: np.ndarray | None) -> np.ndarray:
-        t = self.manifest.output.threshold
-        coronary = (coronary_p >= t) & (heart >= t)
+    def _mark_codes(
+        self, heart: np.ndarray | None, coronary_p: np.ndarray, other_p: np.ndarray | None
+    ) -> np.ndarray:
+        """CORONARY where the coronary-calcium probability reaches the calcium threshold and the heart
+        probability (if the model has one) the heart threshold; OTHER where calcium is marked but not
+        coronary, or the non-coronary probability reaches the calcium threshold."""
+        out = self.manifest.output
+        t = out.threshold
+        coronary = coronary_p >= t
+        if heart is not None:
+            coronary &= heart >= out.heart_cut
         other = coronary_p >= t
         if other_p is not None:
             other |= other_p >= t
         other &= ~coronary
         return np.where(coronary, CORONARY, np.where(other, OTHER, NO_MARK)).astype(np.uint8)
 
-    def mark_grid(self, hu: np.ndarray, pixel_spacing: tuple[float, float]) -> MarkGrid:
+    def mark_grid(
+        self, hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increment: float | None = None
+    ) -> MarkGrid:
         """The model's marks for every slice, computed batch by batch (the probabilities are dropped)."""
         spec, out = self.manifest.input, self.manifest.output
         size, s = spec.in_plane_size // out.stride, out.stride
-        marks = np.zeros((hu.shape[0], size, size), dtype=np.uint8)  # NO_MARK where the model did not run
-        other_classes = [i for i, c in enumerate(out.calcium_classes) if c not in ("none", "coronary")]
-        grid, crop = None, (0, 0, 0, 0)
-        for start, p_heart, p_calcium, grid, crop in self._outputs(hu, pixel_spacing):
+        marks = np.zeros((len(self.plane_map(hu.shape[0], slice_increment)), size, size), dtype=np.uint8)
+        grid, crop = None, (0, 0, 0, 0)  # NO_MARK where the model did not run
+        for planes, p_heart, p_coronary, p_other, grid, crop in self._outputs(hu, pixel_spacing, slice_increment):
             r0, r1, c0, c1 = crop
-            other = p_calcium[:, other_classes].sum(axis=1) if other_classes else None
-            codes = self._mark_codes(p_heart[:, 0], p_calcium[:, out.coronary_class], other)
-            marks[start : start + len(p_heart), r0 // s : r1 // s, c0 // s : c1 // s] = codes
+            marks[planes, r0 // s : r1 // s, c0 // s : c1 // s] = self._mark_codes(p_heart, p_coronary, p_other)
         assert grid is not None
+        back = self._series_planes(hu.shape[0], slice_increment)
+        if back is not None:
+            marks = marks[back]
         rows, cols = self._index_maps(grid)
         return MarkGrid(marks=marks, rows=rows, cols=cols, crop=crop)
 
@@ -269,7 +365,7 @@ class CacRunner:
                                 slab=np.zeros((0, *hu.shape[1:]), dtype=bool), first=0, slices=hu.shape[0],
                                 inference_s=0.0, scoring_s=time.perf_counter() - t0, crop=(0, 0, 0, 0),
                                 heart_found=False)
-        grid = self.mark_grid(hu, pixel_spacing)
+        grid = self.mark_grid(hu, pixel_spacing, slice_increment)
         t1 = time.perf_counter()
         within = (region.first, region.last)
         slab = region.restrict_slab(self.coronary_mask(hu, grid, within))  # a lesion off the heart is never scored
