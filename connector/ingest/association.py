@@ -7,9 +7,9 @@ one thread per association reads PDUs and acts on them directly:
 - negotiation uses pynetdicom's PDU classes and context rules (:mod:`connector.ingest.negotiation`);
 - command sets are decoded and encoded as bytes (:mod:`connector.ingest.dimse`);
 - dataset fragments go from the socket into one reusable buffer and from there to a ``.part`` file
-  under ``spool/partial``, so an object of any size is never held in memory; each chunk's
-  writeback to disk starts at once, so the fsync before the acknowledgement waits only for the
-  last one (the content is hashed only if the instance turns out to be a re-send: see intake);
+  under ``spool/partial``, so an object of any size is never held in memory; writeback to disk
+  starts per 256 KiB written, so the fsync before the acknowledgement waits only for the rest
+  (the content is hashed only if the instance turns out to be a re-send: see intake);
 - the first bytes of each dataset are kept, so filing it needs no header read from disk.
 The object is then handed to the store callback (the durability protocol); its status goes back
 in the C-STORE-RSP. Nothing is answered "success" that the callback did not commit.
@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 HEAD_KEEP = 64 * 1024  # dataset bytes kept for the header: far more than any header before SeriesInstanceUID
 _CHUNK = 256 * 1024  # largest single read of dataset bytes
+# Writeback is started per this many bytes, not per fragment (128 KiB from dcmtk): each start
+# submits I/O, which in a VM is a notification to the host; the fsync before the answer writes the
+# rest. trace_ingest.py, 0.5 MB objects, three pairs: 330-362 -> 380-448 instances/s.
+WRITEBACK_UNIT = 256 * 1024
 
 
 class ProtocolError(Exception):
@@ -78,7 +82,7 @@ NewPart = Callable[[], tuple[Path, int]]  # an open, empty file under spool/part
 class AssociationSettings:
     network_timeout: float
     artim_timeout: float = 5.0  # per read until the A-ASSOCIATE-RQ is in (the watchdog bounds the whole)
-    early_writeback: bool = True  # start writing each chunk to disk at once (when objects are fsync'd)
+    early_writeback: bool = True  # start writing to disk while receiving (when objects are fsync'd)
 
 
 class _Incoming:
@@ -89,6 +93,7 @@ class _Incoming:
         self.request = request
         self.early_writeback = early_writeback
         self.written = 0
+        self.writeback_from = 0  # start of the bytes whose writeback is not yet started
         self.context_id = context_id
         self.transfer_syntax = transfer_syntax
         self.head = bytearray()
@@ -113,7 +118,6 @@ class _Incoming:
 
     def _write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        start = self.written
         try:
             while view:
                 n = os.write(self.fd, view)  # type: ignore[arg-type]
@@ -123,8 +127,9 @@ class _Incoming:
             self.failed = exc.__class__.__name__
             self.discard()
             return
-        if self.early_writeback:
-            start_writeback(self.fd, start, self.written - start)  # type: ignore[arg-type]
+        if self.early_writeback and self.written - self.writeback_from >= WRITEBACK_UNIT:
+            start_writeback(self.fd, self.writeback_from, self.written - self.writeback_from)  # type: ignore[arg-type]
+            self.writeback_from = self.written
 
     def finish(self, calling_aet: str) -> ReceivedObject:
         self._close()

@@ -34,7 +34,10 @@ _PDU_HEADER = struct.Struct(">BxI")
 _PDV_HEADER = struct.Struct(">IBB")
 PDU_HEADER_SIZE = _PDU_HEADER.size
 PDV_HEADER_SIZE = _PDV_HEADER.size
-_READ_BUFFER = 256 * 1024
+# Smaller than a dataset fragment (dcmtk's storescu sends 128 KiB PDUs), so that what the header
+# read did not already pull in goes from the socket straight into the caller's buffer: the reader
+# copies through its own buffer every read not larger than it, which at 256 KiB was every fragment.
+_READ_BUFFER = 64 * 1024
 
 
 class PeerClosed(ConnectionError):

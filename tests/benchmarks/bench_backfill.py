@@ -6,7 +6,8 @@ A real Orthanc (the PACS) is loaded with N synthetic PET/CT studies. Then, in th
   orthanc->storescp  Orthanc's REST ``POST /modalities/storescp/store`` of every study to dcmtk's
                      ``storescp`` (writes files, no fsync; one association): the PACS's own sending
                      speed, the reference (every peer gets TCP_NODELAY=1, as in bench_ingest.py);
-  backfill C-MOVE    the connector daemon running (receivers with fsync on, as in production), and
+  backfill C-MOVE    the connector daemon running and idle (receivers with fsync on, as in production;
+                     sent to once its start-up is over, see bench_ingest.wait_settled), and
                      ``Runner`` (what ``backfill run`` does) C-MOVEs each study to it;
   backfill C-GET     the same with ``[pacs] retrieve = "get"``: Orthanc sends on our association
                      and each instance is filed through ``Intake`` (fsync on);
@@ -52,6 +53,7 @@ from connector.config import load_config  # noqa: E402
 from connector.store.layout import SiteLayout  # noqa: E402
 from connector.site_db import open_state  # noqa: E402
 from connector.synthetic import SyntheticStudy, write_pet_ct_study  # noqa: E402
+from tests.benchmarks.bench_ingest import wait_settled  # noqa: E402
 from tests.support.daemon import ConnectorProcess  # noqa: E402
 from tests.support.net import free_port, wait_port  # noqa: E402
 from tests.support.orthanc import OrthancServer  # noqa: E402
@@ -176,6 +178,7 @@ def main() -> int:
                 assert sum(1 for _ in out_dir.rglob("*") if _.is_file()) == len(files)
                 # 2. backfill by C-MOVE into the running daemon
                 daemon.start()
+                wait_settled(daemon.proc.pid)  # type: ignore[union-attr]  # a running daemon, not a starting one
                 q, secs, done = backfill(env_for(site / "data", orthanc, **retrieval), args.studies)
                 assert done == args.studies, f"C-MOVE retrieved {done} of {args.studies}"
                 results["backfill_c_move"] = {**rate(args.studies, size, secs), "query_seconds": round(q, 3)}
@@ -189,6 +192,7 @@ def main() -> int:
                 #    sender, to tell the cost of the durable receive from that of the backfill around it
                 pushed = ConnectorProcess(work / "push-site", assemble__stable_seconds=86400).start()
                 try:
+                    wait_settled(pushed.proc.pid)  # type: ignore[union-attr]
                     orthanc.request("PUT", "/modalities/pushed", {"AET": "SITECONN", "Host": "127.0.0.1",
                                                                  "Port": pushed.port})
                     t0 = time.perf_counter()

@@ -3,15 +3,19 @@
 
 Runs the connector's SCP in this process (one receiver, no supervisor), sends 0.5 MB CT
 instances with dcmtk's storescu on one association, and prints instances/s and the mean time per
-instance of the store callback (the durability protocol). ``--profile`` adds a cProfile of the
-receiver threads, sorted by own time; ``--no-fsync`` measures with the spool fsync off.
+instance of the store callback (the durability protocol) and the receiver's CPU (this process:
+storescu runs apart). ``--steps`` adds the mean time of each step of the durability protocol (the
+object's fsync, the folder's fsync, the commit as the caller waits for it and as the committing
+thread runs it); ``--profile`` adds a cProfile of the receiver threads, sorted by own time;
+``--no-fsync`` measures with the spool fsync off.
 
-    python tests/benchmarks/trace_ingest.py [--count 300] [--profile] [--no-fsync]
+    python tests/benchmarks/trace_ingest.py [--count 300] [--steps] [--profile] [--no-fsync]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import os
 import pstats
@@ -27,19 +31,49 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from connector.config import load_config  # noqa: E402
+from connector.ingest import intake as intake_module  # noqa: E402
 from connector.ingest.intake import Intake  # noqa: E402
 from connector.ingest.scp import StoreSCP, configure_receiver_process  # noqa: E402
+from connector.store.group_commit import GroupCommitter  # noqa: E402
 from connector.store.layout import SiteLayout  # noqa: E402
+from connector.store.state import StateStore  # noqa: E402
 from connector.site_db import open_state  # noqa: E402
 from connector.synthetic import SyntheticStudy, ct_slices, write_series  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 from tests.support.tools import dcmtk  # noqa: E402
 
 
+STEPS: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
+_STEPS_LOCK = threading.Lock()
+
+
+def _timed_step(name: str, func):  # type: ignore[no-untyped-def]
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            elapsed = time.perf_counter() - t0
+            with _STEPS_LOCK:
+                STEPS[name][0] += 1
+                STEPS[name][1] += elapsed
+    return wrapper
+
+
+def time_steps() -> None:
+    """Wrap the durability protocol's steps so that each one's time is summed in STEPS."""
+    intake_module.fsync_file = _timed_step("object fsync", intake_module.fsync_file)  # type: ignore[assignment]
+    intake_module.fsync_dir = _timed_step("folder fsync", intake_module.fsync_dir)  # type: ignore[assignment]
+    GroupCommitter.record = _timed_step("commit (caller waits)", GroupCommitter.record)  # type: ignore[method-assign]
+    StateStore.record_instances = _timed_step("commit (transaction)",  # type: ignore[method-assign]
+                                              StateStore.record_instances)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=300)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--steps", action="store_true")
     ap.add_argument("--no-fsync", action="store_true")
     args = ap.parse_args()
 
@@ -48,6 +82,8 @@ def main() -> int:
     cfg = load_config(None, environ={"SITE_CONNECTOR__STORAGE__MIN_FREE_BYTES": "0",
                                      "SITE_CONNECTOR__DICOM__PORT": str(port),
                                      "SITE_CONNECTOR__STORAGE__DATA_DIR": str(work / "site")})
+    if args.steps:
+        time_steps()
     layout = SiteLayout.from_config(cfg)
     layout.ensure()
     store = open_state(layout.state_db)
@@ -79,15 +115,18 @@ def main() -> int:
         scp.serve_connection = profiled  # type: ignore[method-assign]
     scp.start()
     files = write_series(ct_slices(SyntheticStudy(), args.count), work / "instances")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     subprocess.run([dcmtk("storescu"), "-aec", cfg.dicom.ae_title, "127.0.0.1", str(port), *map(str, files)],
                    env=dict(os.environ, TCP_NODELAY="1"), check=True)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     scp.stop()
     intake.close()
     store.close()
     print(f"{len(files) / elapsed:.0f} inst/s, {elapsed / len(files) * 1000:.2f} ms per instance, "
-          f"store callback {sum(durations) / max(len(durations), 1) * 1000:.2f} ms (fsync {'off' if args.no_fsync else 'on'})")
+          f"store callback {sum(durations) / max(len(durations), 1) * 1000:.2f} ms, receiver CPU "
+          f"{cpu / len(files) * 1000:.2f} ms (fsync {'off' if args.no_fsync else 'on'})")
+    for name, (calls, total) in STEPS.items():
+        print(f"  {name:<22} {total / max(calls, 1) * 1000:6.2f} ms mean over {calls} calls")
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     shutil.rmtree(work, ignore_errors=True)
