@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 def test_echo_defaults_to_an_allowed_calling_ae_and_explains_a_refused_one(tmp_path: Path) -> None:
     with ConnectorProcess(tmp_path / "site", dicom__allowed_ae_titles=["HOSPITALPACS", "OTHER"],
                           service__stop_timeout=TEST_STOP_TIMEOUT) as daemon:
+        assert "DICOM receiver listening" in daemon.wait_for_log("DICOM receiver listening", timeout=90)
         ok = daemon.cli("echo")  # the README's "Verify" step, after allowed_ae_titles was set
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert "from HOSPITALPACS: success" in ok.stdout
@@ -33,11 +34,15 @@ def test_echo_defaults_to_an_allowed_calling_ae_and_explains_a_refused_one(tmp_p
 def test_echo_explains_a_refused_address(tmp_path: Path) -> None:
     with ConnectorProcess(tmp_path / "site", dicom__allowed_hosts=["10.99.0.0/16"],
                           service__stop_timeout=TEST_STOP_TIMEOUT) as daemon:
-        refused = daemon.cli("echo", "--json")
-        assert refused.returncode == 3
+        # The port is bound by the supervisor before a receiver accepts on it; on a loaded machine
+        # the receiver can take longer than echo's 10 s to start, which would be "no answer".
+        assert "DICOM receiver listening" in daemon.wait_for_log("DICOM receiver listening", timeout=90)
+        refused = daemon.cli("echo", "--json", "--timeout", "30")
+        assert refused.returncode == 3, refused.stdout + refused.stderr
         import json
 
         out = json.loads(refused.stdout)
+        assert "reject" in out, out
         assert out["reject"] == {"result": 1, "source": 1, "reason": 1}
         assert "address refused" in out["explanation"] and "[dicom] allowed_hosts (10.99.0.0/16)" in out["explanation"]
         stop_timed(daemon)
