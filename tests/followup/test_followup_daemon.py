@@ -8,7 +8,6 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,18 +18,9 @@ import pytest
 from devregistry import RegistryServer
 from connector.synthetic import SyntheticPatient, SyntheticStudy, write_pet_ct_study
 from tests.support.daemon import ConnectorProcess
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def _wait(predicate: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _da(value: str) -> date:
@@ -63,7 +53,7 @@ def test_study_then_inbox_death_reaches_the_registry_with_the_right_interval(tmp
             docs = r.json() if r.status_code == 200 and r.content else []
             return docs[0] if docs else None
 
-        qido = _wait(registry_study, "the study at the registry")
+        qido = wait_for(registry_study, 120, 0.25, "the study at the registry")
         pseudonym = qido["00100020"]["Value"][0]
         registry_study_date = _da(qido["00080020"]["Value"][0])
         assert pseudonym.startswith("TEST01-") and registry_study_date != _da(study.study_date)
@@ -79,8 +69,8 @@ def test_study_then_inbox_death_reaches_the_registry_with_the_right_interval(tmp
         def events() -> list[dict[str, Any]]:
             return list(httpx.get(f"{registry.url}/api/v1/events", headers=auth).json()["events"])
 
-        (event,) = _wait(events, "the death event at the registry")
-        _wait(lambda: list((inbox / "done").glob("*-deaths.csv")), "the file filed under done/")
+        (event,) = wait_for(events, 120, 0.25, "the death event at the registry")
+        wait_for(lambda: list((inbox / "done").glob("*-deaths.csv")), 120, 0.25, "the file filed under done/")
         time.sleep(2)  # a further scheduler run must not send anything again
         assert len(events()) == 1
         logs = daemon.logs()

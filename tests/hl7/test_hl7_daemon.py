@@ -10,7 +10,6 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,19 +21,10 @@ from devregistry import RegistryServer
 from connector.synthetic import SyntheticPatient, SyntheticStudy, write_pet_ct_study
 from tests.hl7.support import MllpClient, ack_code, adt
 from tests.support.daemon import ConnectorProcess
+from tests.support.waiting import wait_for
 from tests.support.net import free_port, wait_port
 
 pytestmark = pytest.mark.slow
-
-
-def _wait(predicate: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _da(value: str) -> date:
@@ -70,7 +60,7 @@ class _Env:
             docs = r.json() if r.status_code == 200 and r.content else []
             return docs[0] if docs else None
 
-        qido = _wait(registry_study, "the study at the registry")
+        qido = wait_for(registry_study, 120, 0.25, "the study at the registry")
         return qido["00100020"]["Value"][0], _da(qido["00080020"]["Value"][0])
 
     def events(self, registry: RegistryServer) -> list[dict[str, Any]]:
@@ -94,7 +84,7 @@ def test_a08_death_through_the_daemon_reaches_the_registry_once(tmp_path: Path) 
                 assert ack_code(c.send(env.death(987, control="ADT0002")))[0] == "AA"  # sent twice by the engine
                 unknown = adt("A08", "NOBODY-4242", env.study.patient.issuer, death="20230101", indicator="Y")
                 assert ack_code(c.send(unknown))[0] == "AA"
-            (event,) = _wait(lambda: env.events(registry), "the death event at the registry")
+            (event,) = wait_for(lambda: env.events(registry), 120, 0.25, "the death event at the registry")
             time.sleep(2)
             assert len(env.events(registry)) == 1
             started = time.monotonic()
@@ -134,9 +124,9 @@ def test_kill_9_after_the_ack_still_delivers(tmp_path: Path) -> None:
                 lock.close()
             assert env.events(registry) == []
             daemon.start()
-            (event,) = _wait(lambda: env.events(registry), "the death after the restart")
+            (event,) = wait_for(lambda: env.events(registry), 120, 0.25, "the death after the restart")
             assert event["pseudonym"] == pseudonym and event["days_from_index"] == 400
-            _wait(lambda: not list((daemon.data_dir / "hl7" / "spool").glob("*.hl7")), "the spool emptied", 30)
+            wait_for(lambda: not list((daemon.data_dir / "hl7" / "spool").glob("*.hl7")), 30, 0.25, "the spool emptied")
         finally:
             if daemon.proc is not None and daemon.proc.poll() is None:
                 daemon.stop(timeout=60)
