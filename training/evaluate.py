@@ -63,6 +63,11 @@ def truth_score(ph: Phantom) -> float:
 
 def score_phantom(runner: object, ph: Phantom, seed: int) -> PhantomScore:
     """Score one phantom with a :class:`connector.infer.runner.CacRunner`."""
+    return score_phantom_with(runner, ph, seed)[0]
+
+
+def score_phantom_with(runner: object, ph: Phantom, seed: int) -> tuple[PhantomScore, np.ndarray]:
+    """:func:`score_phantom`, and the model's scored mask (per-lesion sensitivity reads it)."""
     hu = ph.hu.astype(np.float32)
     spacing = (ph.pixel_spacing, ph.pixel_spacing)
     scored = runner.score_hu(hu, spacing, ph.increment)  # type: ignore[attr-defined]
@@ -78,7 +83,7 @@ def score_phantom(runner: object, ph: Phantom, seed: int) -> PhantomScore:
         predicted_category=scored.agatston.category,
         noncoronary_scored=noncoronary,
         bone_aorta_scored=bone_aorta,
-    )
+    ), scored.mask
 
 
 def held_out_phantom(index: int, **kw: object) -> tuple[int, Phantom]:

@@ -101,7 +101,7 @@ def build_dataset(n_phantoms: int, seed_base: int, wide: bool = True, stem_modul
     non-coronary calcium voxel >= 130 HU, else 0; -1 marks blocks without any voxel >= 130 HU.
     """
     stem_module = stem_module or Stem()
-    feats, hearts, classes, centres = [], [], [], []
+    parts = []
     for i in range(n_phantoms):
         # More plaques and distractors than the held-out mix: the rare classes need examples.
         # A wider z margin adds slices above and below the heart (aortic wall calcium, bone only).
@@ -117,29 +117,88 @@ def build_dataset(n_phantoms: int, seed_base: int, wide: bool = True, stem_modul
             spacing=spacing,
             **extra,
         )
-        n = ph.hu.shape[0]
-        # What the runtime does to a series of another pixel spacing: nearest-neighbour onto the model grid.
-        grid = GridMap.build(ph.hu.shape[1:], (spacing, spacing), SIZE, MODEL_PIXEL_SPACING)
-        ph.hu = grid.to_model(ph.hu, AIR_HU)
-        ph.heart, ph.coronary, ph.noncoronary = (grid.to_model(a, False) for a in (ph.heart, ph.coronary,
-                                                                                  ph.noncoronary))
-        vol = window(ph.hu, *(FULL_RANGE if stem_module.windows else HU_WINDOW))
-        x = torch.from_numpy(vol[neighbour_indices(n, np.arange(n), SLICES_PER_SAMPLE)])
-        with torch.no_grad():
-            feats.append(stem_module(x).numpy().astype(np.float16))
-        calc = ph.hu >= HU_THRESHOLD
-        any_calc = _blocks(calc).any(axis=(2, 4))
-        cor = _blocks(calc & ph.coronary).any(axis=(2, 4))
-        noncor = _blocks(calc & ph.noncoronary).any(axis=(2, 4))
-        cls = np.where(cor, 1, np.where(noncor, 2, 0)).astype(np.int8)
-        cls[~any_calc] = -1
-        classes.append(cls)
-        hearts.append((_blocks(ph.heart).mean(axis=(2, 4)) >= 0.5).astype(np.uint8))
         hx, hy, _ = ph.spec.heart_c
-        centre = (np.array([hy, hx]) / MODEL_PIXEL_SPACING + (SIZE - 1) / 2) / STRIDE
-        centres.append(np.repeat(centre[None, :], n, axis=0))
-        print(f"  phantom {i + 1}/{n_phantoms}: {n} slices, {len(ph.spec.plaques)} plaques", flush=True)
-    return np.concatenate(feats), np.concatenate(hearts), np.concatenate(classes), np.concatenate(centres)
+        parts.append(_samples(ph.hu, ph.heart, ph.coronary, ph.noncoronary, spacing, stem_module, (hy, hx)))
+        print(f"  phantom {i + 1}/{n_phantoms}: {ph.hu.shape[0]} slices, {len(ph.spec.plaques)} plaques", flush=True)
+    return tuple(np.concatenate(a) for a in zip(*parts))  # type: ignore[return-value]
+
+
+def build_vessel_dataset(n_phantoms: int, stem_module: Stem, augment: bool, seed: int = 0
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`build_dataset` for the vessel generator's training split (``training.vessel_phantoms``),
+    each phantom warped once by a random affine and elastic map when ``augment`` is set."""
+    from training.vessel_phantoms import train_phantom
+
+    rng = np.random.default_rng(seed + 4242)
+    parts = []
+    for i in range(n_phantoms):
+        _, ph = train_phantom(i)
+        hu, heart, cor, non = ph.hu, ph.heart, ph.coronary, ph.noncoronary
+        if augment:
+            hu, heart, cor, non = warp_phantom((hu, heart, cor, non), rng)
+        parts.append(_samples(hu, heart, cor, non, ph.pixel_spacing, stem_module, None))
+        print(f"  vessel phantom {i + 1}/{n_phantoms}: {hu.shape[0]} slices, {len(ph.lesions)} lesions", flush=True)
+    return tuple(np.concatenate(a) for a in zip(*parts))  # type: ignore[return-value]
+
+
+def warp_phantom(arrays: tuple[np.ndarray, ...], rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """One random in-plane affine (rotation +-15 degrees, scale 0.9-1.1, shift +-10 px) and elastic map
+    (a smooth displacement of up to ~4 px, the same on every slice) applied to a phantom's HU (linear)
+    and labels (nearest)."""
+    from scipy import ndimage
+
+    hu = arrays[0]
+    size = hu.shape[1]
+    angle, scale = np.radians(rng.uniform(-15, 15)), rng.uniform(0.9, 1.1)
+    shift = rng.uniform(-10, 10, size=2)
+    c = (size - 1) / 2
+    rows, cols = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij")
+    r0, c0 = rows - c - shift[0], cols - c - shift[1]
+    ca, sa = np.cos(angle) / scale, np.sin(angle) / scale
+    src_r, src_c = ca * r0 - sa * c0 + c, sa * r0 + ca * c0 + c
+    for grid in (src_r, src_c):
+        field = ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), 24.0)
+        grid += field / (np.abs(field).max() + 1e-6) * rng.uniform(1.0, 4.0)
+    coords = np.stack([src_r, src_c])
+    out = []
+    for k, a in enumerate(arrays):
+        warped = np.empty_like(a)
+        for z in range(a.shape[0]):
+            if k == 0:
+                warped[z] = ndimage.map_coordinates(a[z].astype(np.float32), coords, order=1, cval=AIR_HU).round()
+            else:
+                warped[z] = ndimage.map_coordinates(a[z].astype(np.uint8), coords, order=0, cval=0) > 0
+        out.append(warped)
+    return tuple(out)
+
+
+def _samples(hu: np.ndarray, heart: np.ndarray, coronary: np.ndarray, noncoronary: np.ndarray, spacing: float,
+             stem_module: Stem, centre_mm: tuple[float, float] | None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One phantom's training samples on the pooled grid (see :func:`build_dataset`); the crop centre is
+    the heart's centre in mm (rows, columns from the image centre) or, without it, the heart label's."""
+    n = hu.shape[0]
+    # What the runtime does to a series of another pixel spacing: nearest-neighbour onto the model grid.
+    grid = GridMap.build(hu.shape[1:], (spacing, spacing), SIZE, MODEL_PIXEL_SPACING)
+    hu = grid.to_model(hu, AIR_HU)
+    heart, coronary, noncoronary = (grid.to_model(a, False) for a in (heart, coronary, noncoronary))
+    vol = window(hu, *(FULL_RANGE if stem_module.windows else HU_WINDOW))
+    x = torch.from_numpy(vol[neighbour_indices(n, np.arange(n), SLICES_PER_SAMPLE)])
+    with torch.no_grad():
+        feats = stem_module(x).numpy().astype(np.float16)
+    calc = hu >= HU_THRESHOLD
+    any_calc = _blocks(calc).any(axis=(2, 4))
+    cor = _blocks(calc & coronary).any(axis=(2, 4))
+    noncor = _blocks(calc & noncoronary).any(axis=(2, 4))
+    cls = np.where(cor, 1, np.where(noncor, 2, 0)).astype(np.int8)
+    cls[~any_calc] = -1
+    hearts = (_blocks(heart).mean(axis=(2, 4)) >= 0.5).astype(np.uint8)
+    if centre_mm is not None:
+        centre = (np.array(centre_mm) / MODEL_PIXEL_SPACING + (SIZE - 1) / 2) / STRIDE
+    else:
+        rr, cc = np.nonzero(heart.any(axis=0))
+        centre = np.array([rr.mean(), cc.mean()]) / STRIDE if rr.size else np.array([SIZE / 2, SIZE / 2]) / STRIDE
+    return feats, hearts, cls, np.repeat(centre[None, :], n, axis=0)
 
 
 def crop_batch(arrays: list[np.ndarray], centres: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
@@ -204,6 +263,12 @@ def train(
     return body.eval()
 
 
+def portable_argv(argv: list[str]) -> list[str]:
+    """The command line as the manifest records it: absolute paths cut to their last part, so a
+    manifest never names the machine it was built on."""
+    return [Path(a).name if os.path.isabs(a) else a for a in argv]
+
+
 def write_manifest(
     out: Path, body: CacBody, args: argparse.Namespace, train_slices: int, evaluation: dict | None
 ) -> dict:
@@ -244,12 +309,14 @@ def write_manifest(
         "compute": {"macs_per_slice": macs_per_slice(body, SIZE), "parameters": params},
         "training": {
             "script": "training/train_cac.py",
-            "command": " ".join(["python", "-m", "training.train_cac"] + sys.argv[1:]),
+            "command": " ".join(["python", "-m", "training.train_cac"] + portable_argv(sys.argv[1:])),
             "seed": args.seed,
             "generator": args.generator,
             "class_weights": list(args.class_weights),
             "phantoms": args.phantoms,
             "original_phantoms": args.original_phantoms,
+            "vessel_phantoms": args.vessel_phantoms,
+            "augment": args.augment,
             "context": args.context,
             "stem_windows": [list(w) for w in STEM_WINDOWS] if args.two_windows else [list(HU_WINDOW)],
             "training_slices": train_slices,
@@ -305,6 +372,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="bottleneck dilations: v1 (e3b 2) or wide (e3a 2, e3b 4, d2 2; same parameters)")
     parser.add_argument("--two-windows", action="store_true",
                         help="feed the full CT range and window it twice in the graph (calcium; metal vs calcium)")
+    parser.add_argument("--vessel-phantoms", type=int, default=0,
+                        help="training phantoms of the vessel generator (training.vessel_phantoms) mixed in")
+    parser.add_argument("--augment", action="store_true",
+                        help="warp each vessel phantom by a random affine and elastic map")
+    parser.add_argument("--cache", type=Path, help="dataset file (.npz): read if present, else written after rendering")
     parser.add_argument("--eval", type=int, default=30, help="held-out phantoms to evaluate (0: skip)")
     parser.add_argument("--eval-independent", type=int, default=12,
                         help="independent phantoms (training.independent) to evaluate")
@@ -315,15 +387,26 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONHASHSEED", "0")
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    print(f"rendering {args.phantoms} training phantoms", flush=True)
     stem_module = Stem(STEM_WINDOWS if args.two_windows else None)
-    feats, hearts, classes, centres = build_dataset(args.phantoms, seed_base=0, wide=args.generator == "wide",
-                                                    stem_module=stem_module)
-    if args.original_phantoms:
-        extra = build_dataset(args.original_phantoms, seed_base=ORIGINAL_MIX_SEED_BASE, wide=False,
-                              stem_module=stem_module)
-        feats, hearts, classes, centres = (np.concatenate([a, b]) for a, b in zip((feats, hearts, classes, centres),
-                                                                                   extra))
+    if args.cache and args.cache.exists():
+        with np.load(args.cache) as cached:
+            feats, hearts, classes, centres = (cached[k] for k in ("feats", "hearts", "classes", "centres"))
+        print(f"dataset read from {args.cache}", flush=True)
+    else:
+        print(f"rendering {args.phantoms} training phantoms", flush=True)
+        feats, hearts, classes, centres = build_dataset(args.phantoms, seed_base=0, wide=args.generator == "wide",
+                                                        stem_module=stem_module)
+        extras = []
+        if args.original_phantoms:
+            extras.append(build_dataset(args.original_phantoms, seed_base=ORIGINAL_MIX_SEED_BASE, wide=False,
+                                        stem_module=stem_module))
+        if args.vessel_phantoms:
+            extras.append(build_vessel_dataset(args.vessel_phantoms, stem_module, args.augment))
+        for extra in extras:
+            feats, hearts, classes, centres = (np.concatenate([a, b]) for a, b in
+                                               zip((feats, hearts, classes, centres), extra))
+        if args.cache:
+            np.savez(args.cache, feats=feats, hearts=hearts, classes=classes, centres=centres)
     print(
         f"dataset: {len(feats)} slices, coronary blocks {(classes == 1).sum()}, non-coronary blocks "
         f"{(classes == 2).sum()}, noise blocks {(classes == 0).sum()} ({time.time() - t0:.0f}s)",

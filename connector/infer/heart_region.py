@@ -14,11 +14,17 @@ The method, per axial slice on a ~3 mm grid (cheap: a few ms a slice):
 2. the thoracic cavity between the lungs: the convex hull of both lungs (the heart sits between
    and in front of them), only where both a left and a right lung are present;
 3. the mediastinum: soft tissue and fat (> -250 HU) inside that hull, in front of the spine's
-   anterior edge (the spine's body is the largest bone piece behind the hull's centre);
+   anterior edge (the spine's body is the largest bone piece behind the hull's centre), the largest
+   such piece within ``MIDLINE_MM`` of the body's midline (the liver's dome rises as an island into
+   the right lung base, level with the heart's lower half, and can be larger than the heart's section);
 4. the heart's slices: the contiguous run around the slice with the largest mediastinum whose
-   area stays above 45 % of that maximum (the great vessels above and the liver dome below have
-   far less), widened by ``Z_MARGIN_MM``; in-plane, the mediastinum of those slices widened by
-   ``XY_MARGIN_MM`` (epicardial fat and the coronaries on the surface).
+   area stays above 45 % of that maximum (the great vessels above have far less), widened by
+   ``Z_MARGIN_MM``; in-plane, the mediastinum of those slices widened by ``XY_MARGIN_MM``
+   (epicardial fat and the coronaries on the surface). Only where the lungs fill enough of their
+   hull: below the diaphragm's domes the lung bases are thin rims round the liver and stomach, and
+   the hull of those rims holds a "mediastinum" larger than the heart. The run's centre slice needs
+   ``PEAK_LUNG_SHARE`` (lungs / hull), the run ``RUN_LUNG_SHARE`` (the heart's lowest slices sit on
+   the diaphragm), and only slices of ``PEAK_LUNG_SHARE`` shape the in-plane region.
 
 Dense pieces larger than any coronary plaque (>= 1.5 cm2: sternum, costal cartilage, ribs, spine)
 lying mostly outside the cavity are cut out of the widened region at the series' own resolution,
@@ -38,6 +44,9 @@ from scipy.spatial import ConvexHull, QhullError
 GRID_MM = 3.0  # the working grid's pixel size
 BODY_HU, AIR_HU, SOFT_HU, BONE_HU = -500.0, -500.0, -250.0, 180.0
 MIN_LUNG_CM2 = 5.0
+PEAK_LUNG_SHARE = 0.4  # lungs / their hull: 0.45-0.8 at the heart's middle, 0.1-0.38 round the liver dome
+RUN_LUNG_SHARE = 0.3
+MIDLINE_MM = 15.0  # the mediastinum reaches at least this close to the body's midline
 MIN_HEART_CM2 = 25.0  # a slice whose mediastinum is smaller holds no heart (or only its tip)
 RUN_FRACTION = 0.45
 Z_MARGIN_MM = 12.0
@@ -153,29 +162,30 @@ def _row_extremes(mask: np.ndarray) -> np.ndarray:
     return np.unique(points, axis=0)  # sorted, as np.argwhere's points are (one point per pixel)
 
 
-def _slice_cavity(hu: np.ndarray, px_mm: float) -> tuple[np.ndarray, float]:
-    """(mediastinum mask on the working grid, its area in cm2) for one slice."""
+def _slice_cavity(hu: np.ndarray, px_mm: float) -> tuple[np.ndarray, float, float]:
+    """(mediastinum mask on the working grid, its area in cm2, the lungs' share of their hull) for one slice."""
     cm2 = px_mm * px_mm / 100.0
     body = _fill_holes(_largest(hu > BODY_HU))
     air = body & (hu < AIR_HU)
     labels, n = ndimage.label(air)
     if n == 0:
-        return np.zeros_like(body), 0.0
+        return np.zeros_like(body), 0.0, 0.0
     sizes = np.bincount(labels.ravel()) * cm2
     big = sizes >= MIN_LUNG_CM2
     big[0] = False
     lungs = big[labels]
     cols = np.flatnonzero(body.any(axis=0))
     if len(cols) == 0:
-        return np.zeros_like(body), 0.0
+        return np.zeros_like(body), 0.0, 0.0
     centre = (cols[0] + cols[-1]) / 2.0
     per_column = np.count_nonzero(lungs, axis=0)
     columns = np.arange(hu.shape[1])
     left = int(per_column[columns > centre].sum()) * cm2
     right = int(per_column[columns < centre].sum()) * cm2
     if left < MIN_LUNG_CM2 or right < MIN_LUNG_CM2:
-        return np.zeros_like(body), 0.0
+        return np.zeros_like(body), 0.0, 0.0
     hull = _hull(_row_extremes(lungs), lungs.shape)
+    share = float(np.count_nonzero(lungs)) / max(1, int(np.count_nonzero(hull)))
     cavity = hull & body & ~lungs & (hu > SOFT_HU)
     per_row = np.count_nonzero(hull, axis=1)  # the hull pixels' mean row, from counts per row
     total = int(per_row.sum())
@@ -185,8 +195,24 @@ def _slice_cavity(hu: np.ndarray, px_mm: float) -> tuple[np.ndarray, float]:
     spine_rows = np.flatnonzero(spine.any(axis=1))
     if len(spine_rows):
         cavity &= np.arange(hu.shape[0])[:, None] < spine_rows[0]  # in front of the spine
-    cavity = _largest(cavity)
-    return cavity, float(np.count_nonzero(cavity) * cm2)
+    cavity = _midline_piece(cavity, centre, max(1, int(round(MIDLINE_MM / px_mm))))
+    return cavity, float(np.count_nonzero(cavity) * cm2), share
+
+
+def _midline_piece(cavity: np.ndarray, centre: float, reach: int) -> np.ndarray:
+    """The largest piece of ``cavity`` within ``reach`` columns of the body's midline. The mediastinum
+    always spans the midline; the liver's dome, rising as an island into the right lung base level
+    with the heart's lower half, lies to one side and can be larger than the heart's section."""
+    labels, n = ndimage.label(cavity)
+    if n == 0:
+        return cavity
+    lo, hi = max(0, int(centre) - reach), min(cavity.shape[1], int(centre) + reach + 1)
+    near = np.unique(labels[:, lo:hi])
+    near = near[near > 0]
+    if not len(near):
+        return np.zeros_like(cavity)
+    sizes = np.bincount(labels.ravel())
+    return labels == near[np.argmax(sizes[near])]
 
 
 def grid_step(pixel_spacing: tuple[float, float]) -> int:
@@ -201,12 +227,14 @@ def find_heart(hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increme
     px_mm = float(min(pixel_spacing)) * step
     small = hu[:, ::step, ::step]
     cavities = np.zeros(small.shape, dtype=bool)
-    areas = np.zeros(n)
+    areas, shares = np.zeros(n), np.zeros(n)
     for k in range(n):
-        cavities[k], areas[k] = _slice_cavity(np.ascontiguousarray(small[k]), px_mm)
-    if areas.max(initial=0.0) < MIN_HEART_CM2:
+        cavities[k], areas[k], shares[k] = _slice_cavity(np.ascontiguousarray(small[k]), px_mm)
+    areas[shares < RUN_LUNG_SHARE] = 0.0  # lung bases round the upper abdomen
+    candidates = np.where(shares >= PEAK_LUNG_SHARE, areas, 0.0)
+    if candidates.max(initial=0.0) < MIN_HEART_CM2:
         return HeartRegion(np.zeros((0, rows, cols), dtype=bool), 0, -1, tuple(areas.round(1)))
-    peak = int(areas.argmax())
+    peak = int(candidates.argmax())
     floor = max(MIN_HEART_CM2, RUN_FRACTION * areas[peak])
     first = last = peak
     while first > 0 and areas[first - 1] >= floor:
@@ -215,8 +243,10 @@ def find_heart(hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increme
         last += 1
     margin = int(np.ceil(Z_MARGIN_MM / max(slice_increment, 1e-3)))
     first, last = max(0, first - margin), min(n - 1, last + margin)
-    # in-plane: the union of the heart slices' mediastinum, so the margin slices get the heart's outline
-    outline = cavities[first : last + 1].any(axis=0)
+    # in-plane: the union of the heart slices' mediastinum, so the margin slices get the heart's outline;
+    # not from slices where the lungs thin out (round the liver dome that "mediastinum" is the abdomen)
+    heart_level = shares[first : last + 1] >= PEAK_LUNG_SHARE
+    outline = cavities[first : last + 1][heart_level].any(axis=0)
     outline = _fill_holes(outline)
     grow = max(1, int(round(XY_MARGIN_MM / px_mm)))
     mask = np.zeros((last - first + 1, rows, cols), dtype=bool)
