@@ -162,8 +162,14 @@ def agatston(
             continue
         labels, count = ndimage.label(candidate, structure=_EIGHT_CONNECTED)
         index = np.arange(1, count + 1)
-        sizes = ndimage.sum_labels(candidate, labels, index)
-        peaks = ndimage.maximum(hu[k], labels, index)
+        # sizes and peaks over the labelled pixels only (ndimage.maximum walks the whole slice, 10+ ms
+        # at 512², for the same values)
+        at = np.flatnonzero(labels)
+        lab = labels.ravel()[at]
+        sizes = np.bincount(lab, minlength=count + 1)[1:]
+        order = np.argsort(lab, kind="stable")
+        starts = np.searchsorted(lab[order], index)
+        peaks = np.maximum.reduceat(hu[k].ravel()[at][order], starts)
         lut = np.zeros(count + 1, dtype=np.uint8)
         for label, pixels, peak in zip(index, sizes, peaks, strict=True):
             area = float(pixels) * pixel_area

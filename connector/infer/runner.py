@@ -15,7 +15,9 @@ values, not from the model's grid.
 Memory (issue 29, item 4): the model runs batch by batch and only its marks are kept (one byte a
 cell at the output stride); full-resolution masks and weights exist only on the heart's slices. With
 a streamed series (:class:`connector.infer.volume.SliceStack`) nothing here grows with the slice
-count beyond the marks. docs/cac.md, "Memory and speed".
+count beyond the marks. Speed: the model runs only on the slices the score depends on (the heart
+region's, and those its lesions continue into: :meth:`CacRunner.region_marks`), with the same
+score. docs/cac.md, "Memory and speed".
 """
 
 from __future__ import annotations
@@ -102,7 +104,6 @@ class _MarkState:
 
     grid: GridMap
     crop: tuple[int, int, int, int]
-    z: np.ndarray  # series slice of each model plane
     back: np.ndarray | None  # model plane of each series slice (None: the same)
     marks: np.ndarray  # (model planes, h, w) uint8, NO_MARK where not run
     done: np.ndarray  # (model planes,) bool
@@ -376,7 +377,7 @@ class CacRunner:
         size = spec.in_plane_size // out.stride
         grid, crop = self._grid_and_crop(hu, pixel_spacing)
         z = self.plane_map(hu.shape[0], slice_increment)
-        return _MarkState(grid=grid, crop=crop, z=z, back=self._series_planes(hu.shape[0], slice_increment),
+        return _MarkState(grid=grid, crop=crop, back=self._series_planes(hu.shape[0], slice_increment),
                           marks=np.zeros((len(z), size, size), dtype=np.uint8),  # NO_MARK where not run
                           done=np.zeros(len(z), dtype=bool))
 
