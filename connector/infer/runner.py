@@ -15,7 +15,9 @@ values, not from the model's grid.
 Memory (issue 29, item 4): the model runs batch by batch and only its marks are kept (one byte a
 cell at the output stride); full-resolution masks and weights exist only on the heart's slices. With
 a streamed series (:class:`connector.infer.volume.SliceStack`) nothing here grows with the slice
-count beyond the marks. docs/cac.md, "Memory and speed".
+count beyond the marks. Speed: the model runs only on the slices the score depends on (the heart
+region's, and those its lesions continue into: :meth:`CacRunner.region_marks`), with the same
+score. docs/cac.md, "Memory and speed".
 """
 
 from __future__ import annotations
@@ -28,9 +30,19 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from connector.infer.agatston import CORONARY, NO_MARK, OTHER, AgatstonResult, agatston, select_coronary
+from connector.infer.agatston import (
+    CORONARY,
+    NO_MARK,
+    OTHER,
+    AgatstonResult,
+    MarkLookup,
+    UnitCache,
+    agatston,
+    lesion_reach,
+    select_coronary,
+)
 from connector.infer.errors import ModelError
-from connector.infer.heart_region import find_heart
+from connector.infer.heart_region import HeartRegion, find_heart
 from connector.infer.manifest import ModelManifest, load_verified_model
 from connector.infer.preprocess import (
     AIR_HU,
@@ -73,6 +85,28 @@ class MarkGrid:
     rows: np.ndarray
     cols: np.ndarray
     crop: tuple[int, int, int, int]
+    run: np.ndarray | None = None  # series slices whose marks the model computed (None: every slice)
+
+    def lookup(self) -> MarkLookup:
+        """The marks of series pixels (NO_MARK beyond the model's field of view)."""
+        outside = (self.rows < 0)[:, None] | (self.cols < 0)[None, :]
+        rows, cols, grid = np.clip(self.rows, 0, None), np.clip(self.cols, 0, None), self.marks
+
+        def lookup(k: int, rr: np.ndarray, cc: np.ndarray) -> np.ndarray:
+            return np.where(outside[rr, cc], NO_MARK, grid[k][rows[rr], cols[cc]])
+
+        return lookup
+
+
+@dataclass
+class _MarkState:
+    """Marks being filled in plane by plane (:meth:`CacRunner.region_marks`)."""
+
+    grid: GridMap
+    crop: tuple[int, int, int, int]
+    back: np.ndarray | None  # model plane of each series slice (None: the same)
+    marks: np.ndarray  # (model planes, h, w) uint8, NO_MARK where not run
+    done: np.ndarray  # (model planes,) bool
 
 
 @dataclass(frozen=True)
@@ -85,6 +119,7 @@ class ScoredVolume:
     scoring_s: float
     crop: tuple[int, int, int, int]
     heart_found: bool = True  # False: no heart in the scan (connector.infer.heart_region); nothing scored
+    model_slices: int = 0  # series slices the model was run on (their marks computed)
 
     @property
     def mask(self) -> np.ndarray:
@@ -187,15 +222,22 @@ class CacRunner:
         planes = int(np.floor((n - 1) * slice_increment / sz + 1e-6)) + 1
         return np.clip(np.rint(np.arange(planes) * sz / slice_increment).astype(np.int64), 0, n - 1)
 
-    def _samples(self, n_planes: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def _samples(
+        self, n_planes: int, wanted: np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per batch: (planes scored, the model plane of each sample position, where each scored plane's
         output lies as (sample, depth index)). 2d/2.5d: one sample per plane; 3d: patches of ``depth``
         planes, consecutive ones sharing ``overlap``, each plane's output taken from the patch where it
-        lies most central (edge planes repeat where the series is shorter than a patch)."""
+        lies most central (edge planes repeat where the series is shorter than a patch).
+
+        ``wanted`` (sorted model planes; None: all): only the samples that score them, built exactly
+        as for the whole series (the same neighbours, the same patches), so each plane's output is the
+        same; a 3d patch scores all the planes it owns."""
         spec, batch = self.manifest.input, self.config.batch_size
         if spec.layout != "3d":
-            for start in range(0, n_planes, batch):
-                centres = np.arange(start, min(start + batch, n_planes))
+            todo = np.arange(n_planes) if wanted is None else np.asarray(wanted, dtype=np.int64)
+            for start in range(0, len(todo), batch):
+                centres = todo[start : start + batch]
                 around = neighbour_indices(n_planes, centres, spec.slices_per_sample)
                 yield centres, around, np.stack([np.arange(len(centres)), np.zeros(len(centres), int)], axis=1)
             return
@@ -209,26 +251,36 @@ class CacRunner:
         centrality = np.where(centrality >= 0, centrality, -depth)  # outside the patch
         owner = centrality.argmax(axis=1)  # patch that scores each plane
         per = max(1, batch // depth)
-        for b0 in range(0, len(starts), per):
-            idx = np.arange(b0, min(b0 + per, len(starts)))
+        patches = np.arange(len(starts)) if wanted is None else np.unique(owner[np.asarray(wanted, dtype=np.int64)])
+        for b0 in range(0, len(patches), per):
+            idx = patches[b0 : b0 + per]
             around = np.clip(starts_a[idx, None] + np.arange(depth)[None], 0, n_planes - 1)
             planes = np.flatnonzero(np.isin(owner, idx))
-            where = np.stack([owner[planes] - b0, planes - starts_a[owner[planes]]], axis=1)
+            where = np.stack([np.searchsorted(idx, owner[planes]), planes - starts_a[owner[planes]]], axis=1)
             yield planes, around, where
 
+    def _grid_and_crop(
+        self, hu: np.ndarray, pixel_spacing: tuple[float, float]
+    ) -> tuple[GridMap, tuple[int, int, int, int]]:
+        spec = self.manifest.input
+        grid = GridMap.build(hu.shape[1:], pixel_spacing, spec.in_plane_size, spec.pixel_spacing_mm)
+        return grid, self._crop(hu, grid)
+
     def _outputs(
-        self, hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increment: float | None = None
+        self, hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increment: float | None = None,
+        wanted: np.ndarray | None = None, prepared: tuple[GridMap, tuple[int, int, int, int]] | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None, GridMap, tuple[int, int, int, int]]]:
         """Per batch: (model planes, heart, coronary and non-coronary calcium probabilities on them
         (planes, h, w), grid, crop); the manifest's layout says how samples are built, its output kind
         how the probabilities are read. Each batch's slices are resampled and windowed on their own, so
-        no float32 copy of the volume exists."""
+        no float32 copy of the volume exists. ``wanted``: only these model planes (and those a 3d patch
+        scores with them); ``prepared``: the grid and crop, computed once for the whole series."""
         spec, out = self.manifest.input, self.manifest.output
-        grid = GridMap.build(hu.shape[1:], pixel_spacing, spec.in_plane_size, spec.pixel_spacing_mm)
-        r0, r1, c0, c1 = crop = self._crop(hu, grid)
+        grid, crop = prepared if prepared is not None else self._grid_and_crop(hu, pixel_spacing)
+        r0, r1, c0, c1 = crop
         z = self.plane_map(hu.shape[0], slice_increment)
         names = [out.calcium] + ([out.heart] if out.heart else [])
-        for planes, around, where in self._samples(len(z)):
+        for planes, around, where in self._samples(len(z), wanted):
             needed, inverse = np.unique(z[around], return_inverse=True)
             inverse = inverse.reshape(around.shape)
             channels = self._channels(grid.to_model(hu[needed], AIR_HU)[:, r0:r1, c0:c1])
@@ -318,23 +370,89 @@ class CacRunner:
         other &= ~coronary
         return np.where(coronary, CORONARY, np.where(other, OTHER, NO_MARK)).astype(np.uint8)
 
+    def _mark_state(
+        self, hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increment: float | None
+    ) -> _MarkState:
+        spec, out = self.manifest.input, self.manifest.output
+        size = spec.in_plane_size // out.stride
+        grid, crop = self._grid_and_crop(hu, pixel_spacing)
+        z = self.plane_map(hu.shape[0], slice_increment)
+        return _MarkState(grid=grid, crop=crop, back=self._series_planes(hu.shape[0], slice_increment),
+                          marks=np.zeros((len(z), size, size), dtype=np.uint8),  # NO_MARK where not run
+                          done=np.zeros(len(z), dtype=bool))
+
+    def _run_marks(self, hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increment: float | None,
+                   state: _MarkState, slices: np.ndarray | None) -> None:
+        """Run the model for the planes of series ``slices`` not run yet (None: every plane)."""
+        s = self.manifest.output.stride
+        if slices is None:
+            wanted = None
+        else:
+            planes = np.asarray(slices, dtype=np.int64) if state.back is None else state.back[slices]
+            wanted = np.unique(planes[~state.done[planes]])
+            if not len(wanted):
+                return
+        prepared = (state.grid, state.crop)
+        for planes, p_heart, p_coronary, p_other, _, crop in self._outputs(hu, pixel_spacing, slice_increment,
+                                                                          wanted, prepared):
+            r0, r1, c0, c1 = crop
+            state.marks[planes, r0 // s : r1 // s, c0 // s : c1 // s] = self._mark_codes(p_heart, p_coronary, p_other)
+            state.done[planes] = True
+
+    def _grid_of(self, state: _MarkState) -> MarkGrid:
+        marks = state.marks if state.back is None else state.marks[state.back]
+        done = self._known(state)
+        rows, cols = self._index_maps(state.grid)
+        return MarkGrid(marks=marks, rows=rows, cols=cols, crop=state.crop,
+                        run=None if done.all() else np.flatnonzero(done))
+
     def mark_grid(
         self, hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increment: float | None = None
     ) -> MarkGrid:
         """The model's marks for every slice, computed batch by batch (the probabilities are dropped)."""
-        spec, out = self.manifest.input, self.manifest.output
-        size, s = spec.in_plane_size // out.stride, out.stride
-        marks = np.zeros((len(self.plane_map(hu.shape[0], slice_increment)), size, size), dtype=np.uint8)
-        grid, crop = None, (0, 0, 0, 0)  # NO_MARK where the model did not run
-        for planes, p_heart, p_coronary, p_other, grid, crop in self._outputs(hu, pixel_spacing, slice_increment):
-            r0, r1, c0, c1 = crop
-            marks[planes, r0 // s : r1 // s, c0 // s : c1 // s] = self._mark_codes(p_heart, p_coronary, p_other)
-        assert grid is not None
-        back = self._series_planes(hu.shape[0], slice_increment)
-        if back is not None:
-            marks = marks[back]
-        rows, cols = self._index_maps(grid)
-        return MarkGrid(marks=marks, rows=rows, cols=cols, crop=crop)
+        state = self._mark_state(hu, pixel_spacing, slice_increment)
+        self._run_marks(hu, pixel_spacing, slice_increment, state, None)
+        return self._grid_of(state)
+
+    def region_marks(
+        self, hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increment: float | None,
+        region: HeartRegion,
+    ) -> tuple[MarkGrid, UnitCache]:
+        """The model's marks on only the slices the score depends on, and the units found meanwhile.
+
+        Why: most of a CTAC's slices lie off the heart (neck, abdomen) and the model is most of the
+        time. The score depends on the marks of the lesions that can be scored (a candidate unit with a
+        pixel in the heart region) and, since a lesion's marks are pooled across its slices, on every
+        slice such a lesion continues into: :func:`connector.infer.agatston.lesion_reach` names them,
+        the model runs on them, and again until no such lesion leaves the marked slices. Each plane's
+        output is computed exactly as for the whole series (same neighbours, same 3d patches, same
+        crop), so the choice, and the score, are the same as with marks everywhere; slices not run
+        read NO_MARK."""
+        state = self._mark_state(hu, pixel_spacing, slice_increment)
+        rows, cols = self._index_maps(state.grid)
+        outside = (rows < 0)[:, None] | (cols < 0)[None, :]
+        rows, cols = np.clip(rows, 0, None), np.clip(cols, 0, None)
+
+        def lookup(k: int, rr: np.ndarray, cc: np.ndarray) -> np.ndarray:  # MarkGrid.lookup, on live marks
+            plane = k if state.back is None else int(state.back[k])
+            return np.where(outside[rr, cc], NO_MARK, state.marks[plane][rows[rr], cols[cc]])
+
+        # lesion_reach asks only for slices already marked, whose marks do not change: one cache throughout
+        units, reach, n = UnitCache(hu, lookup), 1, hu.shape[0]
+        while needed := lesion_reach(units, known := self._known(state), region.slab, region.first):
+            if known.any():  # a lesion grows slice by slice: after the first rounds, run ahead of it
+                ahead = set(needed)
+                for j in needed:  # marks are exact on any slice, so running more only costs time
+                    step = 1 if j > 0 and known[j - 1] else -1
+                    ahead.update(min(max(j + step * i, 0), n - 1) for i in range(1, reach))
+                needed, reach = sorted(ahead), min(2 * reach, 32)
+            self._run_marks(hu, pixel_spacing, slice_increment, state, np.asarray(needed))
+        return self._grid_of(state), units
+
+    @staticmethod
+    def _known(state: _MarkState) -> np.ndarray:
+        """Per series slice: its marks are computed."""
+        return state.done if state.back is None else state.done[state.back]
 
     def coronary_mask(
         self, hu: np.ndarray, seg: Segmentation | MarkGrid, within: tuple[int, int] | None = None
@@ -342,18 +460,21 @@ class CacRunner:
         """Mask of the lesions the model chose, each whole (see ``select_coronary``), at full
         resolution; ``within`` (first, last): only those slices' (the lesions are still followed
         beyond them)."""
-        grid = seg.marks if isinstance(seg, MarkGrid) else self.marks(seg)
-        outside = (seg.rows < 0)[:, None] | (seg.cols < 0)[None, :]  # series pixels beyond the model's view
-        rows, cols = np.clip(seg.rows, 0, None), np.clip(seg.cols, 0, None)
+        marks = seg if isinstance(seg, MarkGrid) else MarkGrid(self.marks(seg), seg.rows, seg.cols, seg.crop)
+        return self._coronary_mask(hu, marks, within)
 
-        def lookup(k: int, rr: np.ndarray, cc: np.ndarray) -> np.ndarray:
-            return np.where(outside[rr, cc], NO_MARK, grid[k][rows[rr], cols[cc]])
+    def _coronary_mask(
+        self, hu: np.ndarray, marks: MarkGrid, within: tuple[int, int] | None, units: UnitCache | None = None
+    ) -> np.ndarray:
+        with_coronary = np.flatnonzero((marks.marks == CORONARY).any(axis=(1, 2)))
+        return select_coronary(hu, marks.lookup(), slices=with_coronary.tolist(), within=within, units=units)
 
-        with_coronary = np.flatnonzero((grid == CORONARY).any(axis=(1, 2)))
-        return select_coronary(hu, lookup, slices=with_coronary.tolist(), within=within)
-
-    def score_hu(self, hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increment: float) -> ScoredVolume:
+    def score_hu(self, hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increment: float, *,
+                 all_slices: bool = False) -> ScoredVolume:
         """Segment and score a HU volume (slices, rows, columns) already sorted along the normal.
+
+        The model runs only on the slices the score depends on (:meth:`region_marks`); ``all_slices``
+        runs it on every slice instead (tests: the score is the same).
 
         Memory: besides ``hu`` itself, a few hundred kB a slice at most (the heart search's 3 mm grid,
         the model's marks) plus the heart's slices at full resolution; the model runs batch by batch.
@@ -365,15 +486,20 @@ class CacRunner:
                                 slab=np.zeros((0, *hu.shape[1:]), dtype=bool), first=0, slices=hu.shape[0],
                                 inference_s=0.0, scoring_s=time.perf_counter() - t0, crop=(0, 0, 0, 0),
                                 heart_found=False)
-        grid = self.mark_grid(hu, pixel_spacing, slice_increment)
+        if all_slices:
+            grid, units = self.mark_grid(hu, pixel_spacing, slice_increment), None
+        else:  # the same score, the model on the slices it depends on only
+            grid, units = self.region_marks(hu, pixel_spacing, slice_increment, region)
         t1 = time.perf_counter()
         within = (region.first, region.last)
-        slab = region.restrict_slab(self.coronary_mask(hu, grid, within))  # a lesion off the heart is never scored
+        # a lesion off the heart is never scored
+        slab = region.restrict_slab(self._coronary_mask(hu, grid, within, units))
         result = agatston(hu[region.first : region.last + 1], slab, pixel_spacing, slice_increment,
                           first_slice=region.first)
         t2 = time.perf_counter()
         return ScoredVolume(agatston=result, slab=slab, first=region.first, slices=hu.shape[0],
-                            inference_s=t1 - t0, scoring_s=t2 - t1, crop=grid.crop)
+                            inference_s=t1 - t0, scoring_s=t2 - t1, crop=grid.crop,
+                            model_slices=hu.shape[0] if grid.run is None else len(grid.run))
 
     def score_volume(self, volume: CtVolume, load_s: float = 0.0) -> SeriesResult:
         """Score a loaded series and wrap it as a :class:`SeriesResult`."""
