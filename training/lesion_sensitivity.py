@@ -84,7 +84,8 @@ def found(lesion: Lesion, scored_mask: np.ndarray) -> bool:
 
 
 def splits(count: int, independent: int) -> list[tuple[str, Callable[[int], tuple[int, object]], int]]:
-    """Every split a model is reported on: name, maker, count."""
+    """Every split a model is reported on: name, maker, count (the vessel generator's validation split
+    is for choosing, its test split for reporting)."""
     from training.independent import independent_phantom
     from training.vessel_phantoms import test_phantom, validation_phantom
 
@@ -93,23 +94,26 @@ def splits(count: int, independent: int) -> list[tuple[str, Callable[[int], tupl
             ("vessel_test", test_phantom, count)]
 
 
-def evaluate_models(runners: dict[str, object], count: int, independent: int,
-                    only: tuple[str, ...] = ()) -> dict[str, dict[str, dict[str, float | int | None]]]:
-    """{split: {model: summary + lesion sensitivity}} for every split (or those in ``only``)."""
+def evaluate_models(runners: dict[str, object], count: int, independent: int, only: tuple[str, ...] = (),
+                    offset: int = 0, independent_offset: int = 0) -> dict[str, dict[str, dict[str, float | int | None]]]:
+    """{split: {model: summary + lesion sensitivity}} for every split (or those in ``only``); phantom
+    indices start at ``offset`` (``independent_offset`` for the independent split), so a report can use
+    phantoms no earlier choice looked at."""
     report: dict[str, dict[str, dict[str, float | int | None]]] = {}
     for name, maker, n in splits(count, independent):
         if not n or (only and name not in only):
             continue
         per_model: dict[str, list] = {m: [] for m in runners}
         hits: dict[str, list[tuple[bool, bool]]] = {m: [] for m in runners}
-        for i in range(n):
+        first = independent_offset if name == "independent" else offset
+        for i in range(first, first + n):
             seed, ph = maker(i)
             truth_lesions = lesions_of(ph)
             for model, runner in runners.items():
                 score, mask = score_phantom_with(runner, ph, seed)
                 per_model[model].append(score)
                 hits[model].extend((les.small_faint, found(les, mask)) for les in truth_lesions)
-            print(f"  {name} {i + 1}/{n}: {len(truth_lesions)} lesions", file=sys.stderr, flush=True)
+            print(f"  {name} {i}: {len(truth_lesions)} lesions", file=sys.stderr, flush=True)
         report[name] = {}
         for model, scores in per_model.items():
             kappa = linear_weighted_kappa([s.truth_category for s in scores], [s.predicted_category for s in scores])
@@ -136,11 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=30, help="phantoms in each generator split (default 30)")
     parser.add_argument("--independent", type=int, default=12, help="independent phantoms (default 12)")
     parser.add_argument("--only", nargs="*", default=(), help="split names to run (default: all)")
+    parser.add_argument("--offset", type=int, default=0, help="first phantom index of the generator splits")
+    parser.add_argument("--independent-offset", type=int, default=0, help="first independent phantom index")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     runners = {m.name: CacRunner.load(m, threads=args.threads) for m in args.models}
-    report = evaluate_models(runners, args.count, args.independent, tuple(args.only))
+    report = evaluate_models(runners, args.count, args.independent, tuple(args.only), args.offset,
+                             args.independent_offset)
     if args.json:
         print(json.dumps(report))
     else:
