@@ -27,6 +27,7 @@ if str(ROOT) not in sys.path:
 
 from connector.infer.manifest import MANIFEST_NAME  # noqa: E402
 from connector.store.digests import file_sha256  # noqa: E402
+from training.provenance import portable_argv  # noqa: E402
 
 SHARED_KEYS = ("schema", "name", "input", "outputs", "intended_use", "validated_for_clinical_use", "license")
 
@@ -92,7 +93,7 @@ def build_ensemble(members: list[Path], out: Path, version: str) -> dict:
     }
     manifest["training"] = {
         "script": "training/ensemble.py",
-        "command": " ".join(["python", "-m", "training.ensemble"] + sys.argv[1:]),
+        "command": " ".join(["python", "-m", "training.ensemble"] + portable_argv(sys.argv[1:])),
         "combination": "mean of the members' heart and calcium probabilities",
         "members": [{"sha256": m["sha256"], "seed": m["training"]["seed"], "command": m["training"]["command"],
                      "torch": m["training"]["torch"]} for m in manifests],

@@ -40,6 +40,7 @@ from connector.infer.agatston import HU_THRESHOLD  # noqa: E402
 from connector.infer.manifest import MANIFEST_NAME, SCHEMA_VERSION  # noqa: E402
 from connector.store.digests import file_sha256  # noqa: E402
 from connector.infer.preprocess import AIR_HU, GridMap, neighbour_indices, window  # noqa: E402
+from training.provenance import portable_argv  # noqa: E402
 from training.cacnet import (  # noqa: E402
     DILATIONS_V1,
     DILATIONS_WIDE_CONTEXT,
@@ -63,6 +64,7 @@ from connector.synthetic.phantoms import (  # noqa: E402
 
 MODEL_NAME = "cac-synthetic"
 MODEL_VERSION = "2.0.0"  # 1.0.0: the original generator (models/cac-synthetic-v1); 2.0.0: the wide one (v2 members)
+VESSEL_VERSION = "3.0.0"  # wide + original + the vessel generator (training.vessel_phantoms)
 HU_WINDOW = (-300.0, 1200.0)
 SLICES_PER_SAMPLE = 3
 SIZE = 512
@@ -263,12 +265,6 @@ def train(
     return body.eval()
 
 
-def portable_argv(argv: list[str]) -> list[str]:
-    """The command line as the manifest records it: absolute paths cut to their last part, so a
-    manifest never names the machine it was built on."""
-    return [Path(a).name if os.path.isabs(a) else a for a in argv]
-
-
 def write_manifest(
     out: Path, body: CacBody, args: argparse.Namespace, train_slices: int, evaluation: dict | None
 ) -> dict:
@@ -276,7 +272,7 @@ def write_manifest(
     manifest = {
         "schema": SCHEMA_VERSION,
         "name": MODEL_NAME,
-        "version": MODEL_VERSION if args.generator == "wide" else "1.0.0",
+        "version": (VESSEL_VERSION if args.vessel_phantoms else MODEL_VERSION) if args.generator == "wide" else "1.0.0",
         "file": "model.onnx",
         "sha256": file_sha256(out / "model.onnx"),
         "description": (
@@ -287,7 +283,10 @@ def write_manifest(
         "validated_for_clinical_use": False,
         "training_data": "synthetic phantoms only (connector/synthetic/phantoms.py, "
                          + ("wide generator: GeneratorRanges WIDE, 0.6-1.0 mm pixels, noise 8-35 HU"
-                            if args.generator == "wide" else "original generator") + "); no patient data",
+                            if args.generator == "wide" else "original generator")
+                         + (f"; training/vessel_phantoms.py, {args.vessel_phantoms} phantoms"
+                            + (", each warped by a random affine and elastic map" if args.augment else "")
+                            if args.vessel_phantoms else "") + "); no patient data",
         "license": "Apache-2.0",
         "input": {
             "name": "slices",

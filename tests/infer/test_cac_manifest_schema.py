@@ -101,3 +101,10 @@ def test_schema_refuses_a_model_file_with_a_folder() -> None:
     data = json.loads((ROOT / "models" / "cac-synthetic-v2" / "manifest.json").read_text())
     for bad in ("/opt/models/model.onnx", "../model.onnx", "sub/model.onnx"):
         assert list(validator().iter_errors({**data, "file": bad})), bad
+
+
+def test_training_scripts_record_command_lines_without_absolute_paths() -> None:
+    from training.provenance import portable_argv
+
+    argv = ["--out", "/srv/build/models/cac-x", "--cache", "/tmp/data.npz", "--seed", "8", "relative/dir"]
+    assert portable_argv(argv) == ["--out", "cac-x", "--cache", "data.npz", "--seed", "8", "relative/dir"]
