@@ -240,16 +240,12 @@ def select_coronary(
             while todo:  # the units that touch it on the slices above and below, transitively
                 j, v = todo.pop()
                 here = units(j)
-                box = here.boxes[v - 1]
-                footprint = here.labels[box] == v
                 for j2 in (j - 1, j + 1):
                     if not 0 <= j2 < hu.shape[0]:
                         continue
                     there = units(j2)
-                    below = there.labels[box][footprint]
-                    for w, overlap in zip(*np.unique(below[below > 0], return_counts=True), strict=True):
-                        w = int(w)
-                        if (j2, w) in seen or overlap < OVERLAP_TO_JOIN * min(here.pixels[v], there.pixels[w]):
+                    for w in _joined_units(here, v, there):
+                        if (j2, w) in seen:
                             continue
                         if not _mostly_other(there, w):
                             seen.add((j2, w))
@@ -334,14 +330,22 @@ def lesion_reach(
                     needed.add(j2)
                 continue
             there = units(j2)
-            below = there.labels[box][footprint]
-            for w, overlap in zip(*np.unique(below[below > 0], return_counts=True), strict=True):
-                w = int(w)
-                if (j2, w) in seen or overlap < OVERLAP_TO_JOIN * min(here.pixels[v], there.pixels[w]):
-                    continue
-                seen.add((j2, w))
-                todo.append((j2, w))
+            for w in _joined_units(here, v, there):
+                if (j2, w) not in seen:
+                    seen.add((j2, w))
+                    todo.append((j2, w))
     return sorted(needed)
+
+
+def _joined_units(here: _SliceUnits, v: int, there: _SliceUnits) -> list[int]:
+    """The units of a neighbouring slice that overlap unit ``v`` of ``here`` enough to be one lesion
+    with it (shared by the lesion choice and the growth of the model's slice set, so both follow a
+    lesion alike)."""
+    box = here.boxes[v - 1]
+    below = there.labels[box][here.labels[box] == v]
+    ids, overlaps = np.unique(below[below > 0], return_counts=True)
+    return [int(w) for w, overlap in zip(ids, overlaps, strict=True)
+            if overlap >= OVERLAP_TO_JOIN * min(here.pixels[v], there.pixels[w])]
 
 
 def _mostly_other(units: _SliceUnits, w: int) -> bool:
