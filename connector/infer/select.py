@@ -5,7 +5,9 @@ see and tune why a series was or was not scored. Each rejected series gets one r
 as counts only); eligible series are ranked so the best one is scored first:
 a preferred description keyword, then slice thickness closest to 3 mm, then more slices.
 
-Only headers are read here (no pixel data), so scanning a large study is cheap.
+Only headers are read here (no pixel data), so scanning a large study is cheap. A CT file's header is
+kept with its candidate, so loading the chosen series does not parse it again
+(:mod:`connector.infer.slice_file`).
 """
 
 from __future__ import annotations
@@ -19,31 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.errors import InvalidDicomError
 
+from connector.infer.slice_file import SliceHeader, read_slice_header
 from connector.settings.cac import CacConfig
 
 log = logging.getLogger(__name__)
 
 EMISSION_MODALITIES = {"PT", "NM"}
-_HEADER_TAGS = [
-    "SOPClassUID",
-    "Modality",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "ImageType",
-    "SeriesDescription",
-    "ImageOrientationPatient",
-    "ImagePositionPatient",
-    "SliceThickness",
-    "PixelSpacing",
-    "Rows",
-    "Columns",
-    "NumberOfFrames",
-    "ContrastBolusAgent",
-    "ModalitiesInStudy",
-]
 
 
 @dataclass(frozen=True)
@@ -57,6 +42,8 @@ class SeriesCandidate:
     slice_thickness_mm: float
     coverage_mm: float
     preferred_description: bool
+    # each file's header as read here, in ``paths`` order: the load reads only the pixels
+    headers: tuple[SliceHeader, ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -83,6 +70,7 @@ class _Header:
     frames: int
     contrast: str
     study_modalities: tuple[str, ...]
+    slice: SliceHeader | None  # kept for CT only: no other modality is ever loaded
 
 
 def _words(text: str) -> list[str]:
@@ -101,9 +89,10 @@ def has_keyword(description: str, keywords: Iterable[str]) -> bool:
 
 def _read_header(path: Path) -> _Header | None:
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        header = read_slice_header(path)
     except (InvalidDicomError, OSError, ValueError, EOFError, TypeError):
         return None
+    ds = header.dataset
     if "SeriesInstanceUID" not in ds:
         return None
 
@@ -122,9 +111,10 @@ def _read_header(path: Path) -> _Header | None:
     image_type = (image_type,) if isinstance(image_type, str) else tuple(image_type)
     study_modalities = ds.get("ModalitiesInStudy") or ()
     study_modalities = (study_modalities,) if isinstance(study_modalities, str) else tuple(study_modalities)
+    modality = str(ds.get("Modality", "")).upper()
     return _Header(
         path=path,
-        modality=str(ds.get("Modality", "")).upper(),
+        modality=modality,
         study_uid=str(ds.get("StudyInstanceUID", "")),
         series_uid=str(ds.SeriesInstanceUID),
         image_type=tuple(str(v).upper() for v in image_type),
@@ -135,6 +125,7 @@ def _read_header(path: Path) -> _Header | None:
         frames=int(ds.get("NumberOfFrames", 1) or 1),
         contrast=str(ds.get("ContrastBolusAgent", "") or "").strip(),
         study_modalities=tuple(str(m).upper() for m in study_modalities),
+        slice=header if modality == "CT" else None,
     )
 
 
@@ -194,6 +185,7 @@ def _judge(
         slice_thickness_mm=float(thickness),
         coverage_mm=coverage,
         preferred_description=preferred,
+        headers=tuple(h.slice for h in headers if h.slice is not None) if all(h.slice for h in headers) else (),
     )
 
 

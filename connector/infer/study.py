@@ -40,7 +40,7 @@ def score_study(paths: Iterable[Path], runner: CacRunner) -> list[SeriesResult]:
     for candidate in selection.eligible:
         t0 = time.perf_counter()
         try:
-            volume = load_volume(candidate.paths, max_resident_mb=RESIDENT_MB)
+            volume = load_volume(candidate.paths, max_resident_mb=RESIDENT_MB, headers=candidate.headers)
         except SeriesError as exc:
             log.warning("cac series not scored: %s (slices=%d)", exc.code, candidate.slices)
             results.append(runner.failed(candidate.study_uid, candidate.series_uid, exc.code, time.perf_counter() - t0))

@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from connector.infer.errors import SeriesError
+from connector.infer.slice_file import SliceHeader, read_slice_header
 
 log = logging.getLogger(__name__)
 
@@ -86,17 +87,21 @@ def slice_normal(orientation: Sequence[float] | np.ndarray) -> np.ndarray:
     return normal / norm
 
 
-def load_volume(paths: Sequence[Path], max_resident_mb: float = float("inf")) -> CtVolume:
+def load_volume(paths: Sequence[Path], max_resident_mb: float = float("inf"),
+                headers: Sequence[SliceHeader] | None = None) -> CtVolume:
     """Read, decode, rescale and sort the slices of one series. Raises :class:`SeriesError`.
 
     A series whose HU (2 bytes a pixel) would take more than ``max_resident_mb`` is not held: ``hu``
-    is then a :class:`SliceStack`, which decodes slices from their files when asked."""
+    is then a :class:`SliceStack`, which decodes slices from their files when asked. ``headers``: the
+    files' headers as the series selection read them (same order as ``paths``), so they are not parsed
+    again."""
     if len(paths) < 2:
         raise SeriesError("too_few_slices", f"{len(paths)} slice(s); at least 2 are needed")
-    # Headers now, each slice's pixel data only when it is decoded (deferred), one slice at a time below.
-    datasets: list[Dataset | None] = [_read(Path(p)) for p in paths]
+    # Headers now, each slice's pixel data only when it is decoded, one slice at a time below.
+    if headers is None or len(headers) != len(paths):
+        headers = [_read_header(Path(p)) for p in paths]
+    datasets = [h.dataset for h in headers]
     first = datasets[0]
-    assert first is not None
     series_uid, study_uid = str(first.get("SeriesInstanceUID", "")), str(first.get("StudyInstanceUID", ""))
     if any(str(ds.get("SeriesInstanceUID", "")) != series_uid for ds in datasets):
         raise SeriesError("mixed_series", "the files belong to more than one series")
@@ -126,10 +131,11 @@ def load_volume(paths: Sequence[Path], max_resident_mb: float = float("inf")) ->
         raise SeriesError("too_few_slices", "fewer than 2 distinct slice positions")
     report = _spacing_report(positions[keep], duplicates)
 
+    kept = [headers[i] for i in keep]
     if len(keep) * shape[0] * shape[1] * 2 > max_resident_mb * 1024 * 1024:
-        hu: np.ndarray | SliceStack = SliceStack.scan(datasets, keep, [Path(paths[i]) for i in keep], shape, spacing)
+        hu: np.ndarray | SliceStack = SliceStack.scan(kept, shape, spacing)
     else:
-        hu = _read_pixels(datasets, keep, shape)
+        hu = _read_pixels(kept, shape)
     thickness = first.get("SliceThickness")
     if report.warnings:
         log.info("series spacing warnings: %s (slices=%d)", ",".join(report.warnings), len(keep))
@@ -145,22 +151,24 @@ def load_volume(paths: Sequence[Path], max_resident_mb: float = float("inf")) ->
     )
 
 
-def _read_pixels(datasets: list[Dataset | None], keep: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
-    """The kept slices' HU, decoded one at a time; each dataset is let go once decoded, so only one
-    slice's pixel data and decoded array live at once. int16 while every value is a whole number in
-    int16's range (integer rescale slope and intercept, the usual case): the same values as float32
-    in half the memory; otherwise float32."""
-    hu: np.ndarray = np.empty((len(keep), *shape), dtype=np.int16)
-    for index, ds_index in enumerate(keep):
-        ds = datasets[ds_index]
-        assert ds is not None
-        datasets[ds_index] = None
-        pixels = _hu_pixels(ds, shape)
-        del ds
+def _read_pixels(kept: Sequence[SliceHeader], shape: tuple[int, int]) -> np.ndarray:
+    """The kept slices' HU, decoded one at a time, so only one slice's pixel data and decoded array
+    live at once. int16 while every value is a whole number in int16's range (integer rescale slope
+    and intercept, the usual case): the same values as float32 in half the memory; otherwise float32."""
+    hu: np.ndarray = np.empty((len(kept), *shape), dtype=np.int16)
+    for index, header in enumerate(kept):
+        pixels = _slice_hu(header, shape)
         if hu.dtype == np.int16 and pixels.dtype != np.int16:
             hu = hu.astype(np.float32)
         hu[index] = pixels
     return hu
+
+
+def _read_header(path: Path) -> SliceHeader:
+    try:
+        return read_slice_header(path)
+    except (InvalidDicomError, OSError, ValueError, EOFError, TypeError) as exc:
+        raise SeriesError("unreadable_file", f"a slice could not be read ({type(exc).__name__})") from None
 
 
 def _read(path: Path) -> Dataset:
@@ -170,9 +178,22 @@ def _read(path: Path) -> Dataset:
         raise SeriesError("unreadable_file", f"a slice could not be read ({type(exc).__name__})") from None
 
 
+def _slice_hu(header: SliceHeader, shape: tuple[int, int]) -> np.ndarray:
+    """HU of one slice: straight from the file when stored plainly, else through pydicom's decoders."""
+    if header.plain is not None:
+        try:
+            pixels = header.plain.read(header.path)
+        except OSError as exc:
+            raise SeriesError("unreadable_file", f"a slice could not be read ({type(exc).__name__})") from None
+        if pixels is not None:
+            if pixels.shape != shape:
+                raise SeriesError("inconsistent_geometry", "pixel data does not match Rows/Columns")
+            return _to_hu(pixels, header.dataset)
+    return _hu_pixels(_read(header.path), shape)  # compressed, unusual, or replaced since its header was read
+
+
 def _hu_pixels(ds: Dataset, shape: tuple[int, int]) -> np.ndarray:
-    """HU of one slice: int16 when they are whole numbers within int16 (exactly the float32 values), else
-    float32."""
+    """HU of one slice decoded by pydicom."""
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # decoders raise many types; report the syntax, never the content
@@ -181,11 +202,23 @@ def _hu_pixels(ds: Dataset, shape: tuple[int, int]) -> np.ndarray:
         raise SeriesError("decode_failed", f"pixel data could not be decoded ({name}, {type(exc).__name__})") from None
     if pixels.shape != shape:
         raise SeriesError("inconsistent_geometry", "pixel data does not match Rows/Columns")
+    return _to_hu(pixels, ds)
+
+
+def _to_hu(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Stored values to HU: int16 when they are whole numbers within int16 (exactly the float32
+    values), else float32."""
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     if pixels.dtype.kind in "iu" and slope.is_integer() and intercept.is_integer() and pixels.size:
-        ends = (float(pixels.min()) * slope + intercept, float(pixels.max()) * slope + intercept)
+        low, high = float(pixels.min()), float(pixels.max())
+        ends = (low * slope + intercept, high * slope + intercept)
         if -32768 <= min(ends) and max(ends) <= 32767:
+            if slope == 1.0 and -32768 <= low and high <= 32767 and -32768 <= intercept <= 32767:
+                whole = pixels.astype(np.int16)  # every stored value fits, and so does every sum (its ends do)
+                if intercept != 0.0:
+                    whole += np.int16(intercept)
+                return whole
             whole = pixels.astype(np.int32)
             if slope != 1.0:
                 whole *= int(slope)
@@ -235,34 +268,28 @@ class SliceStack:
 
     RECENT = 12  # decoded slices kept (a model batch and its neighbours)
 
-    def __init__(self, paths: Sequence[Path], shape: tuple[int, int], dtype: np.dtype, step: int,
+    def __init__(self, headers: Sequence[SliceHeader], shape: tuple[int, int], dtype: np.dtype, step: int,
                  coarse: np.ndarray, maximum: np.ndarray) -> None:
-        self.paths = tuple(paths)
-        self.shape = (len(self.paths), *shape)
+        self.headers = tuple(headers)
+        self.shape = (len(self.headers), *shape)
         self.ndim = 3
         self.dtype = dtype
         self._step, self._coarse, self._maximum = step, coarse, maximum
         self._recent: dict[int, np.ndarray] = {}
 
     @classmethod
-    def scan(cls, datasets: list[Dataset | None], keep: Sequence[int], paths: Sequence[Path],
-             shape: tuple[int, int], spacing: tuple[float, float]) -> SliceStack:
-        """Decode every kept slice once (``datasets`` are let go as they are decoded), keeping only the
-        coarse grid and the running maximum."""
+    def scan(cls, kept: Sequence[SliceHeader], shape: tuple[int, int], spacing: tuple[float, float]) -> SliceStack:
+        """Decode every kept slice once, keeping only the coarse grid and the running maximum."""
         from connector.infer.heart_region import grid_step
 
         step = grid_step(spacing)
         coarse: np.ndarray | None = None
         maximum: np.ndarray | None = None
         dtype = np.dtype(np.int16)
-        for index, ds_index in enumerate(keep):
-            ds = datasets[ds_index]
-            assert ds is not None
-            datasets[ds_index] = None
-            pixels = _hu_pixels(ds, shape)
-            del ds
+        for index, header in enumerate(kept):
+            pixels = _slice_hu(header, shape)
             if coarse is None or maximum is None:
-                coarse = np.empty((len(keep), *pixels[::step, ::step].shape), dtype=np.int16)
+                coarse = np.empty((len(kept), *pixels[::step, ::step].shape), dtype=np.int16)
                 maximum = pixels.copy()
             if pixels.dtype != np.int16 and dtype == np.int16:
                 dtype = np.dtype(np.float32)
@@ -270,7 +297,7 @@ class SliceStack:
             coarse[index] = pixels[::step, ::step]
             np.maximum(maximum, pixels, out=maximum)
         assert coarse is not None and maximum is not None
-        return cls(paths, shape, dtype, step, coarse, maximum)
+        return cls(kept, shape, dtype, step, coarse, maximum)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -279,7 +306,7 @@ class SliceStack:
         if k not in self._recent:
             if len(self._recent) >= self.RECENT:
                 self._recent.pop(next(iter(self._recent)))
-            pixels = _hu_pixels(_read(self.paths[k]), self.shape[1:])
+            pixels = _slice_hu(self.headers[k], self.shape[1:])
             self._recent[k] = pixels.astype(self.dtype, copy=False)
         return self._recent[k]
 

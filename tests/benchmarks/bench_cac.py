@@ -82,7 +82,7 @@ def run_rounds(runner: CacRunner, paths: list[Path], rounds: int) -> dict[str, f
         t0 = time.perf_counter()
         selection = select_series(paths, runner.config)
         t1 = time.perf_counter()
-        volume = load_volume(selection.eligible[0].paths)
+        volume = load_volume(selection.eligible[0].paths, headers=selection.eligible[0].headers)  # as score_study does
         t2 = time.perf_counter()
         scored = runner.score_hu(volume.hu, volume.pixel_spacing, volume.slice_increment_mm)
         t3 = time.perf_counter()

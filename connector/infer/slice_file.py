@@ -1,0 +1,112 @@
+"""One CT slice file: its header read once, its pixels read straight from the file when stored plainly.
+
+Why: scoring a series parsed every file's header twice (once to choose the series, once to load it)
+and decoded every slice through pydicom's pixel machinery: together about a quarter of a 100-slice
+run outside the model. Now the header read that chooses the series also serves its load, and a slice
+stored as plain 16-bit little-endian monochrome (what scanners and PACS write uncompressed) is read
+with one ``readinto`` at the offset where that header read stopped. The values are what pydicom's
+``pixel_array`` gives, unused high bits corrected the same way (``tests/infer/test_slice_file.py``
+checks it against pydicom). Anything else (compressed or big-endian data, 8 or 32 bits, colour, a
+length other than Rows x Columns x 2) goes through pydicom as before, and so does a file replaced
+after its header was read (another inode, size or modification time): its header is read again.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+
+
+@dataclass(frozen=True)
+class PlainPixels:
+    """Where a slice's uncompressed 16-bit values lie in its file, and the file they were found in."""
+
+    offset: int
+    rows: int
+    columns: int
+    signed: bool
+    unused_bits: int  # Bits Allocated - Bits Stored: shifted out as pydicom does
+    stamp: tuple[int, int, int]  # (inode, size, mtime ns) of the file when its header was read
+
+    def read(self, path: Path) -> np.ndarray | None:
+        """The stored values, as ``pixel_array`` gives them; None when the file is no longer the one read."""
+        size = self.rows * self.columns * 2
+        buffer = bytearray(size)
+        with open(path, "rb") as fh:
+            if _stamp(fh) != self.stamp:
+                return None
+            fh.seek(self.offset)
+            if fh.readinto(buffer) != size:
+                return None
+        values = np.frombuffer(buffer, dtype="<i2" if self.signed else "<u2").reshape(self.rows, self.columns)
+        if self.unused_bits:
+            np.left_shift(values, self.unused_bits, out=values)
+            np.right_shift(values, self.unused_bits, out=values)  # arithmetic for signed: the sign extends
+        return values
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """A file's header (no pixel data) and, when stored plainly, where its pixels are."""
+
+    path: Path
+    dataset: Dataset
+    plain: PlainPixels | None
+
+
+def read_slice_header(path: Path) -> SliceHeader:
+    """Parse the header up to the pixel data. Raises what ``pydicom.dcmread`` raises for a bad file."""
+    with open(path, "rb") as fh:
+        ds = pydicom.dcmread(fh, stop_before_pixels=True)
+        plain = _plain_pixels(ds, fh)  # the reader stopped at the pixel data element's start
+    return SliceHeader(Path(path), ds, plain)
+
+
+def _stamp(fh: BinaryIO) -> tuple[int, int, int]:
+    st = os.fstat(fh.fileno())
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _plain_pixels(ds: Dataset, fh: BinaryIO) -> PlainPixels | None:
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    if syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        return None
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        if int(ds.SamplesPerPixel) != 1 or int(ds.BitsAllocated) != 16:
+            return None
+        stored, representation = int(ds.BitsStored), int(ds.PixelRepresentation)
+        if str(ds.PhotometricInterpretation).strip() not in _MONOCHROME:
+            return None
+        if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+            return None
+    except (AttributeError, KeyError, TypeError, ValueError):  # absent or malformed: pydicom decides
+        return None
+    if not 1 <= stored <= 16 or representation not in (0, 1) or rows < 1 or columns < 1:
+        return None
+    start = fh.tell()
+    explicit = syntax == ExplicitVRLittleEndian
+    head = fh.read(12 if explicit else 8)
+    if len(head) < (12 if explicit else 8) or head[:4] != _PIXEL_DATA_TAG:
+        return None
+    if explicit:
+        if head[4:6] not in (b"OW", b"OB") or head[6:8] != b"\x00\x00":
+            return None
+        length, value_at = struct.unpack_from("<I", head, 8)[0], start + 12
+    else:
+        length, value_at = struct.unpack_from("<I", head, 4)[0], start + 8
+    if length != rows * columns * 2:  # undefined (encapsulated), padded or short: pydicom's to judge
+        return None
+    return PlainPixels(value_at, rows, columns, representation == 1, 16 - stored, _stamp(fh))
