@@ -7,7 +7,9 @@ scored 4,772). Coronary calcium is, by definition, on the heart. So before any l
 runtime finds the heart with plain image analysis that shares nothing with the network, and a
 lesion outside that region is never scored, whatever the network says.
 
-The method, per axial slice on a ~3 mm grid (cheap: a few ms a slice):
+The method, per axial slice on a ~3 mm grid (cheap: 1-2 ms a slice; each slice is
+treated on its own, but every labelling is one call for all slices, with 4-connectivity within the
+slice only, so the result is the same as slice by slice):
 
 1. body: the largest region above -500 HU, holes filled; lungs: air (< -500 HU) inside it, in
    pieces of at least 5 cm2 (bowel gas and the trachea are smaller or outside the lungs' hull);
@@ -100,23 +102,44 @@ class HeartRegion:
         return out
 
 
-def _largest(mask: np.ndarray) -> np.ndarray:
-    labels, n = ndimage.label(mask)
+_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)  # 4-connected within a slice, never across slices
+
+
+def _label_slices(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """(labels, count, each slice's last label) of ``mask`` (slices, rows, cols) labelled slice by
+    slice in one call: no piece crosses slices, and as labels are numbered in scan order each slice's
+    pieces get consecutive labels in the order a 2-D labelling of that slice gives them (so ties
+    between equal sizes break the same way). Slice k holds labels ends[k-1]+1..ends[k]."""
+    labels, n = ndimage.label(mask, structure=_IN_PLANE)
+    ends = np.maximum.accumulate(labels.reshape(len(labels), -1).max(axis=1, initial=0))
+    return labels, n, ends
+
+
+def _largest_per_slice(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected piece of every slice of ``mask`` (the first of equal ones, in scan order)."""
+    labels, n, ends = _label_slices(mask)
     if n == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(sizes.argmax())
+        return np.zeros(mask.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = np.zeros(n + 1, dtype=bool)
+    start = 1
+    for end in ends:
+        if end >= start:
+            keep[start + int(sizes[start : end + 1].argmax())] = True
+            start = int(end) + 1
+    return keep[labels]
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """``ndimage.binary_fill_holes`` (4-connected background) by one labelling instead of an iterated
-    dilation: background pieces that do not reach the image's edge are holes."""
-    labels, n = ndimage.label(~mask)
+    """``ndimage.binary_fill_holes`` (4-connected background) of every slice of ``mask`` (slices, rows,
+    cols) by one labelling instead of an iterated dilation: background pieces that do not reach the
+    slice's edge are holes."""
+    labels, n = ndimage.label(~mask, structure=_IN_PLANE)
     if n == 0:
         return mask.copy()
     border = np.zeros(n + 1, dtype=bool)
-    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+    for edge in (labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]):
         border[edge] = True
     border[0] = True  # the mask itself
     return mask | ~border[labels]
@@ -133,86 +156,122 @@ def _hull(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     except QhullError:
         return out
     poly = points[hull.vertices].astype(np.float64)
-    a, b = poly, np.roll(poly, -1, axis=0)
     r0, r1 = int(np.ceil(poly[:, 0].min())), int(np.floor(poly[:, 0].max()))
+    a, b = poly, np.roll(poly, -1, axis=0)
+    sloped = a[:, 0] != b[:, 0]  # a flat edge crosses no row on its own: its ends are other edges' ends
+    a, b = a[sloped], b[sloped]
     rows = np.arange(r0, r1 + 1, dtype=np.float64)[:, None]
-    lo, hi = np.minimum(a[:, 0], b[:, 0]), np.maximum(a[:, 0], b[:, 0])
-    crosses = (rows >= lo) & (rows <= hi) & (hi > lo)
-    t = np.where(crosses, (rows - a[:, 0]) / np.where(hi > lo, b[:, 0] - a[:, 0], 1.0), 0.0)
-    x = a[:, 1] + t * (b[:, 1] - a[:, 1])
-    left = np.where(crosses, x, np.inf).min(axis=1)
-    right = np.where(crosses, x, -np.inf).max(axis=1)
+    crosses = (rows >= np.minimum(a[:, 0], b[:, 0])) & (rows <= np.maximum(a[:, 0], b[:, 0]))
+    x = a[:, 1] + (rows - a[:, 0]) / (b[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1])
+    left = np.where(crosses, x, np.inf).min(axis=1, initial=np.inf)
+    right = np.where(crosses, x, -np.inf).max(axis=1, initial=-np.inf)
     spans = left <= right
     c0 = np.where(spans, np.ceil(np.where(spans, left, 0.0)), 0.0).clip(0, None)
     c1 = np.where(spans, np.floor(np.where(spans, right, -1.0)) + 1, 0.0).clip(None, shape[1])
     columns = np.arange(shape[1])
-    out[r0 : r1 + 1] = spans[:, None] & (columns >= c0[:, None]) & (columns < c1[:, None])
+    out[r0 : r1 + 1] = (columns >= c0[:, None]) & (columns < c1[:, None])
     return out
 
 
-def _row_extremes(mask: np.ndarray) -> np.ndarray:
-    """(N, 2) row/col points: the leftmost and rightmost set pixel of every row of ``mask``. Their
-    convex hull is the hull of all set pixels (a hull vertex is extreme in its row), from far fewer
-    points."""
+def _row_extremes(mask: np.ndarray, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """(N, 2) row/col points: the leftmost and rightmost set pixel of every row of ``mask`` (whose
+    first pixel is at ``origin``). Their convex hull is the hull of all set pixels (a hull vertex is
+    extreme in its row), from far fewer points; sorted and each pixel once, as np.argwhere's are."""
     rows = np.flatnonzero(mask.any(axis=1))
     sub = mask[rows]
-    left = sub.argmax(axis=1)
-    right = mask.shape[1] - 1 - sub[:, ::-1].argmax(axis=1)
-    points = np.concatenate([np.stack([rows, left], axis=1), np.stack([rows, right], axis=1)])
-    return np.unique(points, axis=0)  # sorted, as np.argwhere's points are (one point per pixel)
+    points = np.empty((len(rows), 2, 2), dtype=np.int64)
+    points[:, :, 0] = (rows + origin[0])[:, None]
+    points[:, 0, 1] = sub.argmax(axis=1) + origin[1]
+    points[:, 1, 1] = mask.shape[1] - 1 - sub[:, ::-1].argmax(axis=1) + origin[1]
+    single = points[:, 0, 1] == points[:, 1, 1]  # one pixel wide: its point once
+    return points.reshape(-1, 2)[~np.stack([np.zeros_like(single), single], axis=1).ravel()]
 
 
-def _slice_cavity(hu: np.ndarray, px_mm: float) -> tuple[np.ndarray, float, float]:
-    """(mediastinum mask on the working grid, its area in cm2, the lungs' share of their hull) for one slice."""
+def _cavities(small: np.ndarray, px_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mediastinum mask, its area in cm2, the lungs' share of their hull, the large bone) for every
+    slice of ``small`` (the working grid). Each slice is worked on alone, but the labellings are done
+    for all slices at once (one call each instead of one a slice) and within the box holding every
+    pixel above ``BODY_HU`` (everything looked at lies inside it: body, air within it, bone); only the
+    hull is drawn slice by slice, on the whole grid's coordinates as before."""
+    n, rows, cols = small.shape
+    cavities, bone = np.zeros(small.shape, dtype=bool), np.zeros(small.shape, dtype=bool)
+    areas, shares = np.zeros(n), np.zeros(n)
+    above = small > BODY_HU
+    in_rows, in_cols = np.flatnonzero(above.any(axis=(0, 2))), np.flatnonzero(above.any(axis=(0, 1)))
+    if not len(in_rows):
+        return cavities, areas, shares, bone
+    r0, r1, c0, c1 = int(in_rows[0]), int(in_rows[-1]) + 1, int(in_cols[0]), int(in_cols[-1]) + 1
+    box = (slice(None), slice(r0, r1), slice(c0, c1))
+    hu, above = small[box], above[box]
+    h = r1 - r0
     cm2 = px_mm * px_mm / 100.0
-    body = _fill_holes(_largest(hu > BODY_HU))
+    body = _fill_holes(_largest_per_slice(above))
     air = body & (hu < AIR_HU)
-    labels, n = ndimage.label(air)
-    if n == 0:
-        return np.zeros_like(body), 0.0, 0.0
-    sizes = np.bincount(labels.ravel()) * cm2
+    labels, count = ndimage.label(air, structure=_IN_PLANE)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1) * cm2
     big = sizes >= MIN_LUNG_CM2
     big[0] = False
     lungs = big[labels]
-    cols = np.flatnonzero(body.any(axis=0))
-    if len(cols) == 0:
-        return np.zeros_like(body), 0.0, 0.0
-    centre = (cols[0] + cols[-1]) / 2.0
-    per_column = np.count_nonzero(lungs, axis=0)
-    columns = np.arange(hu.shape[1])
-    left = int(per_column[columns > centre].sum()) * cm2
-    right = int(per_column[columns < centre].sum()) * cm2
-    if left < MIN_LUNG_CM2 or right < MIN_LUNG_CM2:
-        return np.zeros_like(body), 0.0, 0.0
-    hull = _hull(_row_extremes(lungs), lungs.shape)
-    share = float(np.count_nonzero(lungs)) / max(1, int(np.count_nonzero(hull)))
+    body_cols = body.any(axis=1)  # (slices, cols)
+    has_body = body_cols.any(axis=1)
+    first_col = body_cols.argmax(axis=1) + c0
+    last_col = c1 - 1 - body_cols[:, ::-1].argmax(axis=1)
+    centre = (first_col + last_col) / 2.0  # on the whole grid's columns
+    per_column = np.count_nonzero(lungs, axis=1)  # (slices, cols)
+    columns = np.arange(c0, c1)
+    left = np.where(columns > centre[:, None], per_column, 0).sum(axis=1) * cm2
+    right = np.where(columns < centre[:, None], per_column, 0).sum(axis=1) * cm2
+    valid = has_body & (left >= MIN_LUNG_CM2) & (right >= MIN_LUNG_CM2)  # a left and a right lung
+    hull = np.zeros(hu.shape, dtype=bool)
+    for k in np.flatnonzero(valid):
+        hull[k] = _hull(_row_extremes(lungs[k], (r0, c0)), (rows, cols))[r0:r1, c0:c1]  # the hull lies in the box
+    lung_px = np.count_nonzero(lungs, axis=(1, 2))
+    per_row = np.count_nonzero(hull, axis=2)  # the hull pixels' mean row, from counts per row
+    total = per_row.sum(axis=1)
+    shares[:] = np.where(valid, lung_px / np.maximum(1, total), 0.0)
+    weighted = (np.arange(r0, r1) * per_row).sum(axis=1)
+    centre_row = np.where(total > 0, weighted / np.maximum(total, 1), np.nan)
     cavity = hull & body & ~lungs & (hu > SOFT_HU)
-    per_row = np.count_nonzero(hull, axis=1)  # the hull pixels' mean row, from counts per row
-    total = int(per_row.sum())
-    centre_row = float((np.arange(hu.shape[0]) * per_row).sum()) / total if total else float("nan")
-    behind = np.arange(hu.shape[0])[:, None] > centre_row
-    spine = _largest(cavity & _large_bone(hu, px_mm) & behind)  # never a plaque: those are smaller
-    spine_rows = np.flatnonzero(spine.any(axis=1))
-    if len(spine_rows):
-        cavity &= np.arange(hu.shape[0])[:, None] < spine_rows[0]  # in front of the spine
-    cavity = _midline_piece(cavity, centre, max(1, int(round(MIDLINE_MM / px_mm))))
-    return cavity, float(np.count_nonzero(cavity) * cm2), share
+    behind = np.arange(r0, r1)[None, :, None] > centre_row[:, None, None]
+    bone[box] = _large_bone(hu, px_mm)
+    spine = _largest_per_slice(cavity & bone[box] & behind)  # never a plaque: those are smaller
+    spine_any = spine.any(axis=2)
+    spine_row = np.where(spine_any.any(axis=1), spine_any.argmax(axis=1), h)
+    cavity &= np.arange(h)[None, :, None] < spine_row[:, None, None]  # in front of the spine
+    window = _midline_window(centre, max(1, int(round(MIDLINE_MM / px_mm))), cols)[:, c0:c1]
+    cavities[box] = _midline_piece(cavity, window)
+    areas[:] = np.count_nonzero(cavities, axis=(1, 2)) * cm2
+    return cavities, areas, shares, bone
 
 
-def _midline_piece(cavity: np.ndarray, centre: float, reach: int) -> np.ndarray:
-    """The largest piece of ``cavity`` within ``reach`` columns of the body's midline. The mediastinum
-    always spans the midline; the liver's dome, rising as an island into the right lung base level
-    with the heart's lower half, lies to one side and can be larger than the heart's section."""
-    labels, n = ndimage.label(cavity)
+def _midline_window(centre: np.ndarray, reach: int, cols: int) -> np.ndarray:
+    """(slices, cols) bool: the columns within ``reach`` of each slice's body midline ``centre``."""
+    mid = centre.astype(np.int64)  # as int(): centre >= 0
+    lo, hi = np.maximum(0, mid - reach), np.minimum(cols, mid + reach + 1)
+    columns = np.arange(cols)
+    return (columns >= lo[:, None]) & (columns < hi[:, None])
+
+
+def _midline_piece(cavity: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """Per slice, the largest piece of ``cavity`` reaching into ``window`` (slices, cols: the columns
+    near the body's midline). The mediastinum always spans the midline; the liver's dome, rising as
+    an island into the right lung base level with the heart's lower half, lies to one side and can be
+    larger than the heart's section."""
+    labels, n, ends = _label_slices(cavity)
     if n == 0:
         return cavity
-    lo, hi = max(0, int(centre) - reach), min(cavity.shape[1], int(centre) + reach + 1)
-    near = np.unique(labels[:, lo:hi])
-    near = near[near > 0]
-    if not len(near):
-        return np.zeros_like(cavity)
-    sizes = np.bincount(labels.ravel())
-    return labels == near[np.argmax(sizes[near])]
+    near = np.zeros(n + 1, dtype=bool)
+    near[labels[np.broadcast_to(window[:, None, :], labels.shape)]] = True
+    near[0] = False
+    sizes = np.where(near, np.bincount(labels.ravel(), minlength=n + 1), -1)
+    keep = np.zeros(n + 1, dtype=bool)
+    start = 1
+    for end in ends:
+        if end >= start:
+            best = start + int(sizes[start : end + 1].argmax())
+            keep[best] = near[best]  # no piece near the midline: nothing
+            start = int(end) + 1
+    return keep[labels]
 
 
 def grid_step(pixel_spacing: tuple[float, float]) -> int:
@@ -225,11 +284,8 @@ def find_heart(hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increme
     n, rows, cols = hu.shape
     step = grid_step(pixel_spacing)
     px_mm = float(min(pixel_spacing)) * step
-    small = hu[:, ::step, ::step]
-    cavities = np.zeros(small.shape, dtype=bool)
-    areas, shares = np.zeros(n), np.zeros(n)
-    for k in range(n):
-        cavities[k], areas[k], shares[k] = _slice_cavity(np.ascontiguousarray(small[k]), px_mm)
+    small = np.ascontiguousarray(hu[:, ::step, ::step])
+    cavities, areas, shares, bone = _cavities(small, px_mm)
     areas[shares < RUN_LUNG_SHARE] = 0.0  # lung bases round the upper abdomen
     candidates = np.where(shares >= PEAK_LUNG_SHARE, areas, 0.0)
     if candidates.max(initial=0.0) < MIN_HEART_CM2:
@@ -247,16 +303,16 @@ def find_heart(hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increme
     # not from slices where the lungs thin out (round the liver dome that "mediastinum" is the abdomen)
     heart_level = shares[first : last + 1] >= PEAK_LUNG_SHARE
     outline = cavities[first : last + 1][heart_level].any(axis=0)
-    outline = _fill_holes(outline)
+    outline = _fill_holes(outline[None])[0]
     grow = max(1, int(round(XY_MARGIN_MM / px_mm)))
     mask = np.zeros((last - first + 1, rows, cols), dtype=bool)
     full_px = float(pixel_spacing[0]) * float(pixel_spacing[1])
+    heart = slice(first, last + 1)
+    extended = _forward_to_chest_wall(outline, small[heart], bone[heart], int(round(ANTERIOR_MM / px_mm)))
+    grown = _dilate(extended, grow)
     for k in range(first, last + 1):
-        coarse = np.ascontiguousarray(small[k])
-        skeleton = _large_bone(coarse, px_mm)
-        extended = _forward_to_chest_wall(outline, coarse, skeleton, int(round(ANTERIOR_MM / px_mm)))
-        grown = ndimage.binary_dilation(extended, iterations=grow)
-        grown_rows, grown_cols = np.flatnonzero(grown.any(axis=1)), np.flatnonzero(grown.any(axis=0))
+        extended_k, grown_k = extended[k - first], grown[k - first]
+        grown_rows, grown_cols = np.flatnonzero(grown_k.any(axis=1)), np.flatnonzero(grown_k.any(axis=0))
         if not len(grown_rows):
             continue
         # the skeleton is cut at the series' own resolution (on the coarse grid a plaque that nearly
@@ -265,9 +321,8 @@ def find_heart(hu: np.ndarray, pixel_spacing: tuple[float, float], slice_increme
         r0, r1 = int(grown_rows[0]) * step, min((int(grown_rows[-1]) + 1) * step, rows)
         c0, c1 = int(grown_cols[0]) * step, min((int(grown_cols[-1]) + 1) * step, cols)
         box = (slice(r0, r1), slice(c0, c1))
-        skeleton_full = _large_bone(hu[k][box], full_px ** 0.5)
-        cut = _outside_pieces(skeleton_full, _box_on_series_grid(extended, step, r0, r1, c0, c1))
-        mask[k - first][box] = _box_on_series_grid(grown, step, r0, r1, c0, c1) & ~cut
+        cut = _outside_bone(hu[k][box], full_px ** 0.5, _box_on_series_grid(extended_k, step, r0, r1, c0, c1))
+        mask[k - first][box] = _box_on_series_grid(grown_k, step, r0, r1, c0, c1) & ~cut
     return HeartRegion(mask, first, last, tuple(areas.round(1)))
 
 
@@ -277,21 +332,22 @@ def _box_on_series_grid(small: np.ndarray, step: int, r0: int, r1: int, c0: int,
     return small[np.arange(r0, r1) // step][:, np.arange(c0, c1) // step]
 
 
-def _outside_pieces(pieces: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    """The connected pieces of ``pieces`` lying mostly outside ``inside``."""
-    labels, n = ndimage.label(pieces)
+def _outside_bone(hu: np.ndarray, px_mm: float, inside: np.ndarray) -> np.ndarray:
+    """The large bone pieces (``_large_bone``) lying mostly outside ``inside``, from one labelling."""
+    labels, n = ndimage.label(hu > BONE_HU)
     if n == 0:
-        return pieces
+        return np.zeros(hu.shape, dtype=bool)
     total = np.bincount(labels.ravel(), minlength=n + 1)
     within = np.bincount(labels[inside], minlength=n + 1)
-    outside = within < 0.5 * total
-    outside[0] = False
-    return outside[labels]
+    cut = (total * px_mm * px_mm >= CHEST_WALL_MIN_MM2) & (within < 0.5 * total)
+    cut[0] = False
+    return cut[labels]
 
 
 def _large_bone(hu: np.ndarray, px_mm: float) -> np.ndarray:
-    """Dense pieces (> 180 HU) of at least ``CHEST_WALL_MIN_MM2``: the skeleton, never a plaque."""
-    labels, n = ndimage.label(hu > BONE_HU)
+    """Dense pieces (> 180 HU) of at least ``CHEST_WALL_MIN_MM2``: the skeleton, never a plaque. On a
+    stack of slices (3-D), each slice's pieces on their own."""
+    labels, n = ndimage.label(hu > BONE_HU, structure=_IN_PLANE if hu.ndim == 3 else None)
     if n == 0:
         return np.zeros(hu.shape, dtype=bool)
     sizes = np.bincount(labels.ravel(), minlength=n + 1) * px_mm * px_mm
@@ -300,18 +356,33 @@ def _large_bone(hu: np.ndarray, px_mm: float) -> np.ndarray:
     return large[labels]
 
 
+def _dilate(mask: np.ndarray, grow: int) -> np.ndarray:
+    """Every slice of ``mask`` dilated ``grow`` times (4-connected, as ``ndimage.binary_dilation``), in
+    one call on the box round everything set widened by ``grow`` (nothing beyond it can be reached)."""
+    out = np.zeros_like(mask)
+    rows, cols = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
+    if not len(rows):
+        return out
+    box = (slice(None), slice(max(0, int(rows[0]) - grow), int(rows[-1]) + grow + 1),
+           slice(max(0, int(cols[0]) - grow), int(cols[-1]) + grow + 1))
+    out[box] = ndimage.binary_dilation(mask[box], structure=_IN_PLANE, iterations=grow)
+    return out
+
+
 def _forward_to_chest_wall(outline: np.ndarray, hu: np.ndarray, skeleton: np.ndarray, reach: int) -> np.ndarray:
-    """``outline`` extended towards the front (lower row numbers), column by column, through soft
-    tissue, fat and small dense pieces (plaques) until the skeleton (sternum, cartilage) or air, at
-    most ``reach`` pixels: the front of the heart and the LAD lie in front of the lungs."""
-    out = outline.copy()
-    passable = (hu > SOFT_HU) & ~skeleton
+    """``outline`` (rows, cols) extended towards the front (lower row numbers), column by column, through
+    soft tissue, fat and small dense pieces (plaques) until the skeleton (sternum, cartilage) or air,
+    at most ``reach`` pixels: the front of the heart and the LAD lie in front of the lungs. One result
+    per slice of ``hu`` and ``skeleton`` (slices, rows, cols)."""
+    out = np.repeat(outline[None], len(hu), axis=0)
     columns = np.flatnonzero(outline.any(axis=0))
     if reach <= 0 or not len(columns):
         return out
     top = outline[:, columns].argmax(axis=0)  # each column's first outline row
     rows = top[None, :] - np.arange(1, reach + 1)[:, None]  # (reach, columns): the rows above it, nearest first
-    open_ = (rows >= 0) & passable[rows.clip(0, None), columns[None, :]]
-    open_ = np.logical_and.accumulate(open_, axis=0)  # up to the first blocked row
-    out[rows[open_], np.broadcast_to(columns, rows.shape)[open_]] = True
+    at = (slice(None), rows.clip(0, None), columns[None, :])
+    open_ = (rows >= 0) & (hu[at] > SOFT_HU) & ~skeleton[at]  # (slices, reach, columns): passable
+    open_ = np.logical_and.accumulate(open_, axis=1)  # up to the first blocked row
+    k, i, j = np.nonzero(open_)
+    out[k, rows[i, j], columns[j]] = True
     return out
