@@ -29,48 +29,54 @@ _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 
 
 @dataclass(frozen=True)
-class PlainPixels:
-    """Where a slice's uncompressed 16-bit values lie in its file, and the file they were found in."""
-
-    offset: int
-    rows: int
-    columns: int
-    signed: bool
-    unused_bits: int  # Bits Allocated - Bits Stored: shifted out as pydicom does
-    stamp: tuple[int, int, int]  # (inode, size, mtime ns) of the file when its header was read
-
-    def read(self, path: Path) -> np.ndarray | None:
-        """The stored values, as ``pixel_array`` gives them; None when the file is no longer the one read."""
-        size = self.rows * self.columns * 2
-        buffer = bytearray(size)
-        with open(path, "rb") as fh:
-            if _stamp(fh) != self.stamp:
-                return None
-            fh.seek(self.offset)
-            if fh.readinto(buffer) != size:
-                return None
-        values = np.frombuffer(buffer, dtype="<i2" if self.signed else "<u2").reshape(self.rows, self.columns)
-        if self.unused_bits:
-            np.left_shift(values, self.unused_bits, out=values)
-            np.right_shift(values, self.unused_bits, out=values)  # arithmetic for signed: the sign extends
-        return values
-
-
-@dataclass(frozen=True)
 class SliceHeader:
-    """A file's header (no pixel data) and, when stored plainly, where its pixels are."""
+    """A file's header (no pixel data), where that header read stopped, and the file it was read from."""
 
     path: Path
     dataset: Dataset
-    plain: PlainPixels | None
+    pixel_offset: int  # the file position after the header: the pixel data element, if any
+    stamp: tuple[int, int, int]  # (inode, size, mtime ns) of the file when its header was read
 
 
 def read_slice_header(path: Path) -> SliceHeader:
     """Parse the header up to the pixel data. Raises what ``pydicom.dcmread`` raises for a bad file."""
     with open(path, "rb") as fh:
         ds = pydicom.dcmread(fh, stop_before_pixels=True)
-        plain = _plain_pixels(ds, fh)  # the reader stopped at the pixel data element's start
-    return SliceHeader(Path(path), ds, plain)
+        return SliceHeader(Path(path), ds, fh.tell(), _stamp(fh))
+
+
+def read_plain_pixels(header: SliceHeader) -> np.ndarray | None:
+    """The stored values of a plainly stored slice, as ``pixel_array`` gives them; None for any other
+    storage, or when the file is no longer the one whose header was read (pydicom's to decode then).
+    Raises OSError when the file cannot be read at all."""
+    layout = _plain_layout(header.dataset)
+    if layout is None:
+        return None
+    rows, columns, signed, unused_bits, explicit = layout
+    with open(header.path, "rb") as fh:
+        if _stamp(fh) != header.stamp:
+            return None
+        fh.seek(header.pixel_offset)
+        head = fh.read(12 if explicit else 8)
+        if len(head) < (12 if explicit else 8) or head[:4] != _PIXEL_DATA_TAG:
+            return None
+        if explicit:
+            if head[4:6] not in (b"OW", b"OB") or head[6:8] != b"\x00\x00":
+                return None
+            length = struct.unpack_from("<I", head, 8)[0]
+        else:
+            length = struct.unpack_from("<I", head, 4)[0]
+        size = rows * columns * 2
+        if length != size:  # undefined (encapsulated), padded or short: pydicom's to judge
+            return None
+        buffer = bytearray(size)
+        if fh.readinto(buffer) != size:
+            return None
+    values = np.frombuffer(buffer, dtype="<i2" if signed else "<u2").reshape(rows, columns)
+    if unused_bits:
+        np.left_shift(values, unused_bits, out=values)
+        np.right_shift(values, unused_bits, out=values)  # arithmetic for signed: the sign extends
+    return values
 
 
 def _stamp(fh: BinaryIO) -> tuple[int, int, int]:
@@ -78,7 +84,8 @@ def _stamp(fh: BinaryIO) -> tuple[int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _plain_pixels(ds: Dataset, fh: BinaryIO) -> PlainPixels | None:
+def _plain_layout(ds: Dataset) -> tuple[int, int, bool, int, bool] | None:
+    """(rows, columns, signed, unused bits, explicit VR) of 16-bit little-endian monochrome; else None."""
     meta = getattr(ds, "file_meta", None)
     syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
     if syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
@@ -96,17 +103,4 @@ def _plain_pixels(ds: Dataset, fh: BinaryIO) -> PlainPixels | None:
         return None
     if not 1 <= stored <= 16 or representation not in (0, 1) or rows < 1 or columns < 1:
         return None
-    start = fh.tell()
-    explicit = syntax == ExplicitVRLittleEndian
-    head = fh.read(12 if explicit else 8)
-    if len(head) < (12 if explicit else 8) or head[:4] != _PIXEL_DATA_TAG:
-        return None
-    if explicit:
-        if head[4:6] not in (b"OW", b"OB") or head[6:8] != b"\x00\x00":
-            return None
-        length, value_at = struct.unpack_from("<I", head, 8)[0], start + 12
-    else:
-        length, value_at = struct.unpack_from("<I", head, 4)[0], start + 8
-    if length != rows * columns * 2:  # undefined (encapsulated), padded or short: pydicom's to judge
-        return None
-    return PlainPixels(value_at, rows, columns, representation == 1, 16 - stored, _stamp(fh))
+    return rows, columns, representation == 1, 16 - stored, syntax == ExplicitVRLittleEndian

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from connector.infer.errors import SeriesError
-from connector.infer.slice_file import SliceHeader, read_slice_header
+from connector.infer.slice_file import SliceHeader, read_plain_pixels, read_slice_header
 
 log = logging.getLogger(__name__)
 
@@ -180,15 +180,14 @@ def _read(path: Path) -> Dataset:
 
 def _slice_hu(header: SliceHeader, shape: tuple[int, int]) -> np.ndarray:
     """HU of one slice: straight from the file when stored plainly, else through pydicom's decoders."""
-    if header.plain is not None:
-        try:
-            pixels = header.plain.read(header.path)
-        except OSError as exc:
-            raise SeriesError("unreadable_file", f"a slice could not be read ({type(exc).__name__})") from None
-        if pixels is not None:
-            if pixels.shape != shape:
-                raise SeriesError("inconsistent_geometry", "pixel data does not match Rows/Columns")
-            return _to_hu(pixels, header.dataset)
+    try:
+        pixels = read_plain_pixels(header)
+    except OSError as exc:
+        raise SeriesError("unreadable_file", f"a slice could not be read ({type(exc).__name__})") from None
+    if pixels is not None:
+        if pixels.shape != shape:
+            raise SeriesError("inconsistent_geometry", "pixel data does not match Rows/Columns")
+        return _to_hu(pixels, header.dataset)
     return _hu_pixels(_read(header.path), shape)  # compressed, unusual, or replaced since its header was read
 
 
