@@ -8,8 +8,9 @@ runtime finds the heart with plain image analysis that shares nothing with the n
 lesion outside that region is never scored, whatever the network says.
 
 The method, per axial slice on a ~3 mm grid (cheap: 1-2 ms a slice; each slice is
-treated on its own, but every labelling is one call for all slices, with 4-connectivity within the
-slice only, so the result is the same as slice by slice):
+treated on its own, but every labelling is one call for a slab of up to 64 slices, with
+4-connectivity within the slice only, so the result is the same as slice by slice and memory does
+not grow with the slice count):
 
 1. body: the largest region above -500 HU, holes filled; lungs: air (< -500 HU) inside it, in
    pieces of at least 5 cm2 (bowel gas and the trachea are smaller or outside the lungs' hull);
@@ -187,22 +188,44 @@ def _row_extremes(mask: np.ndarray, origin: tuple[int, int] = (0, 0)) -> np.ndar
     return points.reshape(-1, 2)[~np.stack([np.zeros_like(single), single], axis=1).ravel()]
 
 
+SLAB_SLICES = 64  # slices worked on together: labels and temporaries for these only, so memory stays flat
+
+
 def _cavities(small: np.ndarray, px_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(mediastinum mask, its area in cm2, the lungs' share of their hull, the large bone) for every
     slice of ``small`` (the working grid). Each slice is worked on alone, but the labellings are done
-    for all slices at once (one call each instead of one a slice) and within the box holding every
-    pixel above ``BODY_HU`` (everything looked at lies inside it: body, air within it, bone); only the
-    hull is drawn slice by slice, on the whole grid's coordinates as before."""
-    n, rows, cols = small.shape
+    for ``SLAB_SLICES`` slices at once (one call each per slab instead of one a slice; slabs keep the
+    labels and temporaries small whatever the slice count) and within the box holding every pixel
+    above ``BODY_HU`` (everything looked at lies inside it: body, air within it, bone); only the hull
+    is drawn slice by slice, on the whole grid's coordinates as before."""
+    n = len(small)
     cavities, bone = np.zeros(small.shape, dtype=bool), np.zeros(small.shape, dtype=bool)
     areas, shares = np.zeros(n), np.zeros(n)
-    above = small > BODY_HU
-    in_rows, in_cols = np.flatnonzero(above.any(axis=(0, 2))), np.flatnonzero(above.any(axis=(0, 1)))
+    row_any, col_any = np.zeros(small.shape[1], dtype=bool), np.zeros(small.shape[2], dtype=bool)
+    for k0 in range(0, n, SLAB_SLICES):
+        above = small[k0 : k0 + SLAB_SLICES] > BODY_HU
+        row_any |= above.any(axis=(0, 2))
+        col_any |= above.any(axis=(0, 1))
+    in_rows, in_cols = np.flatnonzero(row_any), np.flatnonzero(col_any)
     if not len(in_rows):
         return cavities, areas, shares, bone
-    r0, r1, c0, c1 = int(in_rows[0]), int(in_rows[-1]) + 1, int(in_cols[0]), int(in_cols[-1]) + 1
-    box = (slice(None), slice(r0, r1), slice(c0, c1))
-    hu, above = small[box], above[box]
+    box = (int(in_rows[0]), int(in_rows[-1]) + 1, int(in_cols[0]), int(in_cols[-1]) + 1)
+    for k0 in range(0, n, SLAB_SLICES):
+        part = slice(k0, k0 + SLAB_SLICES)
+        _cavities_slab(small[part], px_mm, box, cavities[part], areas[part], shares[part], bone[part])
+    return cavities, areas, shares, bone
+
+
+def _cavities_slab(small: np.ndarray, px_mm: float, box: tuple[int, int, int, int], cavities: np.ndarray,
+                   areas: np.ndarray, shares: np.ndarray, bone: np.ndarray) -> None:
+    """:func:`_cavities` for a slab of slices within ``box`` (r0, r1, c0, c1), written into the given
+    views of its results. Pieces never cross slices, so a slab gives each slice what the whole stack
+    would: within a slice the labels keep their scan order, and with it the ties' outcome."""
+    _, rows, cols = small.shape
+    r0, r1, c0, c1 = box
+    inside = (slice(None), slice(r0, r1), slice(c0, c1))
+    hu = small[inside]
+    above = hu > BODY_HU
     h = r1 - r0
     cm2 = px_mm * px_mm / 100.0
     body = _fill_holes(_largest_per_slice(above))
@@ -212,6 +235,7 @@ def _cavities(small: np.ndarray, px_mm: float) -> tuple[np.ndarray, np.ndarray, 
     big = sizes >= MIN_LUNG_CM2
     big[0] = False
     lungs = big[labels]
+    del labels
     body_cols = body.any(axis=1)  # (slices, cols)
     has_body = body_cols.any(axis=1)
     first_col = body_cols.argmax(axis=1) + c0
@@ -233,15 +257,14 @@ def _cavities(small: np.ndarray, px_mm: float) -> tuple[np.ndarray, np.ndarray, 
     centre_row = np.where(total > 0, weighted / np.maximum(total, 1), np.nan)
     cavity = hull & body & ~lungs & (hu > SOFT_HU)
     behind = np.arange(r0, r1)[None, :, None] > centre_row[:, None, None]
-    bone[box] = _large_bone(hu, px_mm)
-    spine = _largest_per_slice(cavity & bone[box] & behind)  # never a plaque: those are smaller
+    bone[inside] = _large_bone(hu, px_mm)
+    spine = _largest_per_slice(cavity & bone[inside] & behind)  # never a plaque: those are smaller
     spine_any = spine.any(axis=2)
     spine_row = np.where(spine_any.any(axis=1), spine_any.argmax(axis=1), h)
     cavity &= np.arange(h)[None, :, None] < spine_row[:, None, None]  # in front of the spine
     window = _midline_window(centre, max(1, int(round(MIDLINE_MM / px_mm))), cols)[:, c0:c1]
-    cavities[box] = _midline_piece(cavity, window)
+    cavities[inside] = _midline_piece(cavity, window)
     areas[:] = np.count_nonzero(cavities, axis=(1, 2)) * cm2
-    return cavities, areas, shares, bone
 
 
 def _midline_window(centre: np.ndarray, reach: int, cols: int) -> np.ndarray:
