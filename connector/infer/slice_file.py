@@ -14,7 +14,6 @@ after its header was read (another inode, size or modification time): its header
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -24,7 +23,9 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+from connector.dicom_elements import element_at
+
+_PIXEL_DATA = 0x7FE00010
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 
 
@@ -58,14 +59,11 @@ def read_plain_pixels(header: SliceHeader) -> np.ndarray | None:
             return None
         fh.seek(header.pixel_offset)
         head = fh.read(12 if explicit else 8)
-        if len(head) < (12 if explicit else 8) or head[:4] != _PIXEL_DATA_TAG:
+        if len(head) < (12 if explicit else 8) or (explicit and head[4:6] not in (b"OW", b"OB")):
             return None
-        if explicit:
-            if head[4:6] not in (b"OW", b"OB") or head[6:8] != b"\x00\x00":
-                return None
-            length = struct.unpack_from("<I", head, 8)[0]
-        else:
-            length = struct.unpack_from("<I", head, 4)[0]
+        tag, length, _ = element_at(head, 0, explicit)  # the receiver's element walk
+        if tag != _PIXEL_DATA:
+            return None
         size = rows * columns * 2
         if length != size:  # undefined (encapsulated), padded or short: pydicom's to judge
             return None

@@ -115,3 +115,21 @@ def test_a_file_replaced_after_its_header_was_read_is_read_again(tmp_path: Path)
     stale = candidate.headers[2]
     assert read_plain_pixels(stale) is None
     assert np.array_equal(load_volume(candidate.paths, headers=candidate.headers).hu, load_volume(candidate.paths).hu)
+
+
+def test_slices_without_rescale_or_thickness_load_the_same(tmp_path: Path) -> None:
+    """Rescale Slope/Intercept absent and Slice Thickness (type 2) empty, as some writers leave them:
+    the plain read and pydicom agree, and the stored values are the HU."""
+    paths = _series(tmp_path, "s")
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        del ds.RescaleSlope, ds.RescaleIntercept
+        ds.SliceThickness = None
+        ds.save_as(path, enforce_file_format=True)
+    cfg = CacConfig(min_slices=3, min_coverage_mm=10.0)
+    candidate = select_series(paths, cfg).eligible[0]
+    shared = load_volume(candidate.paths, headers=candidate.headers)
+    fresh = load_volume(candidate.paths)
+    assert shared.slice_thickness_mm is None and np.array_equal(shared.hu, fresh.hu)
+    stored = np.stack([pydicom.dcmread(p).pixel_array for p in shared.source_paths])
+    assert np.array_equal(shared.hu, stored)
