@@ -72,6 +72,8 @@ INCREMENTS = (2.5, 3.0, 3.75, 4.0, 5.0)
 CLASS_WEIGHTS = (1.0, 6.0, 2.0)  # none, coronary, noncoronary (over blocks that hold HU >= 130)
 CROP, CROP_JITTER = 80, 16  # training windows on the 128x128 pooled grid
 BACKGROUND_WEIGHT = 0.05  # blocks without any HU >= 130 voxel: their calcium class never matters
+NEAR_HEART_CELLS = 6  # "next to the heart": within 6 cells (24 px, about 23 mm) of the heart label, in-plane
+SMALL_CORONARY_CELLS = 2  # a slice whose coronary calcium covers at most 2 cells holds only small lesions
 ORIGINAL_MIX_SEED_BASE = 100_000  # original-generator phantoms mixed into wide training: seeds apart from 0..N
 
 INTENDED_USE = (
@@ -215,6 +217,39 @@ def crop_batch(arrays: list[np.ndarray], centres: np.ndarray, rng: np.random.Gen
     return out
 
 
+def near_heart(hearts: np.ndarray, cells: int = NEAR_HEART_CELLS) -> np.ndarray:
+    """Per cell: within ``cells`` (in-plane, a disc) of the heart label on its slice. Why: the bone and
+    cartilage that earlier candidates scored (ribs, costal cartilage, sternum, osteophytes, mitral
+    annulus) lie in the heart or a couple of centimetres from it; bone far from the heart is cut away
+    by the runtime's heart region anyway."""
+    from scipy import ndimage
+
+    r = np.arange(-cells, cells + 1)
+    disc = (r[:, None] ** 2 + r[None, :] ** 2) <= cells**2
+    out = np.zeros(hearts.shape, dtype=bool)
+    for i in np.flatnonzero(hearts.any(axis=(1, 2))):
+        out[i] = ndimage.binary_dilation(hearts[i] > 0, structure=disc)
+    return out
+
+
+def sampling_weights(classes: np.ndarray, hearts: np.ndarray, near: np.ndarray | None,
+                     small_coronary_boost: float = 0.0) -> np.ndarray:
+    """Probability of drawing each slice. Slices holding coronary calcium, and those with calcium the
+    model must reject inside the heart (valves), are drawn more often, so the rare classes are seen
+    often; with ``near`` (round 3), also slices with non-coronary calcium next to the heart, and with
+    ``small_coronary_boost`` slices whose only coronary calcium is small (at most
+    :data:`SMALL_CORONARY_CELLS` cells), the lesions that separate CAC 0 from CAC 1-100."""
+    cor_cells = (classes == 1).sum(axis=(1, 2))
+    has_cor = cor_cells > 0
+    has_inner_noncor = ((classes == 2) & (hearts == 1)).any(axis=(1, 2))
+    p = np.where(has_cor, 4.0, 1.0) + np.where(has_inner_noncor, 2.0, 0.0)
+    if near is not None:
+        p = p + np.where(((classes == 2) & near).any(axis=(1, 2)) & ~has_inner_noncor, 2.0, 0.0)
+    if small_coronary_boost:
+        p = p + np.where(has_cor & (cor_cells <= SMALL_CORONARY_CELLS), small_coronary_boost, 0.0)
+    return p / p.sum()
+
+
 def train(
     feats: np.ndarray,
     hearts: np.ndarray,
@@ -226,23 +261,25 @@ def train(
     lr: float,
     class_weights: tuple[float, ...] = CLASS_WEIGHTS,
     dilations: dict[str, int] | None = None,
+    near_heart_weight: float = 1.0,
+    small_coronary_boost: float = 0.0,
 ) -> CacBody:
+    """``near_heart_weight`` > 1 (round 3): the loss of non-coronary calcium cells next to the heart
+    (:func:`near_heart`) is multiplied by it, and their slices drawn more often; 1 and a boost of 0
+    train exactly as rounds 1-2 (the same draws, the same bytes)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     body = CacBody(WIDTHS, in_channels=feats.shape[1], dilations=dilations)
     opt = torch.optim.Adam(body.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     class_w = torch.tensor(class_weights)
-    # Oversample slices holding coronary calcium, and those with calcium the model must reject inside
-    # the heart (valves), so the rare classes are seen often.
-    has_cor = (classes == 1).any(axis=(1, 2))
-    has_inner_noncor = ((classes == 2) & (hearts == 1)).any(axis=(1, 2))
-    p = np.where(has_cor, 4.0, 1.0) + np.where(has_inner_noncor, 2.0, 0.0)
-    p /= p.sum()
+    near = near_heart(hearts) if near_heart_weight != 1.0 else None
+    p = sampling_weights(classes, hearts, near, small_coronary_boost)
     t0 = time.time()
     for step in range(steps):
         idx = np.sort(rng.choice(len(feats), size=batch, replace=False, p=p))
-        f, yh, yc = crop_batch([feats[idx], hearts[idx], classes[idx]], centres[idx], rng)
+        arrays = [feats[idx], hearts[idx], classes[idx]] + ([near[idx]] if near is not None else [])
+        f, yh, yc, *yn = crop_batch(arrays, centres[idx], rng)
         x = torch.from_numpy(f.astype(np.float32))
         y_heart = torch.from_numpy(yh.astype(np.float32))
         y_cls = torch.from_numpy(yc.astype(np.int64))
@@ -250,6 +287,8 @@ def train(
         loss_heart = F.binary_cross_entropy_with_logits(logits[:, 0], y_heart)
         per_pixel = F.cross_entropy(logits[:, 1:], y_cls.clamp(min=0), weight=class_w, reduction="none")
         w = torch.where(y_cls >= 0, 1.0, BACKGROUND_WEIGHT)
+        if yn:  # bone and cartilage next to the heart: an explicitly weighted negative
+            w = torch.where((y_cls == 2) & torch.from_numpy(yn[0]), near_heart_weight, w)
         loss_cls = (per_pixel * w).sum() / w.sum()
         loss = loss_heart + 4.0 * loss_cls
         opt.zero_grad(set_to_none=True)
@@ -312,6 +351,10 @@ def write_manifest(
             "seed": args.seed,
             "generator": args.generator,
             "class_weights": list(args.class_weights),
+            **({"near_heart_weight": args.near_heart_weight, "near_heart_cells": NEAR_HEART_CELLS}
+               if args.near_heart_weight != 1.0 else {}),
+            **({"small_coronary_boost": args.small_coronary_boost, "small_coronary_cells": SMALL_CORONARY_CELLS}
+               if args.small_coronary_boost else {}),
             "phantoms": args.phantoms,
             "original_phantoms": args.original_phantoms,
             "vessel_phantoms": args.vessel_phantoms,
@@ -359,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
                              "heart against the sternum, solid bones)")
     parser.add_argument("--class-weights", type=float, nargs=3, default=list(CLASS_WEIGHTS),
                         metavar=("NONE", "CORONARY", "OTHER"), help="calcium class loss weights")
+    parser.add_argument("--near-heart-weight", type=float, default=1.0,
+                        help="loss weight of non-coronary calcium within 6 cells of the heart (1: off, as rounds 1-2)")
+    parser.add_argument("--small-coronary-boost", type=float, default=0.0,
+                        help="extra draw weight of slices whose coronary calcium covers at most 2 cells (0: off)")
     parser.add_argument("--phantoms", type=int, default=50, help="training phantoms (default 50)")
     parser.add_argument("--steps", type=int, default=1600, help="optimiser steps (default 1600)")
     parser.add_argument("--batch", type=int, default=16)
@@ -412,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     body = train(feats, hearts, classes, centres, args.steps, args.batch, args.seed, args.lr,
-                 tuple(args.class_weights), DILATIONS_WIDE_CONTEXT if args.context == "wide" else DILATIONS_V1)
+                 tuple(args.class_weights), DILATIONS_WIDE_CONTEXT if args.context == "wide" else DILATIONS_V1,
+                 args.near_heart_weight, args.small_coronary_boost)
     export_onnx(body, args.out / "model.onnx", SIZE, stem_module)
     write_manifest(args.out, body, args, len(feats), None)
     print(
