@@ -365,17 +365,26 @@ class _SliceUnits:
 
 
 def _slice_units(hu: np.ndarray, k: int, lookup: MarkLookup, neck_ratio: float) -> _SliceUnits:
-    labels, count = ndimage.label(hu >= HU_THRESHOLD, structure=_EIGHT_CONNECTED)
-    if count == 0:
+    candidate = hu >= HU_THRESHOLD
+    labels = np.zeros(hu.shape, dtype=np.int32)
+    rows, cols = np.flatnonzero(candidate.any(axis=1)), np.flatnonzero(candidate.any(axis=0))
+    if not len(rows):
         empty = np.zeros(1, dtype=np.int64)
         return _SliceUnits(labels, empty, empty, empty, [])
-    rr, cc = np.nonzero(labels)
+    # Labelled inside the candidates' bounding box only (about 1 % of a CT slice is >= 130 HU, often in
+    # a third of its area): the same labels, numbered in the same raster order, in a fraction of the time.
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    count = ndimage.label(candidate[r0:r1, c0:c1], structure=_EIGHT_CONNECTED, output=labels[r0:r1, c0:c1])
+    rr, cc = np.nonzero(labels[r0:r1, c0:c1])
+    rr += r0
+    cc += c0
     lab = labels[rr, cc]
     code = np.asarray(lookup(k, rr, cc))
     pixels = np.bincount(lab, minlength=count + 1)
     coronary = np.bincount(lab, weights=code == CORONARY, minlength=count + 1).astype(np.int64)
     other = np.bincount(lab, weights=code == OTHER, minlength=count + 1).astype(np.int64)
-    boxes = ndimage.find_objects(labels)
+    boxes = [(slice(b[0].start + r0, b[0].stop + r0), slice(b[1].start + c0, b[1].stop + c0))
+             for b in ndimage.find_objects(labels[r0:r1, c0:c1])]
     for label in np.flatnonzero((coronary > 0) & (other > 0)):
         box = boxes[label - 1]
         assert box is not None

@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connector.infer.agatston import (
     CORONARY,
@@ -238,3 +240,27 @@ def test_calcium_the_model_marks_only_other_never_joins_a_coronary_lesion() -> N
     result = agatston(hu, select_coronary(hu, marks), (spacing, spacing), 3.0)
     assert result.score == pytest.approx(25 * 4)
     assert [lesion.slice_index for lesion in result.lesions] == [0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 40), st.floats(0.0, 0.2))
+def test_slice_units_label_as_a_whole_slice_labelling_would(seed: int, size: int, density: float) -> None:
+    """The candidate units are labelled inside the candidates' bounding box only: the labels, their
+    numbering and the boxes must be those of labelling the whole slice (no marks, so no unit is split)."""
+    from scipy import ndimage
+
+    from connector.infer.agatston import _EIGHT_CONNECTED, NECK_RATIO, _slice_units
+
+    rng = np.random.default_rng(seed)
+    hu = np.full((48, 48), -50, dtype=np.int16)
+    r, c = rng.integers(0, 48 - size + 1, size=2)
+    patch = rng.random((size, size)) < density
+    hu[r : r + size, c : c + size][patch] = 400
+    units = _slice_units(hu, 0, lambda k, rr, cc: np.zeros(len(rr), np.uint8), NECK_RATIO)
+    labels, count = ndimage.label(hu >= 130, structure=_EIGHT_CONNECTED)
+    assert (units.labels == labels).all()
+    assert units.boxes == ndimage.find_objects(labels)
+    if count:
+        assert units.pixels.tolist() == [0] + np.bincount(labels.ravel())[1:].tolist()
+    else:
+        assert units.boxes == [] and units.pixels.tolist() == [0]
