@@ -127,16 +127,17 @@ def build_dataset(n_phantoms: int, seed_base: int, wide: bool = True, stem_modul
     return tuple(np.concatenate(a) for a in zip(*parts))  # type: ignore[return-value]
 
 
-def build_vessel_dataset(n_phantoms: int, stem_module: Stem, augment: bool, seed: int = 0
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def build_vessel_dataset(n_phantoms: int, stem_module: Stem, augment: bool, seed: int = 0,
+                         arch_cartilage: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`build_dataset` for the vessel generator's training split (``training.vessel_phantoms``),
-    each phantom warped once by a random affine and elastic map when ``augment`` is set."""
+    each phantom warped once by a random affine and elastic map when ``augment`` is set, with costal
+    cartilage against the heart when ``arch_cartilage`` is."""
     from training.vessel_phantoms import train_phantom
 
     rng = np.random.default_rng(seed + 4242)
     parts = []
     for i in range(n_phantoms):
-        _, ph = train_phantom(i)
+        _, ph = train_phantom(i, arch_cartilage=arch_cartilage)
         hu, heart, cor, non = ph.hu, ph.heart, ph.coronary, ph.noncoronary
         if augment:
             hu, heart, cor, non = warp_phantom((hu, heart, cor, non), rng)
@@ -359,6 +360,7 @@ def write_manifest(
             "original_phantoms": args.original_phantoms,
             "vessel_phantoms": args.vessel_phantoms,
             "augment": args.augment,
+            **({"arch_cartilage": True} if args.arch_cartilage else {}),
             "context": args.context,
             "stem_windows": [list(w) for w in STEM_WINDOWS] if args.two_windows else [list(HU_WINDOW)],
             "training_slices": train_slices,
@@ -406,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="loss weight of non-coronary calcium within 6 cells of the heart (1: off, as rounds 1-2)")
     parser.add_argument("--small-coronary-boost", type=float, default=0.0,
                         help="extra draw weight of slices whose coronary calcium covers at most 2 cells (0: off)")
+    parser.add_argument("--arch-cartilage", action="store_true",
+                        help="vessel training phantoms also get costal cartilage 2-8 mm outside the heart label "
+                             "(training.vessel_phantoms; validation and test phantoms never do)")
     parser.add_argument("--phantoms", type=int, default=50, help="training phantoms (default 50)")
     parser.add_argument("--steps", type=int, default=1600, help="optimiser steps (default 1600)")
     parser.add_argument("--batch", type=int, default=16)
@@ -447,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
             extras.append(build_dataset(args.original_phantoms, seed_base=ORIGINAL_MIX_SEED_BASE, wide=False,
                                         stem_module=stem_module))
         if args.vessel_phantoms:
-            extras.append(build_vessel_dataset(args.vessel_phantoms, stem_module, args.augment))
+            extras.append(build_vessel_dataset(args.vessel_phantoms, stem_module, args.augment,
+                                               arch_cartilage=args.arch_cartilage))
         for extra in extras:
             feats, hearts, classes, centres = (np.concatenate([a, b]) for a, b in
                                                zip((feats, hearts, classes, centres), extra))
