@@ -70,18 +70,18 @@ def trace(runners: dict[str, object], ph: object, min_score: float) -> list[dict
 def main(argv: list[str] | None = None) -> int:
     from connector.infer.runner import CacRunner
 
-    names = [name for name, _, _ in splits(1, 1)]
+    makers = {name: maker for name, maker, _ in splits(1, 1)}
     parser = argparse.ArgumentParser(description="Locate each piece of non-coronary calcium CAC models score "
                                                  "on a synthetic split.")
     parser.add_argument("models", type=Path, nargs="+", help="model folders (manifest.json + model file)")
-    parser.add_argument("--split", choices=names, required=True)
+    parser.add_argument("--split", choices=list(makers), required=True)
     parser.add_argument("--offset", type=int, default=0, help="first phantom index")
     parser.add_argument("--count", type=int, default=12, help="phantoms (default 12)")
     parser.add_argument("--min-score", type=float, default=5.0, help="leave out pieces scoring less (default 5)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
     parser.add_argument("--json", action="store_true", help="print one JSON list")
     args = parser.parse_args(argv)
-    maker = next(m for name, m, _ in splits(1, 1) if name == args.split)
+    maker = makers[args.split]
     runners = {m.name: CacRunner.load(m, threads=args.threads) for m in args.models}
     rows: list[dict[str, object]] = []
     for i in range(args.offset, args.offset + args.count):

@@ -347,7 +347,7 @@ def vessel_phantom(seed: int, *, increment: float | None = None, spacing: float 
 
 def _arch_cartilage(rng: np.random.Generator, heart: _Heart) -> list[Spot]:
     """1-4 calcified costal cartilage pieces in front of and beside the heart, each 2-8 mm outside the
-    heart label (heart, fat and 4 mm), 600-700 HU, in the heart's lower two thirds: what round 3's
+    heart label (heart, fat and 4 mm), 600-700 HU, from mid-heart towards the apex: what round 3's
     candidates scored on the independent chests (docs/cac.md), which the sternum-side cartilage above
     never taught them."""
     spots = []
